@@ -1,0 +1,42 @@
+//! `boot`: boot the kernel in QEMU (see `boot --help`).
+
+fn main() {
+    let options = match boot::parse_args(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(msg) => {
+            if !msg.is_empty() {
+                eprintln!("boot: {}\n", msg);
+            }
+            eprintln!("{}", boot::USAGE);
+            std::process::exit(if msg.is_empty() { 0 } else { 64 });
+        }
+    };
+    if options.gdb {
+        eprintln!("boot: waiting for gdb on localhost:1234 (kernel ELF: {})", env!("KERNEL_ELF"));
+    }
+    let run = match boot::run(&options, None, boot::Echo::Stdout) {
+        Ok(run) => run,
+        Err(e) => {
+            eprintln!("boot: {}", e);
+            std::process::exit(3);
+        }
+    };
+    match &run.outcome {
+        boot::Outcome::Success => {}
+        boot::Outcome::Failure => eprintln!("boot: the kernel reported failure"),
+        boot::Outcome::Timeout => {
+            eprintln!(
+                "boot: timeout after {} s: the kernel hung. Last serial lines:",
+                run.elapsed.as_secs()
+            );
+            for line in run.tail(boot::TAIL_LINES) {
+                eprintln!("  | {}", line);
+            }
+        }
+        boot::Outcome::Crashed(code) => eprintln!(
+            "boot: QEMU exited with status {:?} without the kernel's exit code (triple fault or QEMU error)",
+            code
+        ),
+    }
+    std::process::exit(run.outcome.exit_status());
+}

@@ -1,0 +1,108 @@
+//! Global descriptor table and task-state segment.
+//!
+//! Layout (the order `syscall`/`sysret` will need later):
+//!
+//! | index | selector | segment            |
+//! |-------|----------|--------------------|
+//! | 1     | 0x08     | kernel code (64)   |
+//! | 2     | 0x10     | kernel data        |
+//! | 3     | 0x1b     | user data (RPL 3)  |
+//! | 4     | 0x23     | user code (RPL 3)  |
+//! | 5-6   | 0x28     | TSS (16 bytes)     |
+//!
+//! The TSS provides separate interrupt stacks (IST) so that a double fault
+//! caused by a kernel stack overflow, or an NMI arriving at any moment, runs
+//! on a known-good stack.
+
+use core::ptr::addr_of;
+
+use spin::Once;
+use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
+use x86_64::instructions::tables::load_tss;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::tss::TaskStateSegment;
+use x86_64::VirtAddr;
+
+/// IST slot (1-based in the IDT, 0-based in the TSS array) for double faults.
+pub const DOUBLE_FAULT_IST: u8 = 1;
+/// IST slot for NMIs and machine checks.
+pub const NMI_IST: u8 = 2;
+
+const IST_STACK_SIZE: usize = 32 * 1024;
+
+/// Only ever used through its address (the CPU writes to it).
+#[repr(align(16))]
+struct Stack(#[allow(dead_code)] [u8; IST_STACK_SIZE]);
+
+static mut DOUBLE_FAULT_STACK: Stack = Stack([0; IST_STACK_SIZE]);
+static mut NMI_STACK: Stack = Stack([0; IST_STACK_SIZE]);
+
+static TSS: Once<TaskStateSegment> = Once::new();
+static GDT: Once<(GlobalDescriptorTable, Selectors)> = Once::new();
+
+pub struct Selectors {
+    pub kernel_code: SegmentSelector,
+    pub kernel_data: SegmentSelector,
+    pub user_data: SegmentSelector,
+    pub user_code: SegmentSelector,
+    pub tss: SegmentSelector,
+}
+
+fn stack_top(stack: *const Stack) -> VirtAddr {
+    VirtAddr::from_ptr(stack) + IST_STACK_SIZE as u64
+}
+
+/// Builds and loads the GDT and TSS and reloads the segment registers.
+pub fn init() {
+    let tss = TSS.call_once(|| {
+        let mut tss = TaskStateSegment::new();
+        // Only the addresses of the stacks are taken; nothing else writes them.
+        tss.interrupt_stack_table[(DOUBLE_FAULT_IST - 1) as usize] =
+            stack_top(addr_of!(DOUBLE_FAULT_STACK));
+        tss.interrupt_stack_table[(NMI_IST - 1) as usize] = stack_top(addr_of!(NMI_STACK));
+        tss
+    });
+    let (gdt, sel) = GDT.call_once(|| {
+        let mut gdt = GlobalDescriptorTable::new();
+        let kernel_code = gdt.append(Descriptor::kernel_code_segment());
+        let kernel_data = gdt.append(Descriptor::kernel_data_segment());
+        let user_data = gdt.append(Descriptor::user_data_segment());
+        let user_code = gdt.append(Descriptor::user_code_segment());
+        let tss = gdt.append(Descriptor::tss_segment(tss));
+        (gdt, Selectors { kernel_code, kernel_data, user_data, user_code, tss })
+    });
+    gdt.load();
+    // SAFETY: the selectors index the GDT loaded just above, which lives in a
+    // static for the rest of the kernel's life.
+    unsafe {
+        CS::set_reg(sel.kernel_code);
+        SS::set_reg(sel.kernel_data);
+        DS::set_reg(sel.kernel_data);
+        ES::set_reg(sel.kernel_data);
+        load_tss(sel.tss);
+    }
+}
+
+/// The selectors of the loaded GDT.
+pub fn selectors() -> &'static Selectors {
+    &GDT.get().expect("gdt::init ran").1
+}
+
+pub const KTESTS: &[crate::ktest::KTest] = &[crate::ktest!(gdt_layout_fits_syscall_and_sysret)];
+
+fn gdt_layout_fits_syscall_and_sysret() -> crate::ktest::KResult {
+    use x86_64::PrivilegeLevel::{Ring0, Ring3};
+    let s = selectors();
+    crate::kassert_eq!((s.kernel_code.rpl(), s.kernel_data.rpl()), (Ring0, Ring0));
+    crate::kassert_eq!((s.user_code.rpl(), s.user_data.rpl()), (Ring3, Ring3));
+    // syscall loads SS = STAR[47:32] + 8; sysret loads SS = STAR[63:48] + 8
+    // and CS = STAR[63:48] + 16, so the data segments must sit just so.
+    crate::kassert_eq!(s.kernel_data.index(), s.kernel_code.index() + 1);
+    crate::kassert_eq!(s.user_code.index(), s.user_data.index() + 1);
+    crate::kassert_eq!(CS::get_reg(), s.kernel_code);
+    let task_register: u16;
+    // SAFETY: `str` only reads the task register.
+    unsafe { core::arch::asm!("str {0:x}", out(reg) task_register, options(nomem, nostack, preserves_flags)) };
+    crate::kassert_eq!(task_register, s.tss.0);
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Trap handling: the saved register frame, the dispatcher every vector goes
+//! through, and the exception report (Linux's `die()`/oops output).
+//!
+//! Recoverable events (breakpoint, debug, hardware interrupts) return to the
+//! interrupted code. Every other CPU exception prints a full report (vector
+//! name, error code, RIP, CR2 for page faults, all registers) and ends the run
+//! with a failure exit code: an unexpected exception is never silent.
+
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::{cpu, pic, qemu};
+
+/// Register state saved by the entry stubs, lowest address first.
+#[derive(Debug)]
+#[repr(C)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    /// CPU-pushed error code, or 0 for vectors that have none.
+    pub error_code: u64,
+    // Pushed by the CPU:
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// Vector numbers.
+pub struct Vector;
+
+impl Vector {
+    pub const DEBUG: u8 = 1;
+    pub const NMI: u8 = 2;
+    pub const BREAKPOINT: u8 = 3;
+    pub const DOUBLE_FAULT: u8 = 8;
+    pub const PAGE_FAULT: u8 = 14;
+    pub const MACHINE_CHECK: u8 = 18;
+    /// The legacy PIC's IRQs 0-15 are remapped to these vectors.
+    pub const PIC_BASE: u8 = 32;
+}
+
+const EXCEPTION_NAMES: [&str; 32] = [
+    "divide error (#DE)",
+    "debug (#DB)",
+    "non-maskable interrupt",
+    "breakpoint (#BP)",
+    "overflow (#OF)",
+    "bound range exceeded (#BR)",
+    "invalid opcode (#UD)",
+    "device not available (#NM)",
+    "double fault (#DF)",
+    "coprocessor segment overrun",
+    "invalid TSS (#TS)",
+    "segment not present (#NP)",
+    "stack-segment fault (#SS)",
+    "general protection fault (#GP)",
+    "page fault (#PF)",
+    "reserved (15)",
+    "x87 floating-point error (#MF)",
+    "alignment check (#AC)",
+    "machine check (#MC)",
+    "SIMD floating-point exception (#XM)",
+    "virtualization exception (#VE)",
+    "control protection exception (#CP)",
+    "reserved (22)",
+    "reserved (23)",
+    "reserved (24)",
+    "reserved (25)",
+    "reserved (26)",
+    "reserved (27)",
+    "hypervisor injection exception (#HV)",
+    "VMM communication exception (#VC)",
+    "security exception (#SX)",
+    "reserved (31)",
+];
+
+/// Number of `int3` breakpoints handled (tests check recovery with it).
+pub static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
+/// Interrupts on vectors nobody claimed (spurious IRQ 7/15 included).
+pub static SPURIOUS: AtomicU64 = AtomicU64::new(0);
+
+/// Called by `trap_common` with the saved frame of every interrupt and exception.
+pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    let vector = frame.vector as u8;
+    match vector {
+        Vector::BREAKPOINT => {
+            BREAKPOINTS.fetch_add(1, Ordering::Relaxed);
+            log::debug!("breakpoint at {:#x}", frame.rip);
+        }
+        Vector::DEBUG => log::debug!("debug trap at {:#x}", frame.rip),
+        0..=31 => die(frame),
+        v if pic::owns_vector(v) => pic::handle_irq(v),
+        _ => {
+            SPURIOUS.fetch_add(1, Ordering::Relaxed);
+            log::warn!("unexpected interrupt on vector {}", vector);
+        }
+    }
+}
+
+/// Prints the oops report for an unrecoverable exception and ends the run.
+fn die(frame: &TrapFrame) -> ! {
+    // The report must get out even if the serial lock was held when the
+    // exception hit (e.g. a fault inside the logger).
+    crate::serial::emergency_unlock();
+    log::error!("{}", Oops(frame));
+    qemu::exit(qemu::ExitCode::Failure)
+}
+
+/// The oops text for a frame.
+pub struct Oops<'a>(pub &'a TrapFrame);
+
+impl fmt::Display for Oops<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fr = self.0;
+        let name = EXCEPTION_NAMES.get(fr.vector as usize).copied().unwrap_or("interrupt");
+        let mode = if fr.cs & 3 == 0 { "kernel" } else { "user" };
+        writeln!(f, "Oops: {} (vector {}) in {} mode, error code {:#x}", name, fr.vector, mode, fr.error_code)?;
+        if fr.vector == Vector::PAGE_FAULT as u64 {
+            writeln!(f, "  fault address (CR2): {:#018x}  [{}]", cpu::read_cr2(), PageFaultError(fr.error_code))?;
+        }
+        writeln!(f, "  RIP: {:#06x}:{:#018x}  RFLAGS: {:#010x}", fr.cs, fr.rip, fr.rflags)?;
+        writeln!(f, "  RSP: {:#06x}:{:#018x}  CR3: {:#018x}", fr.ss, fr.rsp, cpu::read_cr3())?;
+        writeln!(f, "  RAX: {:#018x} RBX: {:#018x} RCX: {:#018x}", fr.rax, fr.rbx, fr.rcx)?;
+        writeln!(f, "  RDX: {:#018x} RSI: {:#018x} RDI: {:#018x}", fr.rdx, fr.rsi, fr.rdi)?;
+        writeln!(f, "  RBP: {:#018x} R8:  {:#018x} R9:  {:#018x}", fr.rbp, fr.r8, fr.r9)?;
+        writeln!(f, "  R10: {:#018x} R11: {:#018x} R12: {:#018x}", fr.r10, fr.r11, fr.r12)?;
+        write!(f, "  R13: {:#018x} R14: {:#018x} R15: {:#018x}", fr.r13, fr.r14, fr.r15)
+    }
+}
+
+/// Decoded page-fault error code (Intel SDM vol. 3, 4.7).
+pub struct PageFaultError(pub u64);
+
+impl fmt::Display for PageFaultError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = self.0;
+        let what = if e & 1 != 0 { "protection violation" } else { "not-present page" };
+        let access = if e & 16 != 0 {
+            "instruction fetch"
+        } else if e & 2 != 0 {
+            "write"
+        } else {
+            "read"
+        };
+        let mode = if e & 4 != 0 { "user" } else { "supervisor" };
+        write!(f, "{} {} of a {}", mode, access, what)?;
+        if e & 8 != 0 {
+            write!(f, ", reserved bit set")?;
+        }
+        if e & 32 != 0 {
+            write!(f, ", protection key")?;
+        }
+        Ok(())
+    }
+}
+
+pub const KTESTS: &[crate::ktest::KTest] = &[
+    crate::ktest!(breakpoint_is_handled_and_execution_resumes),
+    crate::ktest!(page_fault_error_code_is_decoded),
+];
+
+fn breakpoint_is_handled_and_execution_resumes() -> crate::ktest::KResult {
+    let before = BREAKPOINTS.load(Ordering::Relaxed);
+    x86_64::instructions::interrupts::int3();
+    x86_64::instructions::interrupts::int3();
+    crate::kassert_eq!(BREAKPOINTS.load(Ordering::Relaxed), before + 2);
+    Ok(())
+}
+
+fn page_fault_error_code_is_decoded() -> crate::ktest::KResult {
+    use alloc::format;
+    crate::kassert_eq!(format!("{}", PageFaultError(0b00010)), "supervisor write of a not-present page");
+    crate::kassert_eq!(format!("{}", PageFaultError(0b10101)), "user instruction fetch of a protection violation");
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! The interactive serial console (`mm> ` prompt).
+//!
+//! A line editor (printable characters, backspace, Ctrl-C to drop the line)
+//! feeds a table of commands. Later subsystems add their commands to
+//! [`COMMANDS`]. Unknown commands get a one-line error; no input can crash
+//! the console.
+
+use alloc::string::String;
+
+use crate::arch::x86_64::qemu;
+use crate::{print, println, serial};
+
+pub const PROMPT: &str = "mm> ";
+const MAX_LINE: usize = 256;
+
+pub struct Command {
+    pub name: &'static str,
+    pub args: &'static str,
+    pub help: &'static str,
+    pub run: fn(args: &str),
+}
+
+pub const COMMANDS: &[Command] = &[
+    Command { name: "help", args: "", help: "list the commands", run: cmd_help },
+    Command { name: "meminfo", args: "", help: "memory usage, like /proc/meminfo", run: cmd_meminfo },
+    Command { name: "memmap", args: "", help: "physical memory map from the bootloader", run: cmd_memmap },
+    Command { name: "ktest", args: "[FILTER]", help: "run the in-kernel tests (matching FILTER)", run: cmd_ktest },
+    Command { name: "uptime", args: "", help: "time since boot and timer ticks", run: cmd_uptime },
+    Command { name: "poweroff", args: "", help: "power the machine off", run: cmd_poweroff },
+];
+
+/// Runs one command line; returns false if the command is unknown.
+pub fn execute(line: &str) -> bool {
+    let line = line.trim();
+    if line.is_empty() {
+        return true;
+    }
+    let (name, args) = line.split_once(' ').unwrap_or((line, ""));
+    match COMMANDS.iter().find(|c| c.name == name) {
+        Some(cmd) => {
+            (cmd.run)(args.trim());
+            true
+        }
+        None => {
+            println!("mm: unknown command '{}' (try 'help')", name);
+            false
+        }
+    }
+}
+
+/// The read-eval loop; never returns.
+pub fn run() -> ! {
+    println!("Type 'help' for the list of commands.");
+    let mut line = String::with_capacity(MAX_LINE);
+    loop {
+        print!("{}", PROMPT);
+        read_line(&mut line);
+        execute(&line);
+    }
+}
+
+/// Reads one line with echo and basic editing.
+fn read_line(line: &mut String) {
+    line.clear();
+    loop {
+        match serial::read_byte_blocking() {
+            b'\r' | b'\n' => {
+                serial::write_bytes(b"\n");
+                return;
+            }
+            0x08 | 0x7f => {
+                if line.pop().is_some() {
+                    serial::write_bytes(b"\x08 \x08");
+                }
+            }
+            0x03 => {
+                serial::write_bytes(b"^C\n");
+                line.clear();
+                print!("{}", PROMPT);
+            }
+            b @ 0x20..=0x7e if line.len() < MAX_LINE => {
+                line.push(b as char);
+                serial::write_bytes(&[b]);
+            }
+            _ => {} // other control bytes, escape sequences, overlong lines
+        }
+    }
+}
+
+fn cmd_help(_: &str) {
+    for c in COMMANDS {
+        let usage = if c.args.is_empty() { String::from(c.name) } else { alloc::format!("{} {}", c.name, c.args) };
+        println!("  {:<18} {}", usage, c.help);
+    }
+}
+
+/// `/proc/meminfo`-style lines (values in kB, like Linux).
+fn cmd_meminfo(_: &str) {
+    let facts = crate::memmap::facts();
+    let (usable, boot, _) = crate::memmap::totals(&facts.regions);
+    let (heap_used, heap_free) = crate::heap::usage();
+    // No page allocator yet: nothing has been taken from usable RAM, so all
+    // of it is free. The page allocator replaces these lines with its counters.
+    println!("MemTotal:       {:>10} kB", usable / 1024);
+    println!("MemFree:        {:>10} kB", usable / 1024);
+    println!("Bootloader:     {:>10} kB", boot / 1024);
+    println!("KernelImage:    {:>10} kB", facts.kernel_len / 1024);
+    println!("KernelStack:    {:>10} kB", facts.stack_len / 1024);
+    println!("EarlyHeapTotal: {:>10} kB", (heap_used + heap_free) / 1024);
+    println!("EarlyHeapUsed:  {:>10} kB", heap_used / 1024);
+}
+
+fn cmd_memmap(_: &str) {
+    let _ = crate::memmap::write_memmap(&mut crate::memmap::SerialWriter, crate::memmap::facts());
+}
+
+fn cmd_ktest(args: &str) {
+    let filter = if args.is_empty() { None } else { Some(args) };
+    crate::ktest::run(filter);
+}
+
+fn cmd_uptime(_: &str) {
+    let ns = crate::time::uptime_ns().unwrap_or(0);
+    println!(
+        "up {}.{:03} s, {} timer ticks, TSC {} MHz",
+        ns / 1_000_000_000,
+        ns % 1_000_000_000 / 1_000_000,
+        crate::arch::x86_64::pit::jiffies(),
+        crate::time::tsc_hz() / 1_000_000
+    );
+}
+
+fn cmd_poweroff(_: &str) {
+    println!("Power down.");
+    qemu::exit(qemu::ExitCode::Success);
+}
+
+pub const KTESTS: &[crate::ktest::KTest] = &[
+    crate::ktest!(console_rejects_unknown_commands),
+    crate::ktest!(console_command_names_are_unique),
+];
+
+fn console_rejects_unknown_commands() -> crate::ktest::KResult {
+    crate::kassert!(!execute("frobnicate now"), "unknown command accepted");
+    crate::kassert!(execute("   "), "empty line is not an error");
+    crate::kassert!(execute("uptime"), "uptime is a command");
+    Ok(())
+}
+
+fn console_command_names_are_unique() -> crate::ktest::KResult {
+    for (i, a) in COMMANDS.iter().enumerate() {
+        for b in &COMMANDS[i + 1..] {
+            crate::kassert!(a.name != b.name, "duplicate command {}", a.name);
+        }
+    }
+    Ok(())
+}

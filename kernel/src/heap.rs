@@ -1,0 +1,92 @@
+//! The early kernel heap: a fixed 4 MiB region in `.bss` managed by
+//! `linked_list_allocator`, so `alloc` (Box, Vec, String) works from the first
+//! line of `kernel_main`. A later stage replaces it with the slab `kmalloc`
+//! on top of the page allocator; this stays as the early-boot heap.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::{addr_of_mut, NonNull};
+
+use linked_list_allocator::Heap;
+
+use crate::sync::IrqSpinlock;
+
+pub const EARLY_HEAP_SIZE: usize = 4 * 1024 * 1024;
+
+#[repr(align(4096))]
+struct HeapArea(#[allow(dead_code)] [u8; EARLY_HEAP_SIZE]); // used through its address
+
+static mut EARLY_HEAP_AREA: HeapArea = HeapArea([0; EARLY_HEAP_SIZE]);
+
+struct EarlyHeap(IrqSpinlock<Heap>);
+
+#[global_allocator]
+static HEAP: EarlyHeap = EarlyHeap(IrqSpinlock::new(Heap::empty()));
+
+// SAFETY: allocations come from the heap's own free list under its lock;
+// `dealloc` gets back only pointers that `alloc` handed out (GlobalAlloc contract).
+unsafe impl GlobalAlloc for EarlyHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.0.lock().allocate_first_fit(layout).map_or(core::ptr::null_mut(), |p| p.as_ptr())
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if let Some(ptr) = NonNull::new(ptr) {
+            // SAFETY: per the GlobalAlloc contract `ptr` came from `alloc` with `layout`.
+            unsafe { self.0.lock().deallocate(ptr, layout) }
+        }
+    }
+}
+
+/// Hands the `.bss` area to the allocator. Must run once, before any allocation.
+pub fn init() {
+    // SAFETY: called once at boot before any allocation; the area is a static
+    // used by nothing else, so the heap owns it exclusively from now on.
+    unsafe {
+        let start = addr_of_mut!(EARLY_HEAP_AREA) as *mut u8;
+        HEAP.0.lock().init(start, EARLY_HEAP_SIZE);
+    }
+}
+
+/// (used, free) bytes of the early heap.
+pub fn usage() -> (usize, usize) {
+    let heap = HEAP.0.lock();
+    (heap.used(), heap.free())
+}
+
+pub const KTESTS: &[crate::ktest::KTest] = &[
+    crate::ktest!(heap_box_vec_and_string),
+    crate::ktest!(heap_reuses_freed_memory),
+    crate::ktest!(heap_reports_exhaustion_as_error),
+];
+
+fn heap_box_vec_and_string() -> crate::ktest::KResult {
+    use alloc::{boxed::Box, string::String, vec::Vec};
+    let b = Box::new(0xdead_beef_u64);
+    crate::kassert_eq!(*b, 0xdead_beef);
+    let v: Vec<u64> = (0..10_000).collect();
+    crate::kassert_eq!(v.iter().sum::<u64>(), 10_000 * 9_999 / 2);
+    let mut s = String::new();
+    for i in 0..100 {
+        core::fmt::Write::write_fmt(&mut s, format_args!("{} ", i)).map_err(|_| "fmt")?;
+    }
+    crate::kassert!(s.starts_with("0 1 2 ") && s.ends_with("99 "), "string content: {}", s);
+    Ok(())
+}
+
+fn heap_reuses_freed_memory() -> crate::ktest::KResult {
+    let (used_before, _) = usage();
+    for _ in 0..1000 {
+        let v = alloc::vec![0u8; 64 * 1024];
+        crate::kassert_eq!(v.len(), 64 * 1024);
+    }
+    let (used_after, _) = usage();
+    crate::kassert_eq!(used_before, used_after);
+    Ok(())
+}
+
+fn heap_reports_exhaustion_as_error() -> crate::ktest::KResult {
+    // Ask for more than the heap holds: the fallible API must say no, not panic.
+    let mut v: alloc::vec::Vec<u8> = alloc::vec::Vec::new();
+    crate::kassert!(v.try_reserve_exact(EARLY_HEAP_SIZE * 2).is_err(), "oversized reservation succeeded");
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Kernel entry and boot flow.
+//!
+//! `kernel_main` brings the machine up in a fixed order (serial and clock,
+//! descriptor tables, heap, CPU protections, interrupts, memory map), then
+//! does what the command line asks: run the in-kernel tests, power off after
+//! boot (`batch`), or offer the `mm> ` console.
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+
+mod arch;
+mod cmdline;
+mod console;
+mod heap;
+mod ktest;
+mod memmap;
+mod printk;
+mod serial;
+mod sync;
+mod time;
+
+use bootloader_api::config::{BootloaderConfig, Mapping};
+use bootloader_api::{entry_point, BootInfo};
+use log::LevelFilter;
+
+use arch::x86_64::{cpu, gdt, idt, pic, pit, qemu};
+use cmdline::SelfTest;
+
+/// Stack for the boot CPU; the tests and the console run on it.
+const KERNEL_STACK_SIZE: u64 = 512 * 1024;
+
+pub static BOOTLOADER_CONFIG: BootloaderConfig = {
+    let mut config = BootloaderConfig::new_default();
+    config.mappings.physical_memory = Some(Mapping::Dynamic);
+    config.kernel_stack_size = KERNEL_STACK_SIZE;
+    config
+};
+
+entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
+
+fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    time::mark_boot();
+    serial::init();
+    let tsc_hz = time::calibrate();
+    printk::init(LevelFilter::Info);
+    log::info!("mm kernel {} booting", env!("CARGO_PKG_VERSION"));
+
+    gdt::init();
+    idt::init();
+    heap::init();
+    let cmdline = cmdline::read();
+    if let Some(level) = cmdline.loglevel {
+        log::set_max_level(level);
+    }
+    log::info!("command line: \"{}\"", cmdline.raw);
+    for word in &cmdline.unknown {
+        log::warn!("command line: ignoring unknown word \"{}\"", word);
+    }
+
+    let vendor = cpu::vendor();
+    let prot = cpu::enable_protections();
+    log::info!(
+        "CPU: {}, TSC {}.{:03} MHz; protections: NX {}, WP {}, SMEP {}, SMAP {}",
+        core::str::from_utf8(&vendor).unwrap_or("?"),
+        tsc_hz / 1_000_000,
+        tsc_hz / 1000 % 1000,
+        on_off(prot.nx),
+        on_off(prot.wp),
+        on_off(prot.smep),
+        on_off(prot.smap)
+    );
+
+    pic::init();
+    pit::init();
+    serial::enable_input_irq();
+    cpu::enable_irqs();
+    log::info!("interrupts on: PIC remapped to vectors 32-47, PIT at {} Hz, COM1 receive IRQ", pit::HZ);
+
+    let facts = memmap::init(boot_info);
+    let _ = memmap::write_memmap(&mut memmap::SerialWriter, facts);
+
+    if let Some(test) = cmdline.selftest {
+        run_selftest(test);
+    }
+    if let Some(filter) = &cmdline.ktest {
+        let summary = ktest::run(filter.as_deref());
+        qemu::exit(if summary.failed == 0 { qemu::ExitCode::Success } else { qemu::ExitCode::Failure });
+    }
+    if cmdline.batch {
+        console::execute("meminfo");
+        log::info!("batch mode: boot complete, powering off");
+        qemu::exit(qemu::ExitCode::Success);
+    }
+    console::run()
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
+/// Deliberate failures that prove the runner reports crashes and hangs.
+fn run_selftest(test: SelfTest) {
+    log::warn!("selftest: deliberately triggering {:?}", test);
+    match test {
+        SelfTest::Panic => panic!("selftest: deliberate panic"),
+        SelfTest::PageFault => {
+            // An address in the non-canonical-free but unmapped low range.
+            let bad = 0xdead_b000 as *const u64;
+            // SAFETY: deliberately unsound: this read must fault and the
+            // exception handler must end the run with an oops report.
+            let value = unsafe { bad.read_volatile() };
+            log::error!("selftest: read {:#x} from an unmapped address", value);
+        }
+        SelfTest::Hang => loop {
+            cpu::enable_irqs_and_halt();
+        },
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    x86_64::instructions::interrupts::disable();
+    serial::emergency_unlock();
+    match info.location() {
+        Some(loc) => println!("Kernel panic - not syncing: {} at {}:{}:{}", info.message(), loc.file(), loc.line(), loc.column()),
+        None => println!("Kernel panic - not syncing: {}", info.message()),
+    }
+    ktest::report_panic_in_test();
+    qemu::exit(qemu::ExitCode::Failure)
+}

@@ -1,0 +1,35 @@
+//! Kernel time: the TSC calibrated once against the PIT, read as time since
+//! boot. Under `--icount` the TSC counts retired instructions exactly.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::arch::x86_64::{cpu, pit};
+
+static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+
+/// Remembers the boot TSC value; call first thing so timestamps start at 0.
+pub fn mark_boot() {
+    BOOT_TSC.store(cpu::rdtsc(), Ordering::Relaxed);
+}
+
+/// Calibrates the TSC; returns its frequency in Hz (0 if calibration failed).
+pub fn calibrate() -> u64 {
+    let hz = pit::calibrate_tsc_hz().unwrap_or(0);
+    TSC_HZ.store(hz, Ordering::Relaxed);
+    hz
+}
+
+pub fn tsc_hz() -> u64 {
+    TSC_HZ.load(Ordering::Relaxed)
+}
+
+/// Nanoseconds since [`mark_boot`], or `None` before calibration.
+pub fn uptime_ns() -> Option<u64> {
+    let hz = tsc_hz();
+    if hz == 0 {
+        return None;
+    }
+    let ticks = cpu::rdtsc().saturating_sub(BOOT_TSC.load(Ordering::Relaxed));
+    Some((ticks as u128 * 1_000_000_000 / hz as u128) as u64)
+}

@@ -1,0 +1,15 @@
+//! Portable memory-management logic of the kernel.
+//!
+//! Everything in this crate is `#![no_std]`, free of inline assembly and of
+//! global state, so `cargo test -p mm` exercises it on the host against fake
+//! physical memory. The kernel owns the global instances and plugs in the
+//! hardware (direct map, TLB flushes, interrupts).
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod addr;
+pub mod vma;

@@ -1,0 +1,122 @@
+//! Boots the real kernel images in QEMU and checks what the serial console
+//! shows and how the run ends. Each test is one QEMU run (a few seconds
+//! under TCG).
+
+use std::time::Duration;
+
+use boot::{Options, Outcome, Run, Step};
+
+fn boot(options: Options, script: Option<Vec<Step>>) -> Run {
+    let run = boot::run(&options, script, boot::Echo::Quiet).expect("QEMU starts (run `make setup`)");
+    eprintln!("---- serial output ({:?}, {:.1} s) ----\n{}", run.outcome, run.elapsed.as_secs_f64(), run.output);
+    run
+}
+
+fn ktest(uefi: bool, filter: Option<&str>) -> Run {
+    boot(Options { uefi, ktest: Some(filter.map(String::from)), ..Options::default() }, None)
+}
+
+fn selftest(what: &str, timeout_secs: u64) -> Run {
+    let options = Options {
+        batch: true,
+        cmdline: vec![format!("selftest={}", what)],
+        timeout: Some(Duration::from_secs(timeout_secs)),
+        ..Options::default()
+    };
+    boot(options, None)
+}
+
+/// Parses the runner's final `N passed, M failed` line.
+fn summary(output: &str) -> Option<(usize, usize)> {
+    let line = output.lines().rev().find(|l| l.ends_with(" failed") && l.contains(" passed, "))?;
+    let (passed, failed) = line.split_once(" passed, ")?;
+    Some((passed.trim().parse().ok()?, failed.trim_end_matches(" failed").parse().ok()?))
+}
+
+fn step(expect: &str, send: &str) -> Step {
+    Step { expect: expect.into(), send: send.into() }
+}
+
+#[test]
+fn ktests_pass_under_bios() {
+    let run = ktest(false, None);
+    let (passed, failed) = summary(&run.output).expect("summary line");
+    assert_eq!(run.outcome, Outcome::Success);
+    assert!(passed > 0 && failed == 0, "{} passed, {} failed", passed, failed);
+}
+
+#[test]
+fn ktests_pass_under_uefi() {
+    let run = ktest(true, None);
+    let (passed, failed) = summary(&run.output).expect("summary line");
+    assert_eq!(run.outcome, Outcome::Success);
+    assert!(passed > 0 && failed == 0, "{} passed, {} failed", passed, failed);
+    assert!(run.output.contains("UEFI"), "UEFI memory types expected in the memory map");
+}
+
+#[test]
+fn ktest_filter_selects_by_name() {
+    let run = ktest(false, Some("heap::"));
+    assert_eq!(run.outcome, Outcome::Success);
+    assert_eq!(summary(&run.output), Some((3, 0)));
+    assert!(run.output.contains("test heap::heap_box_vec_and_string ... ok"));
+    assert!(!run.output.contains("test memmap::"), "filter let other tests run");
+}
+
+#[test]
+fn ktest_filter_matching_nothing_fails() {
+    let run = ktest(false, Some("no_such_test_anywhere"));
+    assert_eq!(run.outcome, Outcome::Failure);
+    assert!(run.output.contains("no test matches"));
+}
+
+#[test]
+fn boot_prints_memory_map_and_powers_off_in_batch_mode() {
+    let run = boot(Options { batch: true, ..Options::default() }, None);
+    assert_eq!(run.outcome, Outcome::Success);
+    assert!(run.output.contains("bootloader-provided physical RAM map:"));
+    assert!(run.output.contains("] usable"));
+    assert!(run.output.contains("protections: NX on, WP on"));
+    assert!(run.output.contains("MemTotal:"));
+}
+
+#[test]
+fn panic_is_reported_as_failure_with_its_message() {
+    let run = selftest("panic", 120);
+    assert_eq!(run.outcome, Outcome::Failure);
+    assert!(run.output.contains("Kernel panic - not syncing: selftest: deliberate panic at kernel/src/main.rs"));
+}
+
+#[test]
+fn kernel_page_fault_prints_an_oops_and_fails() {
+    let run = selftest("pagefault", 120);
+    assert_eq!(run.outcome, Outcome::Failure);
+    assert!(run.output.contains("Oops: page fault (#PF) (vector 14) in kernel mode"));
+    assert!(run.output.contains("fault address (CR2): 0x00000000deadb000"));
+    assert!(run.output.contains("supervisor read of a not-present page"));
+    assert!(run.output.contains("RAX: "));
+}
+
+#[test]
+fn hang_is_reported_as_timeout_with_the_last_lines() {
+    let run = selftest("hang", 15);
+    assert_eq!(run.outcome, Outcome::Timeout);
+    assert!(run.tail(boot::TAIL_LINES).iter().any(|l| l.contains("deliberately triggering Hang")));
+}
+
+#[test]
+fn console_answers_meminfo_and_rejects_unknown_commands() {
+    let script = vec![
+        step("mm> ", "meminfo\n"),
+        step("mm> ", "frobnicate\n"),
+        step("mm> ", "memmap\n"),
+        step("mm> ", "poweroff\n"),
+    ];
+    let run = boot(Options { timeout: Some(Duration::from_secs(120)), ..Options::default() }, Some(script));
+    assert_eq!(run.outcome, Outcome::Success);
+    let after_meminfo = run.output.split("mm> meminfo").nth(1).expect("command echoed");
+    let first_line = after_meminfo.lines().nth(1).unwrap_or("");
+    assert!(first_line.starts_with("MemTotal:") && first_line.ends_with(" kB"), "got {:?}", first_line);
+    assert!(run.output.contains("mm: unknown command 'frobnicate' (try 'help')"));
+    assert!(run.output.contains("Power down."));
+}
