@@ -31,6 +31,7 @@ pub const SUITES: &[&[KTest]] = &[
     crate::arch::x86_64::gdt::KTESTS,
     crate::arch::x86_64::trap::KTESTS,
     crate::arch::x86_64::pit::KTESTS,
+    crate::arch::x86_64::apic::KTESTS,
     crate::cmdline::KTESTS,
     crate::console::KTESTS,
 ];

@@ -25,7 +25,7 @@ use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::{entry_point, BootInfo};
 use log::LevelFilter;
 
-use arch::x86_64::{cpu, gdt, idt, pic, pit, qemu};
+use arch::x86_64::{apic, cpu, gdt, idt, pic, pit, qemu};
 use cmdline::SelfTest;
 
 /// Stack for the boot CPU; the tests and the console run on it.
@@ -80,6 +80,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
     let facts = memmap::init(boot_info);
     let _ = memmap::write_memmap(&mut memmap::SerialWriter, facts);
+    apic::init(facts.physical_memory_offset);
 
     if let Some(test) = cmdline.selftest {
         run_selftest(test);

@@ -128,7 +128,7 @@ pub fn write_memmap(out: &mut impl Write, facts: &BootFacts) -> fmt::Result {
     let (usable, boot, other) = totals(&facts.regions);
     writeln!(
         out,
-        "total: {} usable ({} pages), {} bootloader, {} reserved/firmware",
+        "total: {} usable ({} pages), {} bootloader, {} in reserved/firmware ranges",
         HumanBytes(usable),
         usable / mm::addr::PAGE_SIZE,
         HumanBytes(boot),

@@ -92,6 +92,29 @@ const EXCEPTION_NAMES: [&str; 32] = [
 
 /// Number of `int3` breakpoints handled (tests check recovery with it).
 pub static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
+/// Non-maskable interrupts taken.
+pub static NMIS: AtomicU64 = AtomicU64::new(0);
+
+/// Code to run on every NMI (set by subsystems that test NMI safety): a
+/// plain function pointer stored atomically, 0 when none.
+static NMI_HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Installs (`Some`) or removes (`None`) the NMI hook. The hook runs in NMI
+/// context: it may only use atomics and `try_lock`.
+pub fn set_nmi_hook(hook: Option<fn()>) {
+    NMI_HOOK.store(hook.map_or(0, |f| f as usize), Ordering::SeqCst);
+}
+
+fn handle_nmi() {
+    NMIS.fetch_add(1, Ordering::SeqCst);
+    let hook = NMI_HOOK.load(Ordering::SeqCst);
+    if hook != 0 {
+        // SAFETY: the only non-zero values stored are `fn()` pointers (set_nmi_hook).
+        let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(hook) };
+        f();
+    }
+}
+
 /// Interrupts on vectors nobody claimed (spurious IRQ 7/15 included).
 pub static SPURIOUS: AtomicU64 = AtomicU64::new(0);
 
@@ -104,8 +127,12 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             log::debug!("breakpoint at {:#x}", frame.rip);
         }
         Vector::DEBUG => log::debug!("debug trap at {:#x}", frame.rip),
+        Vector::NMI => handle_nmi(),
         0..=31 => die(frame),
         v if pic::owns_vector(v) => pic::handle_irq(v),
+        v if super::apic::owns_spurious_vector(v) => {
+            SPURIOUS.fetch_add(1, Ordering::Relaxed);
+        }
         _ => {
             SPURIOUS.fetch_add(1, Ordering::Relaxed);
             log::warn!("unexpected interrupt on vector {}", vector);
