@@ -13,3 +13,13 @@ extern crate std;
 
 pub mod addr;
 pub mod vma;
+
+pub mod compaction;
+pub mod fail_page_alloc;
+pub mod gfp;
+pub mod page;
+pub mod page_alloc;
+pub mod pageblock;
+pub mod pcp;
+pub mod sync;
+pub mod vmstat;

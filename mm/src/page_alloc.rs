@@ -1,0 +1,1160 @@
+//! The buddy page allocator: zones, free lists per (order, migrate type), watermarks,
+//! fallback / block claiming, and the `alloc_pages` / `free_pages` API.
+//!
+//! Linux counterpart: `mm/page_alloc.c` (6.15 structure: `__rmqueue_smallest`,
+//! `__rmqueue_claim` with `try_to_claim_block`, `__rmqueue_steal`, `__free_one_page`,
+//! `zone_watermark_ok`, `get_page_from_freelist`, `__alloc_pages_slowpath`) plus the
+//! `try_alloc_pages` / `free_pages_nolock` pair for any context.
+//!
+//! # Locks
+//!
+//! Order: per-CPU list lock (`Zone::pcp[cpu]`) → zone lock (`Zone::area`) → movable-ops
+//! registry. The deferred-free list is lock-free (push with CAS, drained by swapping the
+//! whole head out while holding the zone lock, so there is no ABA). Owner callbacks
+//! (`MigrateOps`, `AllocHooks`) are never called with an allocator lock held.
+//!
+//! # Accounting
+//!
+//! Every managed frame is, at any time, in exactly one of: a buddy free list, a per-CPU
+//! list, the deferred list, or an owned block (`Pages`). Per zone,
+//! `managed = buddy free + pcp + deferred + allocated`.
+
+use core::ops::Range;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+
+use crate::addr::{PAGE_SIZE, Pfn};
+use crate::compaction::MigrateOps;
+use crate::fail_page_alloc::FailPageAlloc;
+use crate::gfp::{Gfp, gfp_migratetype, gfpflags_allow_blocking};
+use crate::page::{Kind, MovableOpsId, NONE, PageMeta};
+use crate::pageblock::{
+    MIGRATE_TYPES, MigrateType, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER, fallbacks, pageblock_start_pfn,
+};
+use crate::pcp::PerCpuPages;
+use crate::sync::{HostPlatform, Platform, SpinGuard, SpinLock};
+
+/// Largest order (Linux `MAX_PAGE_ORDER`): 2^10 pages = 4 MiB.
+pub const MAX_ORDER: usize = 10;
+/// Number of orders (Linux `NR_PAGE_ORDERS`).
+pub const NR_PAGE_ORDERS: usize = MAX_ORDER + 1;
+/// Highest order served by per-CPU lists (Linux `PAGE_ALLOC_COSTLY_ORDER`).
+pub const PCP_MAX_ORDER: usize = 3;
+/// Per-CPU lists exist for CPUs `0..MAX_CPUS`.
+pub const MAX_CPUS: usize = 16;
+/// Number of zones.
+pub const NR_ZONES: usize = 2;
+/// `nid` meaning "any node" for [`PageAlloc::try_alloc_pages`].
+pub const NUMA_NO_NODE: i32 = -1;
+/// Up to this many owners may register migration callbacks.
+pub const MAX_MOVABLE_OPS: usize = 7;
+
+/// First frame above the DMA32 zone (4 GiB).
+const DMA32_END_PFN: u64 = 1 << (32 - crate::addr::PAGE_SHIFT);
+
+/// A memory zone (Linux `enum zone_type`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ZoneType {
+    /// Below 4 GiB.
+    Dma32 = 0,
+    /// Everything else.
+    Normal = 1,
+}
+
+impl ZoneType {
+    pub const fn name(self) -> &'static str {
+        match self {
+            ZoneType::Dma32 => "DMA32",
+            ZoneType::Normal => "Normal",
+        }
+    }
+}
+
+/// Watermark index (Linux `enum zone_watermarks`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Watermark {
+    Min = 0,
+    Low = 1,
+    High = 2,
+}
+
+// Internal allocation flags (Linux `ALLOC_*` in mm/internal.h).
+pub(crate) const ALLOC_WMARK_MASK: u32 = 0x3;
+pub(crate) const ALLOC_NO_WATERMARKS: u32 = 0x4;
+pub(crate) const ALLOC_HIGH: u32 = 0x20;
+pub(crate) const ALLOC_NON_BLOCK: u32 = 0x40;
+pub(crate) const ALLOC_MIN_RESERVE: u32 = 0x80;
+pub(crate) const ALLOC_NOFRAGMENT: u32 = 0x100;
+pub(crate) const ALLOC_HIGHATOMIC: u32 = 0x200;
+pub(crate) const ALLOC_TRYLOCK: u32 = 0x400;
+const ALLOC_RESERVES: u32 = ALLOC_HIGH | ALLOC_NON_BLOCK | ALLOC_MIN_RESERVE | ALLOC_HIGHATOMIC;
+
+/// Physical memory access the allocator needs for `__GFP_ZERO` and migration.
+/// The kernel implements it over its direct map, host tests over a `Vec`.
+pub trait PhysMem: Sync {
+    /// Fills `nr_pages` frames starting at `pfn` with zeroes.
+    ///
+    /// # Safety
+    /// The caller owns the frames exclusively for the duration of the call.
+    unsafe fn zero_frames(&self, pfn: Pfn, nr_pages: u64);
+    /// Copies `nr_pages` frames from `src` to `dst`.
+    ///
+    /// # Safety
+    /// The caller owns `dst` exclusively and keeps `src` stable during the call.
+    unsafe fn copy_frames(&self, src: Pfn, dst: Pfn, nr_pages: u64);
+}
+
+/// A `PhysMem` for memory nobody reads (benchmarks, tests without `__GFP_ZERO`).
+pub struct NoPhysMem;
+impl PhysMem for NoPhysMem {
+    unsafe fn zero_frames(&self, _: Pfn, _: u64) {}
+    unsafe fn copy_frames(&self, _: Pfn, _: Pfn, _: u64) {}
+}
+
+/// Callbacks into the rest of the kernel. All methods have no-op defaults.
+pub trait AllocHooks: Sync {
+    /// An allocation failed without `__GFP_NOWARN` (Linux `warn_alloc`).
+    fn warn_alloc(&self, _gfp: Gfp, _order: usize, _err: AllocError) {}
+    /// A free found inconsistent metadata (Linux `bad_page`); the block is leaked.
+    fn bad_page(&self, _pfn: Pfn, _reason: &'static str) {}
+    /// Direct reclaim (shrinkers, later): try to free memory; returns pages freed.
+    /// Only called when the caller's GFP flags allow blocking.
+    fn direct_reclaim(&self, _gfp: Gfp, _order: usize) -> u64 {
+        0
+    }
+}
+
+/// Hooks that do nothing.
+pub struct NoHooks;
+impl AllocHooks for NoHooks {}
+
+/// Why `alloc_pages` failed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AllocError {
+    /// `order` > [`MAX_ORDER`].
+    InvalidOrder,
+    /// No zone could satisfy the request within its watermarks.
+    NoMemory,
+    /// `fail_page_alloc` fault injection failed the request on purpose.
+    Injected,
+}
+
+/// Why `PageAlloc::new` refused the memory description.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum InitError {
+    /// `first_pfn` is not a multiple of 2^MAX_ORDER pages.
+    MisalignedBase,
+    /// More frames than u32 indices can link.
+    TooManyFrames,
+    /// A usable range lies (partly) outside the frames the metadata describes.
+    RangeOutsideMetadata,
+    /// Two usable ranges overlap.
+    OverlappingRanges,
+    /// `nr_cpus` is 0 or larger than [`MAX_CPUS`].
+    BadCpuCount,
+}
+
+/// Tunables (Linux sysctls).
+#[derive(Clone, Copy, Debug)]
+pub struct AllocConfig {
+    /// CPUs that get per-CPU lists (`1..=MAX_CPUS`).
+    pub nr_cpus: usize,
+    /// Group pages by mobility (Linux `page_group_by_mobility_disabled == 0`).
+    pub group_by_mobility: bool,
+    /// `vm.defrag_mode`: compact before falling back to a foreign block type.
+    pub defrag_mode: bool,
+    /// `vm.min_free_kbytes`; `None` = Linux' default `sqrt(16 * lowmem_kb)`.
+    pub min_free_kbytes: Option<u64>,
+    /// Per-CPU batch; `None` = Linux' `zone_batchsize` (63 for zones >= 256 MiB).
+    pub pcp_batch: Option<u32>,
+}
+
+impl Default for AllocConfig {
+    fn default() -> Self {
+        AllocConfig { nr_cpus: 1, group_by_mobility: true, defrag_mode: false, min_free_kbytes: None, pcp_batch: None }
+    }
+}
+
+/// An owned block of `2^order` frames. Not `Clone`; give it back with
+/// [`PageAlloc::free_pages`] (or [`Pages::leak`] to keep it forever). Dropping it is a
+/// leak and panics in debug builds (a drop bomb).
+#[must_use = "pages must be returned with free_pages() or leak()"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pages {
+    pfn: Pfn,
+    order: u8,
+}
+
+impl Pages {
+    pub fn pfn(&self) -> Pfn {
+        self.pfn
+    }
+    pub fn order(&self) -> usize {
+        self.order as usize
+    }
+    pub fn nr_pages(&self) -> u64 {
+        1 << self.order
+    }
+    pub fn phys_addr(&self) -> u64 {
+        self.pfn.phys_addr()
+    }
+    /// Frames covered.
+    pub fn pfn_range(&self) -> Range<u64> {
+        self.pfn.0..self.pfn.0 + self.nr_pages()
+    }
+    /// Gives up the handle without freeing (memory kept for the kernel's lifetime, or
+    /// recorded elsewhere by pfn, e.g. in a page-table entry). Returns the pfn.
+    pub fn leak(self) -> Pfn {
+        let pfn = self.pfn;
+        core::mem::forget(self);
+        pfn
+    }
+    /// Re-creates the handle of a block that was [`leak`](Pages::leak)ed.
+    ///
+    /// # Safety
+    /// `pfn`/`order` describe a block obtained from this allocator whose handle was
+    /// leaked, and no other handle to it exists (otherwise it would be freed twice).
+    pub unsafe fn from_raw(pfn: Pfn, order: usize) -> Pages {
+        Pages { pfn, order: order as u8 }
+    }
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        #[cfg(test)]
+        if std::thread::panicking() {
+            return;
+        }
+        #[cfg(debug_assertions)]
+        panic!("leaked {} pages at {}: Pages must be passed to free_pages()", self.nr_pages(), self.pfn);
+    }
+}
+
+/// Buddy free lists of one zone (Linux `struct free_area[]` + zone counters).
+pub(crate) struct FreeArea {
+    pub(crate) head: [[u32; MIGRATE_TYPES]; NR_PAGE_ORDERS],
+    pub(crate) nr_free: [[u64; MIGRATE_TYPES]; NR_PAGE_ORDERS],
+    pub(crate) nr_free_pages: u64,
+    pub(crate) nr_free_by_mt: [u64; MIGRATE_TYPES],
+    pub(crate) nr_blocks_by_mt: [u64; MIGRATE_TYPES],
+    pub(crate) nr_reserved_highatomic: u64,
+}
+
+impl FreeArea {
+    const fn new() -> FreeArea {
+        FreeArea {
+            head: [[NONE; MIGRATE_TYPES]; NR_PAGE_ORDERS],
+            nr_free: [[0; MIGRATE_TYPES]; NR_PAGE_ORDERS],
+            nr_free_pages: 0,
+            nr_free_by_mt: [0; MIGRATE_TYPES],
+            nr_blocks_by_mt: [0; MIGRATE_TYPES],
+            nr_reserved_highatomic: 0,
+        }
+    }
+}
+
+/// One zone (Linux `struct zone`).
+pub struct Zone<P: Platform> {
+    pub(crate) ztype: ZoneType,
+    /// Frames `[start_pfn, end_pfn)` of the zone that the metadata covers.
+    pub(crate) start_pfn: u64,
+    pub(crate) end_pfn: u64,
+    pub(crate) managed_pages: u64,
+    pub(crate) wmark: [u64; 3],
+    pub(crate) area: SpinLock<FreeArea, P>,
+    pub(crate) pcp: [SpinLock<PerCpuPages, P>; MAX_CPUS],
+    /// Mirror of buddy free pages usable for watermarks (excludes Isolate), read without lock.
+    pub(crate) nr_free: AtomicU64,
+    /// Head of the lock-free deferred-free stack (metadata index), `NONE` if empty.
+    pub(crate) deferred_head: AtomicU32,
+    pub(crate) nr_deferred: AtomicU64,
+}
+
+/// Event counters (Linux `/proc/vmstat` names). Fast-path counters live per CPU.
+#[derive(Default)]
+pub(crate) struct Events {
+    pub(crate) pgalloc: AtomicU64,
+    pub(crate) pgfree: AtomicU64,
+    pub(crate) alloc_fail: AtomicU64,
+    pub(crate) allocstall: AtomicU64,
+    pub(crate) fallback: AtomicU64,
+    pub(crate) claim_block: AtomicU64,
+    pub(crate) steal: AtomicU64,
+    pub(crate) polluting: AtomicU64,
+    pub(crate) compact_stall: AtomicU64,
+    pub(crate) compact_success: AtomicU64,
+    pub(crate) compact_fail: AtomicU64,
+    pub(crate) compact_migrated: AtomicU64,
+    pub(crate) deferred_free: AtomicU64,
+    pub(crate) trylock_fail: AtomicU64,
+    pub(crate) bad_page: AtomicU64,
+    pub(crate) highatomic_reserve: AtomicU64,
+}
+
+/// The physical page allocator (one NUMA node).
+pub struct PageAlloc<'a, P: Platform = HostPlatform> {
+    pub(crate) meta: &'a [PageMeta],
+    pub(crate) base_pfn: u64,
+    pub(crate) zones: [Zone<P>; NR_ZONES],
+    pub(crate) mem: &'a dyn PhysMem,
+    pub(crate) hooks: &'a dyn AllocHooks,
+    pub(crate) nr_cpus: usize,
+    pub(crate) group_by_mobility: bool,
+    pub(crate) defrag_mode: AtomicBool,
+    pub(crate) movable_ops: SpinLock<[Option<&'a dyn MigrateOps>; MAX_MOVABLE_OPS], P>,
+    pub(crate) events: Events,
+    /// Fault injection (Linux `fail_page_alloc`), off by default.
+    pub fail: FailPageAlloc,
+}
+
+/// Where `__rmqueue` found the pages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    Own,
+    Claimed,
+    Stolen,
+}
+
+impl<'a, P: Platform> PageAlloc<'a, P> {
+    // ------------------------------------------------------------------ init
+
+    /// Builds the allocator over `meta`, which describes frames
+    /// `first_pfn .. first_pfn + meta.len()`, and frees every frame of `usable`
+    /// (ranges of pfns; anything not listed stays `Reserved`). O(frames).
+    pub fn new(
+        meta: &'a [PageMeta],
+        first_pfn: Pfn,
+        usable: &[Range<Pfn>],
+        mem: &'a dyn PhysMem,
+        hooks: &'a dyn AllocHooks,
+        config: AllocConfig,
+    ) -> Result<Self, InitError> {
+        if first_pfn.0 % (1 << MAX_ORDER) != 0 {
+            return Err(InitError::MisalignedBase);
+        }
+        if meta.len() as u64 >= NONE as u64 {
+            return Err(InitError::TooManyFrames);
+        }
+        if config.nr_cpus == 0 || config.nr_cpus > MAX_CPUS {
+            return Err(InitError::BadCpuCount);
+        }
+        let end_pfn = first_pfn.0 + meta.len() as u64;
+        for r in usable {
+            if r.start.0 < first_pfn.0 || r.end.0 > end_pfn {
+                return Err(InitError::RangeOutsideMetadata);
+            }
+        }
+        let zone = |ztype: ZoneType, lo: u64, hi: u64| Zone {
+            ztype,
+            start_pfn: lo,
+            end_pfn: hi.max(lo),
+            managed_pages: 0,
+            wmark: [0; 3],
+            area: SpinLock::new(FreeArea::new()),
+            pcp: core::array::from_fn(|_| SpinLock::new(PerCpuPages::new())),
+            nr_free: AtomicU64::new(0),
+            deferred_head: AtomicU32::new(NONE),
+            nr_deferred: AtomicU64::new(0),
+        };
+        let dma_end = end_pfn.min(DMA32_END_PFN).max(first_pfn.0);
+        let mut this = PageAlloc {
+            meta,
+            base_pfn: first_pfn.0,
+            zones: [zone(ZoneType::Dma32, first_pfn.0, dma_end), zone(ZoneType::Normal, dma_end, end_pfn)],
+            mem,
+            hooks,
+            nr_cpus: config.nr_cpus,
+            group_by_mobility: config.group_by_mobility,
+            defrag_mode: AtomicBool::new(config.defrag_mode),
+            movable_ops: SpinLock::new([None; MAX_MOVABLE_OPS]),
+            events: Events::default(),
+            fail: FailPageAlloc::new(),
+        };
+        // memmap_init: every frame Reserved, every page block Movable (as Linux).
+        for m in meta {
+            m.reset();
+        }
+        for z in &this.zones {
+            let mut a = z.area.lock();
+            let mut pfn = z.start_pfn;
+            while pfn < z.end_pfn {
+                this.meta(pfn).set_block_migratetype(MigrateType::Movable);
+                a.nr_blocks_by_mt[MigrateType::Movable.index()] += 1;
+                pfn += PAGEBLOCK_NR_PAGES;
+            }
+        }
+        // memblock_free_all: hand every usable frame to the buddy in maximal blocks.
+        for r in usable {
+            let mut pfn = r.start.0;
+            while pfn < r.end.0 {
+                let zi = this.zone_idx(pfn);
+                let limit = r.end.0.min(this.zones[zi].end_pfn);
+                let align = if pfn == 0 { MAX_ORDER } else { pfn.trailing_zeros() as usize };
+                let fit = (63 - (limit - pfn).leading_zeros()) as usize;
+                let order = align.min(fit).min(MAX_ORDER);
+                for p in pfn..pfn + (1 << order) {
+                    if this.meta(p).kind() != Kind::Reserved {
+                        return Err(InitError::OverlappingRanges);
+                    }
+                    this.meta(p).set_kind(Kind::Tail, 0);
+                }
+                let z = &this.zones[zi];
+                let mut a = z.area.lock();
+                let mt = this.block_mt(pfn);
+                this.__free_one_page(z, &mut a, pfn, order, mt);
+                drop(a);
+                this.zones[zi].managed_pages += 1 << order;
+                pfn += 1 << order;
+            }
+        }
+        let total_managed: u64 = this.zones.iter().map(|z| z.managed_pages).sum();
+        let min_free_kb = config.min_free_kbytes.unwrap_or_else(|| default_min_free_kbytes(total_managed));
+        let min_free_pages = min_free_kb * 1024 / PAGE_SIZE;
+        for z in &mut this.zones {
+            if total_managed == 0 {
+                break;
+            }
+            let min = min_free_pages * z.managed_pages / total_managed;
+            let delta = (min / 4).max(z.managed_pages * 10 / 10_000);
+            z.wmark = [min, min + delta, min + 2 * delta];
+            let batch = config.pcp_batch.unwrap_or_else(|| zone_batchsize(z.managed_pages)).max(1);
+            let high = (batch * 6).max(4 * PAGEBLOCK_NR_PAGES as u32 / 8);
+            for pcp in &z.pcp {
+                pcp.lock().set_batch_high(batch, high);
+            }
+        }
+        Ok(this)
+    }
+
+    // ------------------------------------------------------------ helpers
+
+    #[inline(always)]
+    pub(crate) fn meta(&self, pfn: u64) -> &PageMeta {
+        &self.meta[(pfn - self.base_pfn) as usize]
+    }
+    #[inline(always)]
+    pub(crate) fn idx(&self, pfn: u64) -> u32 {
+        (pfn - self.base_pfn) as u32
+    }
+    #[inline(always)]
+    pub(crate) fn pfn_of(&self, idx: u32) -> u64 {
+        self.base_pfn + idx as u64
+    }
+    #[inline(always)]
+    pub(crate) fn zone_idx(&self, pfn: u64) -> usize {
+        (pfn >= DMA32_END_PFN) as usize
+    }
+    #[inline(always)]
+    pub(crate) fn block_mt(&self, pfn: u64) -> MigrateType {
+        self.meta(pageblock_start_pfn(Pfn(pfn)).0).block_migratetype()
+    }
+    pub(crate) fn in_span(&self, pfn: u64) -> bool {
+        pfn >= self.base_pfn && pfn - self.base_pfn < self.meta.len() as u64
+    }
+
+    /// The metadata of frame `pfn`, if this allocator describes it.
+    pub fn page(&self, pfn: Pfn) -> Option<&PageMeta> {
+        self.in_span(pfn.0).then(|| self.meta(pfn.0))
+    }
+
+    /// Frames `first_pfn..end` described by the metadata.
+    pub fn pfn_span(&self) -> Range<Pfn> {
+        Pfn(self.base_pfn)..Pfn(self.base_pfn + self.meta.len() as u64)
+    }
+
+    /// Frames managed by the allocator (all zones).
+    pub fn managed_pages(&self) -> u64 {
+        self.zones.iter().map(|z| z.managed_pages).sum()
+    }
+
+    /// Switches `vm.defrag_mode`.
+    pub fn set_defrag_mode(&self, on: bool) {
+        self.defrag_mode.store(on, Relaxed);
+    }
+
+    /// Registers the migration callbacks of a movable-page owner (Linux
+    /// `movable_operations`). Pages marked with the returned id via
+    /// [`PageMeta::set_movable`] can be moved by compaction.
+    pub fn register_movable_ops(&self, ops: &'a dyn MigrateOps) -> Option<MovableOpsId> {
+        let mut reg = self.movable_ops.lock();
+        let slot = reg.iter().position(|s| s.is_none())?;
+        reg[slot] = Some(ops);
+        Some(MovableOpsId(slot as u8))
+    }
+
+    // ------------------------------------------------------- free lists
+
+    #[inline]
+    fn sync_nr_free(&self, z: &Zone<P>, a: &FreeArea) {
+        z.nr_free.store(a.nr_free_pages - a.nr_free_by_mt[MigrateType::Isolate.index()], Relaxed);
+    }
+
+    pub(crate) fn add_to_free_list(&self, z: &Zone<P>, a: &mut FreeArea, pfn: u64, order: usize, mt: MigrateType) {
+        let idx = self.idx(pfn);
+        let m = self.meta(pfn);
+        let head = a.head[order][mt.index()];
+        m.set_kind(Kind::Buddy, order);
+        m.clear_refcount();
+        m.set_prev(NONE);
+        m.set_next(head);
+        if head != NONE {
+            self.meta[head as usize].set_prev(idx);
+        }
+        a.head[order][mt.index()] = idx;
+        a.nr_free[order][mt.index()] += 1;
+        a.nr_free_pages += 1 << order;
+        a.nr_free_by_mt[mt.index()] += 1 << order;
+        self.sync_nr_free(z, a);
+    }
+
+    /// Unlinks a free block; its head becomes a `Tail` until the caller re-marks it.
+    pub(crate) fn del_from_free_list(&self, z: &Zone<P>, a: &mut FreeArea, pfn: u64, order: usize, mt: MigrateType) {
+        let m = self.meta(pfn);
+        debug_assert_eq!((m.kind(), m.order()), (Kind::Buddy, order));
+        let (next, prev) = (m.next(), m.prev());
+        if next != NONE {
+            self.meta[next as usize].set_prev(prev);
+        }
+        if prev != NONE {
+            self.meta[prev as usize].set_next(next);
+        } else {
+            a.head[order][mt.index()] = next;
+        }
+        m.set_kind(Kind::Tail, 0);
+        a.nr_free[order][mt.index()] -= 1;
+        a.nr_free_pages -= 1 << order;
+        a.nr_free_by_mt[mt.index()] -= 1 << order;
+        self.sync_nr_free(z, a);
+    }
+
+    /// Sets the type of the block(s) covering `[pfn, pfn + 2^order)` (Linux
+    /// `set_pageblock_migratetype` / `change_pageblock_range`).
+    pub(crate) fn set_pageblock_range(&self, a: &mut FreeArea, pfn: u64, order: usize, mt: MigrateType) {
+        let start = pageblock_start_pfn(Pfn(pfn)).0;
+        let nr_blocks = 1u64 << order.saturating_sub(PAGEBLOCK_ORDER);
+        for b in 0..nr_blocks {
+            let m = self.meta(start + b * PAGEBLOCK_NR_PAGES);
+            let old = m.block_migratetype();
+            a.nr_blocks_by_mt[old.index()] -= 1;
+            a.nr_blocks_by_mt[mt.index()] += 1;
+            m.set_block_migratetype(mt);
+        }
+    }
+
+    /// Splits a block of `2^high` at `pfn` down to `2^low`, putting the upper halves
+    /// on the `mt` lists (Linux `expand`).
+    fn expand(&self, z: &Zone<P>, a: &mut FreeArea, pfn: u64, low: usize, mut high: usize, mt: MigrateType) {
+        while high > low {
+            high -= 1;
+            self.add_to_free_list(z, a, pfn + (1 << high), high, mt);
+        }
+    }
+
+    /// Frees a block into the buddy lists, merging with free buddies
+    /// (Linux `__free_one_page`). `mt` is the type of the block at `pfn`.
+    pub(crate) fn __free_one_page(&self, z: &Zone<P>, a: &mut FreeArea, mut pfn: u64, mut order: usize, mt: MigrateType) {
+        while order < MAX_ORDER {
+            let buddy = pfn ^ (1 << order);
+            if !self.in_span(buddy) {
+                break;
+            }
+            let bm = self.meta(buddy);
+            if bm.kind() != Kind::Buddy || bm.order() != order {
+                break;
+            }
+            let buddy_mt = if order >= PAGEBLOCK_ORDER { self.block_mt(buddy) } else { mt };
+            if buddy_mt != mt && (!mt.is_mergeable() || !buddy_mt.is_mergeable()) {
+                break;
+            }
+            self.del_from_free_list(z, a, buddy, order, buddy_mt);
+            if buddy_mt != mt {
+                self.set_pageblock_range(a, buddy, order, mt);
+            }
+            pfn &= !(1 << order);
+            order += 1;
+        }
+        self.add_to_free_list(z, a, pfn, order, mt);
+    }
+
+    /// Counts free pages (in buddy lists) and pages allocated as movable in the page
+    /// block of `pfn` (Linux `prep_move_freepages_block`). Returns `(free, movable)`.
+    pub(crate) fn count_block(&self, pfn: u64) -> (u64, u64) {
+        let (mut free, mut movable) = (0, 0);
+        let start = pageblock_start_pfn(Pfn(pfn)).0;
+        let end = (start + PAGEBLOCK_NR_PAGES).min(self.base_pfn + self.meta.len() as u64);
+        let mut p = start;
+        while p < end {
+            let m = self.meta(p);
+            let kind = m.kind();
+            let n = if matches!(kind, Kind::Tail | Kind::Reserved) { 1 } else { 1u64 << m.order() };
+            if kind == Kind::Buddy {
+                free += n;
+            } else if kind.is_owned() && m.alloc_migratetype() == MigrateType::Movable {
+                movable += n;
+            }
+            p += n;
+        }
+        (free, movable)
+    }
+
+    /// Moves the buddy-free blocks of the page block at `pfn` from the `from` lists to
+    /// the `to` lists and retypes the block (Linux `move_freepages_block`).
+    pub(crate) fn move_freepages_block(&self, z: &Zone<P>, a: &mut FreeArea, pfn: u64, from: MigrateType, to: MigrateType) {
+        let start = pageblock_start_pfn(Pfn(pfn)).0;
+        let end = (start + PAGEBLOCK_NR_PAGES).min(self.base_pfn + self.meta.len() as u64);
+        let mut p = start;
+        while p < end {
+            let m = self.meta(p);
+            let kind = m.kind();
+            let order = m.order();
+            if kind == Kind::Buddy {
+                self.del_from_free_list(z, a, p, order, from);
+                self.add_to_free_list(z, a, p, order, to);
+            }
+            p += if matches!(kind, Kind::Tail | Kind::Reserved) { 1 } else { 1 << order };
+        }
+        self.set_pageblock_range(a, start, 0, to);
+    }
+
+    // ------------------------------------------------------------ __rmqueue
+
+    pub(crate) fn __rmqueue_smallest(&self, z: &Zone<P>, a: &mut FreeArea, order: usize, mt: MigrateType) -> Option<u64> {
+        for cur in order..NR_PAGE_ORDERS {
+            let head = a.head[cur][mt.index()];
+            if head != NONE {
+                let pfn = self.pfn_of(head);
+                self.del_from_free_list(z, a, pfn, cur, mt);
+                self.expand(z, a, pfn, order, cur, mt);
+                return Some(pfn);
+            }
+        }
+        None
+    }
+
+    /// Whether a fallback of a free block of `order` may claim its page block
+    /// (Linux `should_try_claim_block`).
+    fn should_try_claim_block(&self, order: usize, start_mt: MigrateType) -> bool {
+        order >= PAGEBLOCK_ORDER / 2
+            || start_mt != MigrateType::Movable
+            || !self.group_by_mobility
+    }
+
+    /// First fallback type with a free block of exactly `order`
+    /// (Linux `find_suitable_fallback`).
+    fn find_suitable_fallback(&self, a: &FreeArea, order: usize, start_mt: MigrateType) -> Option<MigrateType> {
+        fallbacks(start_mt).iter().copied().find(|mt| a.head[order][mt.index()] != NONE)
+    }
+
+    /// Takes over the page block of a fallback free block when it is mostly free or
+    /// compatible, then allocates from it (Linux `try_to_claim_block`).
+    fn try_to_claim_block(
+        &self,
+        z: &Zone<P>,
+        a: &mut FreeArea,
+        pfn: u64,
+        cur_order: usize,
+        order: usize,
+        start_mt: MigrateType,
+        block_mt: MigrateType,
+    ) -> Option<u64> {
+        if cur_order >= PAGEBLOCK_ORDER {
+            self.del_from_free_list(z, a, pfn, cur_order, block_mt);
+            self.set_pageblock_range(a, pfn, cur_order, start_mt);
+            self.expand(z, a, pfn, order, cur_order, start_mt);
+            self.events.claim_block.fetch_add(1 << (cur_order - PAGEBLOCK_ORDER), Relaxed);
+            return Some(pfn);
+        }
+        let (free, movable) = self.count_block(pfn);
+        let alike = if start_mt == MigrateType::Movable {
+            movable
+        } else if block_mt == MigrateType::Movable {
+            // Unmovable/reclaimable in a movable block: what is neither free nor
+            // movable must be of a non-movable kind, i.e. alike.
+            PAGEBLOCK_NR_PAGES - free - movable
+        } else {
+            0
+        };
+        if free + alike >= PAGEBLOCK_NR_PAGES / 2 || !self.group_by_mobility {
+            self.move_freepages_block(z, a, pfn, block_mt, start_mt);
+            self.events.claim_block.fetch_add(1, Relaxed);
+            return self.__rmqueue_smallest(z, a, order, start_mt);
+        }
+        None
+    }
+
+    fn __rmqueue_claim(&self, z: &Zone<P>, a: &mut FreeArea, order: usize, start_mt: MigrateType, flags: u32) -> Option<u64> {
+        let min_order = if flags & ALLOC_NOFRAGMENT != 0 { order.max(PAGEBLOCK_ORDER) } else { order };
+        for cur in (min_order..NR_PAGE_ORDERS).rev() {
+            if !self.should_try_claim_block(cur, start_mt) {
+                break;
+            }
+            let Some(fmt) = self.find_suitable_fallback(a, cur, start_mt) else { continue };
+            let pfn = self.pfn_of(a.head[cur][fmt.index()]);
+            if let Some(page) = self.try_to_claim_block(z, a, pfn, cur, order, start_mt, fmt) {
+                return Some(page);
+            }
+        }
+        None
+    }
+
+    /// Takes just the pages from a foreign block, leaving its type alone
+    /// (Linux `__rmqueue_steal`): the polluting fallback.
+    fn __rmqueue_steal(&self, z: &Zone<P>, a: &mut FreeArea, order: usize, start_mt: MigrateType) -> Option<u64> {
+        for cur in order..NR_PAGE_ORDERS {
+            let Some(fmt) = self.find_suitable_fallback(a, cur, start_mt) else { continue };
+            let pfn = self.pfn_of(a.head[cur][fmt.index()]);
+            self.del_from_free_list(z, a, pfn, cur, fmt);
+            self.expand(z, a, pfn, order, cur, fmt);
+            return Some(pfn);
+        }
+        None
+    }
+
+    /// Takes a block of `2^order` of type `mt` off the free lists, falling back to
+    /// other types as Linux does (Linux `__rmqueue`). Zone lock held.
+    pub(crate) fn __rmqueue(&self, z: &Zone<P>, a: &mut FreeArea, order: usize, mt: MigrateType, flags: u32) -> Option<u64> {
+        let (pfn, how) = if let Some(p) = self.__rmqueue_smallest(z, a, order, mt) {
+            (p, Placement::Own)
+        } else if let Some(p) = self.__rmqueue_claim(z, a, order, mt, flags) {
+            (p, Placement::Claimed)
+        } else if flags & ALLOC_NOFRAGMENT == 0 {
+            (self.__rmqueue_steal(z, a, order, mt)?, Placement::Stolen)
+        } else {
+            return None;
+        };
+        if how != Placement::Own {
+            self.events.fallback.fetch_add(1, Relaxed);
+        }
+        if how == Placement::Stolen {
+            self.events.steal.fetch_add(1, Relaxed);
+        }
+        Some(pfn)
+    }
+
+    /// Zone lock, draining the deferred-free list once held.
+    pub(crate) fn lock_zone<'s>(&'s self, z: &'s Zone<P>) -> SpinGuard<'s, FreeArea, P> {
+        let mut a = z.area.lock();
+        self.drain_deferred(z, &mut a);
+        a
+    }
+
+    /// Zone lock, or only one try at it when `trylock` (NMI-safe paths).
+    pub(crate) fn lock_zone_maybe<'s>(&'s self, z: &'s Zone<P>, trylock: bool) -> Option<SpinGuard<'s, FreeArea, P>> {
+        if !trylock {
+            return Some(self.lock_zone(z));
+        }
+        let Some(mut a) = z.area.try_lock() else {
+            self.events.trylock_fail.fetch_add(1, Relaxed);
+            return None;
+        };
+        self.drain_deferred(z, &mut a);
+        Some(a)
+    }
+
+    /// Frees everything `free_pages_nolock` deferred. Single consumer (zone lock
+    /// held): swapping the whole stack out means no node is ever popped alone, so
+    /// the Treiber stack has no ABA problem.
+    fn drain_deferred(&self, z: &Zone<P>, a: &mut FreeArea) {
+        if z.deferred_head.load(Relaxed) == NONE {
+            return;
+        }
+        let mut idx = z.deferred_head.swap(NONE, Acquire);
+        while idx != NONE {
+            let m = &self.meta[idx as usize];
+            let next = m.next();
+            let pfn = self.pfn_of(idx);
+            let order = m.order();
+            m.set_kind(Kind::Tail, 0);
+            z.nr_deferred.fetch_sub(1 << order, Relaxed);
+            self.__free_one_page(z, a, pfn, order, self.block_mt(pfn));
+            idx = next;
+        }
+    }
+
+    /// Pushes a block on the deferred-free stack (lock-free, any context).
+    fn defer_free(&self, z: &Zone<P>, pfn: u64, order: usize) {
+        let idx = self.idx(pfn);
+        let m = self.meta(pfn);
+        m.set_kind(Kind::Deferred, order);
+        z.nr_deferred.fetch_add(1 << order, Relaxed);
+        self.events.deferred_free.fetch_add(1, Relaxed);
+        let mut head = z.deferred_head.load(Relaxed);
+        loop {
+            m.set_next(head);
+            match z.deferred_head.compare_exchange_weak(head, idx, Release, Relaxed) {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    // ---------------------------------------------------------- watermarks
+
+    /// Linux `__zone_watermark_ok` on a free-page snapshot.
+    pub(crate) fn zone_watermark_ok(&self, order: usize, mark: u64, flags: u32, free_pages: u64, reserved_highatomic: u64) -> bool {
+        let mut min = mark;
+        let mut free = free_pages as i64 - ((1i64 << order) - 1);
+        if flags & ALLOC_RESERVES != 0 {
+            if flags & ALLOC_MIN_RESERVE != 0 {
+                min -= min / 2;
+            } else if flags & ALLOC_HIGH != 0 {
+                min -= min / 2;
+            }
+            if flags & ALLOC_NON_BLOCK != 0 {
+                min -= min / 4;
+            }
+        } else {
+            free -= reserved_highatomic as i64;
+        }
+        free > min as i64
+    }
+
+    #[inline]
+    fn zone_watermark_fast(&self, z: &Zone<P>, order: usize, flags: u32) -> bool {
+        if flags & ALLOC_NO_WATERMARKS != 0 {
+            return true;
+        }
+        let mark = z.wmark[(flags & ALLOC_WMARK_MASK) as usize];
+        let free = z.nr_free.load(Relaxed);
+        // Fast accept, as Linux does for order-0 well above the mark.
+        if order == 0 && free > mark + (1 << 10) {
+            return true;
+        }
+        self.zone_watermark_ok(order, mark, flags, free, 0)
+    }
+}
+
+/// Linux `calculate_min_free_kbytes`: sqrt(16 * lowmem_kb), clamped to [128, 262144].
+fn default_min_free_kbytes(managed_pages: u64) -> u64 {
+    let kb = managed_pages * (PAGE_SIZE / 1024);
+    isqrt(kb * 16).clamp(128, 262_144)
+}
+
+fn isqrt(n: u64) -> u64 {
+    // Newton's method on integers (no floating point in the kernel).
+    if n < 2 {
+        return n;
+    }
+    let mut x = n;
+    let mut y = x.div_ceil(2);
+    while y < x {
+        x = y;
+        y = (x + n / x) / 2;
+    }
+    x
+}
+
+/// Linux `zone_batchsize`: about a quarter of 1/1024 of the zone, at most 256 KiB'
+/// worth, rounded to 2^n - 1.
+fn zone_batchsize(managed_pages: u64) -> u32 {
+    let mut batch = (managed_pages / 1024).min(256 * 1024 / PAGE_SIZE * 4) / 4;
+    batch = batch.max(1);
+    let b = batch + batch / 2;
+    ((1u64 << (63 - b.leading_zeros())) - 1).max(1) as u32
+}
+
+/// Result of a per-CPU list attempt in try-lock mode.
+pub(crate) struct Busy;
+
+impl<'a, P: Platform> PageAlloc<'a, P> {
+    // --------------------------------------------------------- allocation
+
+    /// The free-list type for a request of mobility `mt`.
+    #[inline(always)]
+    pub(crate) fn list_mt(&self, mt: MigrateType) -> MigrateType {
+        if self.group_by_mobility { mt } else { MigrateType::Movable }
+    }
+
+    /// Linux `rmqueue_buddy`: straight from the buddy lists under the zone lock.
+    fn rmqueue_buddy(&self, z: &Zone<P>, order: usize, mt: MigrateType, flags: u32) -> Option<u64> {
+        let mut a = self.lock_zone_maybe(z, flags & ALLOC_TRYLOCK != 0)?;
+        let mut page = None;
+        if flags & ALLOC_HIGHATOMIC != 0 && order > 0 {
+            page = self.__rmqueue_smallest(z, &mut a, order, MigrateType::HighAtomic);
+        }
+        if page.is_none() {
+            page = self.__rmqueue(z, &mut a, order, mt, flags);
+        }
+        if page.is_none() && flags & ALLOC_NON_BLOCK != 0 {
+            page = self.__rmqueue_smallest(z, &mut a, order, MigrateType::HighAtomic);
+        }
+        page
+    }
+
+    /// Linux `rmqueue`: per-CPU list for small orders, buddy otherwise.
+    #[inline]
+    fn rmqueue(&self, z: &Zone<P>, order: usize, mt: MigrateType, flags: u32) -> Option<u64> {
+        if order <= PCP_MAX_ORDER {
+            match self.rmqueue_pcplist(z, order, mt, flags) {
+                Ok(page) => return page,
+                Err(Busy) => {} // try-lock mode and the per-CPU lock is taken
+            }
+        }
+        self.rmqueue_buddy(z, order, mt, flags)
+    }
+
+    /// Linux `prep_new_page`: state, pollution accounting, zeroing.
+    #[inline]
+    fn prep_new_page(&self, pfn: u64, order: usize, gfp: Gfp, real_mt: MigrateType) {
+        self.meta(pfn).prep_allocated(order, real_mt);
+        let bmt = self.block_mt(pfn);
+        if bmt != real_mt && bmt != MigrateType::HighAtomic {
+            self.events.polluting.fetch_add(1, Relaxed);
+        }
+        if gfp.contains(Gfp::ZERO) {
+            // SAFETY: the block was just taken off the free lists; nobody else owns it.
+            unsafe { self.mem.zero_frames(Pfn(pfn), 1 << order) };
+        }
+    }
+
+    /// Linux `get_page_from_freelist`: walk the zone list, check watermarks, take pages.
+    fn get_page_from_freelist(&self, gfp: Gfp, order: usize, flags: u32, real_mt: MigrateType) -> Option<u64> {
+        let zonelist: &[usize] = if gfp.contains(Gfp::DMA32) { &[0] } else { &[1, 0] };
+        let mt = self.list_mt(real_mt);
+        for &zi in zonelist {
+            let z = &self.zones[zi];
+            if z.managed_pages == 0 || !self.zone_watermark_fast(z, order, flags) {
+                continue;
+            }
+            if let Some(pfn) = self.rmqueue(z, order, mt, flags) {
+                self.prep_new_page(pfn, order, gfp, real_mt);
+                if flags & ALLOC_HIGHATOMIC != 0 && order > 0 && flags & ALLOC_TRYLOCK == 0 {
+                    self.reserve_highatomic_pageblock(z, pfn);
+                }
+                return Some(pfn);
+            }
+        }
+        None
+    }
+
+    /// Linux `gfp_to_alloc_flags` (slow path).
+    fn gfp_to_alloc_flags(&self, gfp: Gfp, order: usize) -> u32 {
+        let mut flags = Watermark::Min as u32;
+        if gfp.contains(Gfp::HIGH) {
+            flags |= ALLOC_HIGH;
+        }
+        if !gfpflags_allow_blocking(gfp) && !gfp.contains(Gfp::NOMEMALLOC) {
+            flags |= ALLOC_NON_BLOCK;
+            if order > 0 {
+                flags |= ALLOC_HIGHATOMIC;
+            }
+        }
+        flags
+    }
+
+    /// Allocates `2^order` contiguous frames (Linux `alloc_pages`).
+    pub fn alloc_pages(&self, gfp: Gfp, order: usize) -> Result<Pages, AllocError> {
+        if order > MAX_ORDER {
+            return Err(self.alloc_failed(gfp, order, AllocError::InvalidOrder));
+        }
+        if self.fail.should_fail_alloc_page(gfp, order) {
+            return Err(self.alloc_failed(gfp, order, AllocError::Injected));
+        }
+        let real_mt = gfp_migratetype(gfp);
+        let mut flags = Watermark::Low as u32;
+        if self.defrag_mode.load(Relaxed) {
+            flags |= ALLOC_NOFRAGMENT;
+        }
+        let pfn = match self.get_page_from_freelist(gfp, order, flags, real_mt) {
+            Some(pfn) => pfn,
+            None => self.__alloc_pages_slowpath(gfp, order, real_mt)?,
+        };
+        Ok(Pages { pfn: Pfn(pfn), order: order as u8 })
+    }
+
+    /// Linux `__alloc_pages_slowpath`, without kswapd: min watermark, reserves,
+    /// direct compaction, the reclaim hook, draining per-CPU lists, then the
+    /// fragmenting fallbacks that defrag mode holds back, then `__GFP_NOFAIL` reserves.
+    fn __alloc_pages_slowpath(&self, gfp: Gfp, order: usize, real_mt: MigrateType) -> Result<u64, AllocError> {
+        self.events.allocstall.fetch_add(1, Relaxed);
+        let defrag = self.defrag_mode.load(Relaxed);
+        let mut flags = self.gfp_to_alloc_flags(gfp, order);
+        if defrag {
+            flags |= ALLOC_NOFRAGMENT;
+        }
+        let try_get = |flags: u32| self.get_page_from_freelist(gfp, order, flags, real_mt);
+        if let Some(p) = try_get(flags) {
+            return Ok(p);
+        }
+        if gfpflags_allow_blocking(gfp) {
+            // Direct compaction: for costly orders (as Linux), and in defrag mode
+            // before any fragmenting fallback.
+            if order > PCP_MAX_ORDER || defrag {
+                for _ in 0..2 {
+                    if !self.compact_for_allocation(gfp) {
+                        break;
+                    }
+                    if let Some(p) = try_get(flags) {
+                        return Ok(p);
+                    }
+                }
+            }
+            if self.hooks.direct_reclaim(gfp, order) > 0 {
+                if let Some(p) = try_get(flags) {
+                    return Ok(p);
+                }
+            }
+            self.drain_all_pages();
+            if let Some(p) = try_get(flags) {
+                return Ok(p);
+            }
+        }
+        // Last resort before failing: fragmenting fallbacks (defrag mode).
+        if flags & ALLOC_NOFRAGMENT != 0 {
+            flags &= !ALLOC_NOFRAGMENT;
+            if let Some(p) = try_get(flags) {
+                return Ok(p);
+            }
+        }
+        if self.unreserve_highatomic_pageblock(real_mt) {
+            if let Some(p) = try_get(flags) {
+                return Ok(p);
+            }
+        }
+        if gfp.contains(Gfp::NOFAIL) {
+            // Linux retries forever; with no reclaim to wait for we take the reserves
+            // and, failing that, report the failure instead of hanging.
+            for _ in 0..4 {
+                if let Some(p) = try_get(flags | ALLOC_MIN_RESERVE | ALLOC_NO_WATERMARKS) {
+                    return Ok(p);
+                }
+                self.drain_all_pages();
+                self.hooks.direct_reclaim(gfp, order);
+            }
+        }
+        Err(self.alloc_failed(gfp, order, AllocError::NoMemory))
+    }
+
+    fn alloc_failed(&self, gfp: Gfp, order: usize, err: AllocError) -> AllocError {
+        self.events.alloc_fail.fetch_add(1, Relaxed);
+        if !gfp.contains(Gfp::NOWARN) {
+            self.hooks.warn_alloc(gfp, order, err);
+        }
+        err
+    }
+
+    /// Any-context allocation (Linux `try_alloc_pages`): only try-locks and atomics.
+    /// Returns zeroed unmovable pages, or `None` at once when a lock is taken, memory
+    /// is low, `order > PCP_MAX_ORDER`, or `nid` is not this node (0 / `NUMA_NO_NODE`).
+    pub fn try_alloc_pages(&self, nid: i32, order: usize) -> Option<Pages> {
+        if (nid != 0 && nid != NUMA_NO_NODE) || order > PCP_MAX_ORDER {
+            return None;
+        }
+        let gfp = Gfp::NOWARN | Gfp::ZERO | Gfp::NOMEMALLOC;
+        if self.fail.should_fail_alloc_page(gfp, order) {
+            self.events.alloc_fail.fetch_add(1, Relaxed);
+            return None;
+        }
+        let flags = ALLOC_TRYLOCK | Watermark::Low as u32;
+        let pfn = self.get_page_from_freelist(gfp, order, flags, MigrateType::Unmovable)?;
+        Some(Pages { pfn: Pfn(pfn), order: order as u8 })
+    }
+
+    // --------------------------------------------------------------- free
+
+    /// Checks the head of a block being freed (Linux `free_page_is_bad`); on a bad
+    /// page reports it and returns `None` (the block is leaked, never reused).
+    /// With `claim`, the head is taken over with a compare-and-swap, so two racing
+    /// frees of the same block (a misused `from_raw`) cannot both succeed.
+    fn free_pages_prepare(&self, pages: Pages, claim: bool) -> Option<(u64, usize)> {
+        let (pfn, order) = (pages.pfn.0, pages.order as usize);
+        core::mem::forget(pages);
+        let reason = if !self.in_span(pfn) || !self.in_span(pfn + (1 << order) - 1) {
+            "pfn outside this allocator"
+        } else if !self.meta(pfn).kind().is_owned() {
+            "not allocated (double free?)"
+        } else if self.meta(pfn).order() != order {
+            "order mismatch"
+        } else if self.meta(pfn).owner_busy() {
+            "still mapped / has live entries"
+        } else if claim && self.meta(pfn).take_owned(Kind::Tail).is_none() {
+            "freed concurrently (double free)"
+        } else {
+            return Some((pfn, order));
+        };
+        self.events.bad_page.fetch_add(1, Relaxed);
+        self.hooks.bad_page(Pfn(pfn), reason);
+        None
+    }
+
+    /// Returns a block to the allocator (Linux `__free_pages`).
+    pub fn free_pages(&self, pages: Pages) {
+        let Some((pfn, order)) = self.free_pages_prepare(pages, false) else { return };
+        let z = &self.zones[self.zone_idx(pfn)];
+        if order <= PCP_MAX_ORDER && self.free_unref_page(z, pfn, order, false) {
+            return;
+        }
+        self.meta(pfn).set_kind(Kind::Tail, 0);
+        let mut a = self.lock_zone(z);
+        self.__free_one_page(z, &mut a, pfn, order, self.block_mt(pfn));
+        self.events.pgfree.fetch_add(1, Relaxed);
+    }
+
+    /// Any-context free (Linux `free_pages_nolock`): per-CPU list or buddy if their
+    /// lock is free, otherwise the lock-free deferred list, drained by the next
+    /// operation that takes the zone lock.
+    pub fn free_pages_nolock(&self, pages: Pages) {
+        let Some((pfn, order)) = self.free_pages_prepare(pages, true) else { return };
+        let z = &self.zones[self.zone_idx(pfn)];
+        if order <= PCP_MAX_ORDER && self.free_unref_page(z, pfn, order, true) {
+            return;
+        }
+        if let Some(mut a) = self.lock_zone_maybe(z, true) {
+            self.meta(pfn).set_kind(Kind::Tail, 0);
+            self.__free_one_page(z, &mut a, pfn, order, self.block_mt(pfn));
+            self.events.pgfree.fetch_add(1, Relaxed);
+            return;
+        }
+        self.events.pgfree.fetch_add(1, Relaxed);
+        self.defer_free(z, pfn, order);
+    }
+
+    /// Frees what is waiting on the deferred lists now (normally done by the next
+    /// locked operation).
+    pub fn drain_deferred_frees(&self) {
+        for z in &self.zones {
+            drop(self.lock_zone(z));
+        }
+    }
+
+    // -------------------------------------------------- high-atomic reserve
+
+    /// Linux `reserve_highatomic_pageblock`: keep the block of a successful high-order
+    /// atomic allocation for later ones (up to ~1% of the zone).
+    fn reserve_highatomic_pageblock(&self, z: &Zone<P>, pfn: u64) {
+        let max = z.managed_pages / 100 + PAGEBLOCK_NR_PAGES;
+        let Some(mut a) = self.lock_zone_maybe(z, true) else { return };
+        let mt = self.block_mt(pfn);
+        if a.nr_reserved_highatomic >= max || !mt.is_mergeable() {
+            return;
+        }
+        self.move_freepages_block(z, &mut a, pfn, mt, MigrateType::HighAtomic);
+        a.nr_reserved_highatomic += PAGEBLOCK_NR_PAGES;
+        self.events.highatomic_reserve.fetch_add(1, Relaxed);
+    }
+
+    /// Linux `unreserve_highatomic_pageblock`: give one reserved block with free pages
+    /// back to `mt` under pressure. Returns whether one was released.
+    fn unreserve_highatomic_pageblock(&self, mt: MigrateType) -> bool {
+        for z in &self.zones {
+            let mut a = self.lock_zone(z);
+            if a.nr_reserved_highatomic == 0 {
+                continue;
+            }
+            for order in 0..NR_PAGE_ORDERS {
+                let head = a.head[order][MigrateType::HighAtomic.index()];
+                if head != NONE {
+                    let pfn = self.pfn_of(head);
+                    let to = if mt.is_mergeable() { mt } else { MigrateType::Movable };
+                    self.move_freepages_block(z, &mut a, pfn, MigrateType::HighAtomic, to);
+                    a.nr_reserved_highatomic -= PAGEBLOCK_NR_PAGES.min(a.nr_reserved_highatomic);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+#[path = "page_alloc_tests.rs"]
+mod tests;

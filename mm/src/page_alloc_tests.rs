@@ -1,0 +1,741 @@
+//! Host tests of the page allocator (unit, property, fault-injection, NMI simulation).
+
+use super::*;
+use crate::compaction::{MigrateOps, Migration};
+use crate::fail_page_alloc::FaultAttr;
+use crate::gfp::*;
+use crate::page::{PageState, Rmap};
+use crate::vmstat::ConsistencyReport;
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// Vec-backed physical memory starting at `base`.
+pub(crate) struct VecMem {
+    base: u64,
+    bytes: Mutex<Vec<u8>>,
+}
+
+impl VecMem {
+    fn new(base: u64, nr_pages: u64) -> VecMem {
+        VecMem { base, bytes: Mutex::new(vec![0xAA; (nr_pages * PAGE_SIZE) as usize]) }
+    }
+    fn range(&self, pfn: Pfn, nr: u64) -> core::ops::Range<usize> {
+        let s = ((pfn.0 - self.base) * PAGE_SIZE) as usize;
+        s..s + (nr * PAGE_SIZE) as usize
+    }
+    fn fill(&self, pfn: Pfn, byte: u8) {
+        let r = self.range(pfn, 1);
+        self.bytes.lock().unwrap()[r].fill(byte);
+    }
+    fn all_equal(&self, pfn: Pfn, nr: u64, byte: u8) -> bool {
+        let r = self.range(pfn, nr);
+        self.bytes.lock().unwrap()[r].iter().all(|&b| b == byte)
+    }
+}
+
+impl PhysMem for VecMem {
+    unsafe fn zero_frames(&self, pfn: Pfn, nr_pages: u64) {
+        let r = self.range(pfn, nr_pages);
+        self.bytes.lock().unwrap()[r].fill(0);
+    }
+    unsafe fn copy_frames(&self, src: Pfn, dst: Pfn, nr_pages: u64) {
+        let (s, d) = (self.range(src, nr_pages), self.range(dst, nr_pages));
+        self.bytes.lock().unwrap().copy_within(s, d.start);
+    }
+}
+
+#[derive(Default)]
+struct CountingHooks {
+    warnings: Mutex<Vec<(Gfp, usize, AllocError)>>,
+    bad: Mutex<Vec<Pfn>>,
+}
+impl AllocHooks for CountingHooks {
+    fn warn_alloc(&self, gfp: Gfp, order: usize, err: AllocError) {
+        self.warnings.lock().unwrap().push((gfp, order, err));
+    }
+    fn bad_page(&self, pfn: Pfn, _reason: &'static str) {
+        self.bad.lock().unwrap().push(pfn);
+    }
+}
+
+fn leak<T>(v: T) -> &'static T {
+    Box::leak(Box::new(v))
+}
+
+fn metas(n: u64) -> &'static [PageMeta] {
+    Box::leak((0..n).map(|_| PageMeta::new()).collect::<Vec<_>>().into_boxed_slice())
+}
+
+fn cfg() -> AllocConfig {
+    AllocConfig { min_free_kbytes: Some(0), pcp_batch: Some(15), ..AllocConfig::default() }
+}
+
+/// An allocator over `nr` frames at pfn 0, all usable.
+fn simple(nr: u64, config: AllocConfig) -> PageAlloc<'static> {
+    PageAlloc::<HostPlatform>::new(metas(nr), Pfn(0), &[Pfn(0)..Pfn(nr)], &NoPhysMem, leak(NoHooks), config).unwrap()
+}
+
+fn check(a: &PageAlloc<'_>) -> ConsistencyReport {
+    a.check_consistency().unwrap_or_else(|e| panic!("inconsistent: {e:?}"))
+}
+
+/// Frees all, drains per-CPU lists, and checks that memory is back in maximal blocks.
+fn assert_restored(a: &PageAlloc<'_>) {
+    a.drain_all_pages();
+    a.drain_deferred_frees();
+    let rep = check(a);
+    assert_eq!(rep.allocated, 0);
+    assert_eq!(rep.free, a.managed_pages());
+}
+
+#[test]
+fn init_frees_maximal_blocks() {
+    let a = simple(4096, cfg());
+    let s = a.stats();
+    assert_eq!(s.managed(), 4096);
+    assert_eq!(s.zones[0].nr_free[MAX_ORDER][MigrateType::Movable.index()], 4);
+    assert_eq!(s.zones[0].blocks_by_mt[MigrateType::Movable.index()], 8);
+    check(&a);
+}
+
+#[test]
+fn init_with_holes_unaligned_ranges_and_two_zones() {
+    // 8192 frames straddling 4 GiB: both zones populated.
+    let base = DMA32_END_PFN - 4096;
+    let meta = metas(8192);
+    let usable = [Pfn(base + 3)..Pfn(base + 1000), Pfn(base + 1500)..Pfn(base + 6000), Pfn(base + 6001)..Pfn(base + 8191)];
+    let a = PageAlloc::<HostPlatform>::new(meta, Pfn(base), &usable, &NoPhysMem, leak(NoHooks), cfg()).unwrap();
+    let s = a.stats();
+    assert_eq!(s.managed(), 997 + 4500 + 2190);
+    assert_eq!(s.zones[0].managed, 997 + (4096 - 1500));
+    assert_eq!(a.page(Pfn(base + 1)).unwrap().state(), PageState::Reserved);
+    check(&a);
+    // DMA32 requests come from below 4 GiB only.
+    let p = a.alloc_pages(GFP_KERNEL | __GFP_DMA32, 0).unwrap();
+    assert!(p.pfn().0 < DMA32_END_PFN);
+    a.free_pages(p);
+    let p = a.alloc_pages(GFP_KERNEL, 0).unwrap();
+    assert!(p.pfn().0 >= DMA32_END_PFN, "Normal is preferred");
+    a.free_pages(p);
+    assert_restored(&a);
+}
+
+#[test]
+fn init_rejects_bad_input() {
+    let m = metas(2048);
+    let mk = |base, r: &[Range<Pfn>], c| PageAlloc::<HostPlatform>::new(m, Pfn(base), r, &NoPhysMem, &NoHooks, c).err();
+    assert_eq!(mk(512, &[], cfg()), Some(InitError::MisalignedBase));
+    assert_eq!(mk(0, &[Pfn(0)..Pfn(4000)], cfg()), Some(InitError::RangeOutsideMetadata));
+    assert_eq!(mk(0, &[Pfn(0)..Pfn(100), Pfn(50)..Pfn(60)], cfg()), Some(InitError::OverlappingRanges));
+    assert_eq!(mk(0, &[], AllocConfig { nr_cpus: 0, ..cfg() }), Some(InitError::BadCpuCount));
+}
+
+#[test]
+fn every_order_is_aligned_and_freeing_restores() {
+    let a = simple(8192, cfg());
+    let mut live = Vec::new();
+    for order in 0..=MAX_ORDER {
+        let p = a.alloc_pages(GFP_KERNEL, order).unwrap();
+        assert_eq!(p.pfn().0 % (1 << order), 0);
+        assert!(matches!(a.page(p.pfn()).unwrap().state(), PageState::Allocated { order: o, refcount: 1, .. } if o as usize == order));
+        live.push(p);
+    }
+    check(&a);
+    assert_eq!(a.alloc_pages(GFP_KERNEL, MAX_ORDER + 1), Err(AllocError::InvalidOrder));
+    for p in live {
+        a.free_pages(p);
+    }
+    assert_restored(&a);
+    assert_eq!(a.stats().zones[0].nr_free[MAX_ORDER].iter().sum::<u64>(), 8);
+}
+
+#[test]
+fn exhaustion_is_a_value_and_nowarn_silences_it() {
+    let hooks = leak(CountingHooks::default());
+    let a = PageAlloc::<HostPlatform>::new(metas(1024), Pfn(0), &[Pfn(0)..Pfn(1024)], &NoPhysMem, hooks, cfg()).unwrap();
+    let mut live = Vec::new();
+    while let Ok(p) = a.alloc_pages(GFP_KERNEL, 0) {
+        live.push(p);
+    }
+    assert_eq!(live.len(), 1024);
+    assert_eq!(hooks.warnings.lock().unwrap().len(), 1);
+    assert_eq!(a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 0), Err(AllocError::NoMemory));
+    assert_eq!(hooks.warnings.lock().unwrap().len(), 1, "__GFP_NOWARN is silent");
+    for p in live {
+        a.free_pages(p);
+    }
+    assert_restored(&a);
+}
+
+#[test]
+fn gfp_atomic_dips_below_min() {
+    let config = AllocConfig { min_free_kbytes: Some(400), ..cfg() }; // 100 pages
+    let a = simple(2048, config);
+    assert_eq!(a.stats().zones[0].wmark[Watermark::Min as usize], 100);
+    let mut live = Vec::new();
+    while let Ok(p) = a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 0) {
+        live.push(p);
+    }
+    let kernel_got = live.len();
+    assert!(kernel_got <= 2048 - 100 && kernel_got > 2048 - 200, "{kernel_got}");
+    let mut atomic = 0;
+    while let Ok(p) = a.alloc_pages(GFP_ATOMIC | __GFP_NOWARN, 0) {
+        live.push(p);
+        atomic += 1;
+    }
+    assert!(atomic > 0, "GFP_ATOMIC uses the reserve");
+    assert!(live.len() < 2048, "but not all of it");
+    for p in live {
+        a.free_pages(p);
+    }
+    assert_restored(&a);
+}
+
+#[test]
+fn gfp_zero_zeroes() {
+    let mem = leak(VecMem::new(0, 1024));
+    let a = PageAlloc::<HostPlatform>::new(metas(1024), Pfn(0), &[Pfn(0)..Pfn(1024)], mem, leak(NoHooks), cfg()).unwrap();
+    let p = a.alloc_pages(GFP_KERNEL | __GFP_ZERO, 2).unwrap();
+    assert!(mem.all_equal(p.pfn(), 4, 0));
+    let q = a.alloc_pages(GFP_KERNEL, 2).unwrap();
+    assert!(mem.all_equal(q.pfn(), 4, 0xAA));
+    a.free_pages(p);
+    a.free_pages(q);
+}
+
+#[test]
+fn pcp_batches_and_drains() {
+    let a = simple(2048, cfg());
+    let p = a.alloc_pages(GFP_KERNEL, 0).unwrap();
+    let s = a.stats();
+    assert_eq!(s.zones[0].pcp, 14, "a batch of 15 was moved, one handed out");
+    a.free_pages(p);
+    assert_eq!(a.stats().zones[0].pcp, 15);
+    // Freeing many order-0 pages trims the list at `high`.
+    let live: Vec<_> = (0..400).map(|_| a.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
+    for p in live {
+        a.free_pages(p);
+    }
+    let s = a.stats();
+    assert!(s.zones[0].pcp <= a.zones[0].pcp[0].lock().high as u64);
+    check(&a);
+    a.drain_pages(0);
+    assert_eq!(a.stats().zones[0].pcp, 0);
+    assert_restored(&a);
+}
+
+#[test]
+fn fallback_claims_or_steals_and_is_counted() {
+    // 4 blocks: fill them with movable pages, then free most of one block.
+    let a = simple(2048, AllocConfig { pcp_batch: Some(1), ..cfg() });
+    let mut movable: Vec<_> = (0..2048).map(|_| a.alloc_pages(GFP_HIGHUSER_MOVABLE, 0).unwrap()).collect();
+    a.drain_all_pages();
+    // Free 400 pages of the block at pfn 0 (>= half free): an unmovable request claims it.
+    let (b0, rest): (Vec<_>, Vec<_>) = movable.drain(..).partition(|p| p.pfn().0 < 400);
+    movable = rest;
+    for p in b0 {
+        a.free_pages(p);
+    }
+    a.drain_all_pages();
+    let u = a.alloc_pages(GFP_KERNEL, 0).unwrap();
+    let s = a.stats();
+    assert_eq!(s.fallback, 1);
+    assert_eq!(s.claim_block, 1);
+    assert_eq!(s.steal, 0);
+    assert_eq!(s.polluting, 0);
+    assert_eq!(a.block_mt(u.pfn().0), MigrateType::Unmovable);
+    // Free 10 pages of the block at pfn 512 (< half free): a reclaimable request on an
+    // exhausted own type steals one page (first fallback is Unmovable: its block is used
+    // up to the claimed block, so it comes from the claimed block first; use up that).
+    let mut unmov = vec![u];
+    while a.stats().zones[0].free_by_mt[MigrateType::Unmovable.index()] > 0 {
+        unmov.push(a.alloc_pages(GFP_KERNEL, 0).unwrap());
+    }
+    let (b1, rest): (Vec<_>, Vec<_>) = movable.drain(..).partition(|p| (512..522).contains(&p.pfn().0));
+    movable = rest;
+    for p in b1 {
+        a.free_pages(p);
+    }
+    a.drain_all_pages();
+    let before = a.stats();
+    let r = a.alloc_pages(GFP_KERNEL | __GFP_RECLAIMABLE, 0).unwrap();
+    let s = a.stats();
+    assert_eq!(s.steal - before.steal, 1);
+    assert_eq!(s.polluting - before.polluting, 1);
+    assert_eq!(a.block_mt(r.pfn().0), MigrateType::Movable, "block not claimed");
+    check(&a);
+    for p in movable.into_iter().chain(unmov).chain([r]) {
+        a.free_pages(p);
+    }
+    assert_restored(&a);
+}
+
+#[test]
+fn high_order_fallback_claims_whole_blocks() {
+    let a = simple(2048, cfg());
+    let u = a.alloc_pages(GFP_KERNEL, 0).unwrap();
+    let s = a.stats();
+    assert_eq!(s.claim_block, 2, "an order-10 block covers two page blocks");
+    assert_eq!(s.polluting, 0);
+    assert_eq!(s.zones[0].blocks_by_mt[MigrateType::Unmovable.index()], 2);
+    a.free_pages(u);
+    assert_restored(&a);
+}
+
+#[test]
+fn bad_frees_are_reported_not_fatal() {
+    let hooks = leak(CountingHooks::default());
+    let a = PageAlloc::<HostPlatform>::new(metas(1024), Pfn(0), &[Pfn(0)..Pfn(1024)], &NoPhysMem, hooks, cfg()).unwrap();
+    let p = a.alloc_pages(GFP_KERNEL, 1).unwrap();
+    let pfn = p.pfn();
+    a.free_pages(p);
+    // SAFETY (test): deliberately forging a second handle to check the double-free guard.
+    a.free_pages(unsafe { Pages::from_raw(pfn, 1) });
+    a.free_pages(unsafe { Pages::from_raw(Pfn(5000), 0) });
+    let q = a.alloc_pages(GFP_KERNEL, 0).unwrap();
+    a.free_pages(unsafe { Pages::from_raw(q.pfn(), 1) });
+    assert_eq!(hooks.bad.lock().unwrap().len(), 3);
+    // Mapped page tables are not freed.
+    a.page(q.pfn()).unwrap().set_page_table().unwrap();
+    a.page(q.pfn()).unwrap().pt_add_entries(1).unwrap();
+    let qpfn = q.pfn();
+    a.free_pages(q);
+    assert_eq!(hooks.bad.lock().unwrap().len(), 4);
+    assert_eq!(check(&a).allocated, 1, "leaked, never reused");
+    a.page(qpfn).unwrap().pt_add_entries(-1).unwrap();
+    a.free_pages(unsafe { Pages::from_raw(qpfn, 0) });
+    assert_restored(&a);
+}
+
+#[test]
+fn fault_injection_every_nth_and_nofail() {
+    let a = simple(2048, cfg());
+    a.fail.configure(FaultAttr::every_nth(4));
+    let mut live = Vec::new();
+    let mut failures = 0;
+    for _ in 0..100 {
+        match a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 0) {
+            Ok(p) => live.push(p),
+            Err(AllocError::Injected) => failures += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(failures, 25);
+    for _ in 0..20 {
+        live.push(a.alloc_pages(GFP_KERNEL | __GFP_NOFAIL, 0).unwrap());
+    }
+    assert_eq!(a.stats().fault_injected, 25);
+    a.fail.disable();
+    for p in live {
+        a.free_pages(p);
+    }
+    assert_restored(&a);
+}
+
+#[test]
+fn fault_injection_random_fraction_callers_survive() {
+    // A "caller" that allocates a buffer of pages and backs out cleanly on failure.
+    fn build(a: &PageAlloc<'_>, n: usize) -> Result<Vec<Pages>, AllocError> {
+        let mut v = Vec::new();
+        for i in 0..n {
+            match a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, i % 3) {
+                Ok(p) => v.push(p),
+                Err(e) => {
+                    v.into_iter().for_each(|p| a.free_pages(p));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(v)
+    }
+    let a = simple(4096, cfg());
+    a.fail.configure(FaultAttr { min_order: 1, ..FaultAttr::random_percent(5, 7) });
+    let (mut ok, mut err) = (0, 0);
+    for _ in 0..50 {
+        match build(&a, 20) {
+            Ok(v) => {
+                ok += 1;
+                v.into_iter().for_each(|p| a.free_pages(p));
+            }
+            Err(_) => err += 1,
+        }
+        check(&a);
+    }
+    assert!(ok > 0 && err > 0, "ok {ok} err {err}");
+    assert_restored(&a);
+}
+
+#[test]
+fn nmi_while_locks_held_defers_and_accounts() {
+    let a = simple(2048, cfg());
+    let held: Vec<_> = (0..8).map(|_| a.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
+    let big = a.alloc_pages(GFP_KERNEL, 5).unwrap();
+    let z = &a.zones[0];
+    {
+        // The "interrupted" context holds the per-CPU and zone locks.
+        let _pcp = z.pcp[0].lock();
+        let _zone = z.area.lock();
+        // The "NMI": allocation fails at once, frees are deferred.
+        assert!(a.try_alloc_pages(NUMA_NO_NODE, 0).is_none());
+        assert!(a.try_alloc_pages(0, 3).is_none());
+        for p in held {
+            a.free_pages_nolock(p);
+        }
+        a.free_pages_nolock(big);
+        assert_eq!(z.nr_deferred.load(Relaxed), 8 + 32);
+    }
+    let s = a.stats(); // takes the zone lock: drains
+    assert_eq!(s.zones[0].deferred, 0);
+    assert_eq!(s.deferred_free, 9);
+    assert_restored(&a);
+}
+
+#[test]
+fn try_alloc_pages_uses_pcp_or_zone_when_free() {
+    let mem = leak(VecMem::new(0, 2048));
+    let a = PageAlloc::<HostPlatform>::new(metas(2048), Pfn(0), &[Pfn(0)..Pfn(2048)], mem, leak(NoHooks), cfg()).unwrap();
+    assert!(a.try_alloc_pages(1, 0).is_none(), "no such node");
+    assert!(a.try_alloc_pages(0, 4).is_none(), "order > 3");
+    let p = a.try_alloc_pages(0, 2).unwrap();
+    assert!(mem.all_equal(p.pfn(), 4, 0), "zeroed");
+    // Only the per-CPU lock held: the zone path is used.
+    let q = {
+        let _pcp = a.zones[0].pcp[0].lock();
+        a.try_alloc_pages(0, 0).unwrap()
+    };
+    // Only the zone lock held: the per-CPU list still serves (it was refilled above).
+    let r = {
+        let _zone = a.zones[0].area.lock();
+        a.try_alloc_pages(0, 2).unwrap()
+    };
+    for x in [p, q, r] {
+        a.free_pages_nolock(x);
+    }
+    assert_restored(&a);
+}
+
+#[test]
+fn multithreaded_stress_with_nolock_pair() {
+    let a: &'static PageAlloc<'static> = leak(simple(8192, AllocConfig { nr_cpus: 2, ..cfg() }));
+    let stop = leak(core::sync::atomic::AtomicBool::new(false));
+    let mut handles = Vec::new();
+    for t in 0..3u64 {
+        handles.push(std::thread::spawn(move || {
+            let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ t;
+            let mut live: Vec<Pages> = Vec::new();
+            for i in 0..20_000u64 {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let order = (rng % 4) as usize;
+                if live.len() < 64 && rng % 3 != 0 {
+                    let p = if t == 0 { a.try_alloc_pages(0, order) } else { a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, order).ok() };
+                    live.extend(p);
+                } else if let Some(p) = live.pop() {
+                    if t == 0 || i % 5 == 0 { a.free_pages_nolock(p) } else { a.free_pages(p) }
+                }
+            }
+            for p in live {
+                a.free_pages_nolock(p);
+            }
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    stop.store(true, Relaxed);
+    assert_restored(a);
+    let s = a.stats();
+    assert_eq!(s.zones[0].free, 8192);
+}
+
+#[test]
+fn observability_formats() {
+    let a = simple(4096, cfg());
+    let p = a.alloc_pages(GFP_KERNEL, 0).unwrap();
+    let mut out = String::new();
+    a.buddyinfo(&mut out).unwrap();
+    assert!(out.starts_with("Node 0, zone    DMA32 "), "{out}");
+    assert_eq!(out.lines().count(), 1);
+    assert_eq!(out.split_whitespace().count(), 4 + NR_PAGE_ORDERS);
+    out.clear();
+    a.pagetypeinfo(&mut out).unwrap();
+    assert!(out.contains("Page block order: 9\nPages per block:  512\n"));
+    assert!(out.contains("Node    0, zone    DMA32, type    Unmovable "), "{out}");
+    assert!(out.contains("Number of blocks type     Unmovable      Movable  Reclaimable   HighAtomic      Isolate"), "{out}");
+    out.clear();
+    a.meminfo(&mut out).unwrap();
+    assert!(out.starts_with("MemTotal:          16384 kB\n"), "{out}");
+    out.clear();
+    a.pageblocks(&mut out).unwrap();
+    let map: String = out.lines().nth(1).unwrap().split_whitespace().nth(1).unwrap().into();
+    assert_eq!(map.matches('.').count(), 7, "{map}");
+    assert_eq!(map.matches('u').count(), 1, "claimed unmovable block with one page used: {map}");
+    out.clear();
+    a.vmstat(&mut out).unwrap();
+    assert!(out.contains("extfrag_fallback 1\n"));
+    a.free_pages(p);
+}
+
+// ------------------------------------------------------------ compaction
+
+/// A test owner of movable pages: keeps its handles in a map keyed by pfn.
+struct Owner {
+    pages: Mutex<BTreeMap<u64, Pages>>,
+    refuse: core::sync::atomic::AtomicBool,
+}
+
+impl MigrateOps for Owner {
+    fn migrate(&self, m: &Migration<'_>) {
+        if self.refuse.load(Relaxed) {
+            return;
+        }
+        let mut pages = self.pages.lock().unwrap();
+        let Some(old) = pages.remove(&m.old().0) else { return };
+        m.copy_contents();
+        match m.exchange(old) {
+            Ok(new) => {
+                pages.insert(new.pfn().0, new);
+            }
+            Err(old) => {
+                pages.insert(old.pfn().0, old);
+            }
+        }
+    }
+}
+
+fn owner() -> &'static Owner {
+    leak(Owner { pages: Mutex::new(BTreeMap::new()), refuse: false.into() })
+}
+
+/// Allocates `n` movable pages owned by `o`, marked movable with `id` and given content.
+fn fill_movable(a: &PageAlloc<'static>, o: &Owner, id: MovableOpsId, mem: &VecMem, n: usize) {
+    for i in 0..n {
+        let p = a.alloc_pages(GFP_HIGHUSER_MOVABLE, 0).unwrap();
+        let m = a.page(p.pfn()).unwrap();
+        m.set_anon(Rmap { asid: 1, vpn: i as u64 }).unwrap();
+        m.set_movable(id).unwrap();
+        mem.fill(p.pfn(), i as u8);
+        o.pages.lock().unwrap().insert(p.pfn().0, p);
+    }
+}
+
+#[test]
+fn compaction_frees_blocks_and_preserves_contents() {
+    let mem = leak(VecMem::new(0, 2048));
+    let a: &'static PageAlloc<'static> =
+        leak(PageAlloc::<HostPlatform>::new(metas(2048), Pfn(0), &[Pfn(0)..Pfn(2048)], mem, leak(NoHooks), cfg()).unwrap());
+    let o = owner();
+    let id = a.register_movable_ops(o).unwrap();
+    fill_movable(a, o, id, mem, 2048);
+    // Keep every 4th page: no order-9 block is free anywhere.
+    let mut pages = o.pages.lock().unwrap();
+    let freed: Vec<u64> = pages.keys().copied().filter(|pfn| pfn % 4 != 0).collect();
+    for pfn in freed {
+        let p = pages.remove(&pfn).unwrap();
+        a.page(p.pfn()).unwrap().anon_add_mapcount(-1).unwrap();
+        a.free_pages(p);
+    }
+    let contents: Vec<(u64, u8)> = pages.keys().map(|&pfn| (pfn, (pfn / 1) as u8)).collect();
+    let vpns: Vec<u64> = pages.keys().map(|&pfn| match a.page(Pfn(pfn)).unwrap().state() {
+        PageState::Anon { rmap, .. } => rmap.vpn,
+        s => panic!("{s:?}"),
+    }).collect();
+    drop(pages);
+    let _ = contents;
+    let mut vpns = vpns;
+    vpns.sort();
+    a.drain_all_pages();
+    assert!(a.alloc_pages(GFP_TRANSHUGE_LIGHT, 9).is_err(), "fragmented");
+    let freed = a.compact_memory();
+    assert!(freed >= 2, "freed {freed} blocks");
+    check(a);
+    // Every page kept its content and rmap after moving.
+    let pages = o.pages.lock().unwrap();
+    assert_eq!(pages.len(), 512);
+    let mut seen: Vec<u64> = pages
+        .keys()
+        .map(|&pfn| match a.page(Pfn(pfn)).unwrap().state() {
+            PageState::Anon { rmap, mapcount: 1, movable: true } => {
+                assert!(mem.all_equal(Pfn(pfn), 1, rmap.vpn as u8), "content follows the page");
+                rmap.vpn
+            }
+            s => panic!("{s:?}"),
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, vpns);
+    drop(pages);
+    let huge = a.alloc_pages(GFP_TRANSHUGE_LIGHT, 9).unwrap();
+    a.free_pages(huge);
+    // Owners may refuse: compaction aborts and restores the block.
+    o.refuse.store(true, Relaxed);
+    check(a);
+    let stats = a.stats();
+    assert!(stats.compact_migrated >= 512);
+    for (_, p) in core::mem::take(&mut *o.pages.lock().unwrap()) {
+        a.page(p.pfn()).unwrap().anon_add_mapcount(-1).unwrap();
+        a.free_pages(p);
+    }
+    assert_restored(a);
+}
+
+#[test]
+fn defrag_mode_compacts_instead_of_polluting() {
+    for defrag in [false, true] {
+        let mem = leak(VecMem::new(0, 4096));
+        let config = AllocConfig { defrag_mode: defrag, pcp_batch: Some(1), ..cfg() };
+        let a: &'static PageAlloc<'static> =
+            leak(PageAlloc::<HostPlatform>::new(metas(4096), Pfn(0), &[Pfn(0)..Pfn(4096)], mem, leak(NoHooks), config).unwrap());
+        let o = owner();
+        let id = a.register_movable_ops(o).unwrap();
+        fill_movable(a, o, id, mem, 4096);
+        // Free 1 of 4 pages everywhere: movable blocks are 75 % used, too full to claim.
+        let mut pages = o.pages.lock().unwrap();
+        let drop_pfns: Vec<u64> = pages.keys().copied().filter(|p| p % 4 == 0).collect();
+        for pfn in drop_pfns {
+            let p = pages.remove(&pfn).unwrap();
+            a.page(p.pfn()).unwrap().anon_add_mapcount(-1).unwrap();
+            a.free_pages(p);
+        }
+        drop(pages);
+        a.drain_all_pages();
+        let before = a.stats();
+        let u: Vec<_> = (0..100).map(|_| a.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
+        let s = a.stats();
+        if defrag {
+            assert_eq!(s.polluting - before.polluting, 0, "defrag mode never pollutes");
+            assert!(s.compact_success > before.compact_success);
+        } else {
+            assert!(s.polluting - before.polluting > 0, "without defrag, unmovable pages land in movable blocks");
+        }
+        check(a);
+        for p in u {
+            a.free_pages(p);
+        }
+        for (_, p) in core::mem::take(&mut *o.pages.lock().unwrap()) {
+            a.page(p.pfn()).unwrap().anon_add_mapcount(-1).unwrap();
+            a.free_pages(p);
+        }
+        assert_restored(a);
+    }
+}
+
+// -------------------------------------------------------------- property
+
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc { order: usize, kind: u8 },
+    Free(usize),
+    FreeNolock(usize),
+    TryAlloc(usize),
+    Drain,
+    Compact,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (prop_oneof![3 => 0..4usize, 1 => 4..=MAX_ORDER], 0..4u8).prop_map(|(order, kind)| Op::Alloc { order, kind }),
+        3 => any::<usize>().prop_map(Op::Free),
+        1 => any::<usize>().prop_map(Op::FreeNolock),
+        1 => (0..5usize).prop_map(Op::TryAlloc),
+        1 => Just(Op::Drain),
+        1 => Just(Op::Compact),
+    ]
+}
+
+fn run_ops(ops: &[Op], config: AllocConfig) {
+    let nr = 4096;
+    let usable = [Pfn(0)..Pfn(1500), Pfn(1600)..Pfn(nr)];
+    let a: &'static PageAlloc<'static> =
+        leak(PageAlloc::<HostPlatform>::new(metas(nr), Pfn(0), &usable, &NoPhysMem, leak(NoHooks), config).unwrap());
+    let o = owner();
+    let id = a.register_movable_ops(o).unwrap();
+    let managed = a.managed_pages();
+    let mut live: Vec<Pages> = Vec::new();
+    for op in ops {
+        match *op {
+            Op::Alloc { order, kind } => {
+                let gfp = [GFP_KERNEL, GFP_HIGHUSER_MOVABLE, GFP_KERNEL | __GFP_RECLAIMABLE, GFP_ATOMIC][kind as usize];
+                if let Ok(p) = a.alloc_pages(gfp | __GFP_NOWARN, order) {
+                    if kind == 1 && order == 0 {
+                        a.page(p.pfn()).unwrap().set_movable(id).unwrap();
+                        o.pages.lock().unwrap().insert(p.pfn().0, p);
+                    } else {
+                        live.push(p);
+                    }
+                }
+            }
+            Op::Free(i) | Op::FreeNolock(i) if !live.is_empty() => {
+                let p = live.swap_remove(i % live.len());
+                if matches!(op, Op::Free(_)) { a.free_pages(p) } else { a.free_pages_nolock(p) }
+            }
+            Op::Free(_) | Op::FreeNolock(_) => {
+                let mut pages = o.pages.lock().unwrap();
+                if let Some((&k, _)) = pages.iter().next() {
+                    let p = pages.remove(&k).unwrap();
+                    drop(pages);
+                    a.free_pages(p);
+                }
+            }
+            Op::TryAlloc(order) => live.extend(a.try_alloc_pages(0, order)),
+            Op::Drain => a.drain_all_pages(),
+            Op::Compact => {
+                a.compact_memory();
+            }
+        }
+        let rep = check(a);
+        assert_eq!(rep.free + rep.pcp + rep.deferred + rep.allocated, managed);
+        // Live allocations never overlap (and match the allocator's count).
+        let mut ranges: Vec<Range<u64>> = live.iter().map(Pages::pfn_range).collect();
+        ranges.extend(o.pages.lock().unwrap().values().map(Pages::pfn_range));
+        ranges.sort_by_key(|r| r.start);
+        for w in ranges.windows(2) {
+            assert!(w[0].end <= w[1].start, "overlap {w:?}");
+        }
+        assert_eq!(ranges.iter().map(|r| r.end - r.start).sum::<u64>(), rep.allocated);
+        // Per-type counters agree with the block map.
+        let s = a.stats();
+        let mut blocks = [0u64; MIGRATE_TYPES];
+        let mut b = 0;
+        while b < nr {
+            blocks[a.block_mt(b).index()] += 1;
+            b += PAGEBLOCK_NR_PAGES;
+        }
+        assert_eq!(blocks, s.zones[0].blocks_by_mt);
+    }
+    for p in live {
+        a.free_pages(p);
+    }
+    for (_, p) in core::mem::take(&mut *o.pages.lock().unwrap()) {
+        a.free_pages(p);
+    }
+    assert_restored(a);
+    // Maximal blocks: every order-10 aligned, fully usable 1024-frame span is one free block.
+    let s = a.stats();
+    assert_eq!(s.zones[0].nr_free[MAX_ORDER].iter().sum::<u64>(), 3, "{:?}", s.zones[0].nr_free);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_ops_keep_invariants(ops in proptest::collection::vec(op(), 1..120)) {
+        run_ops(&ops, cfg());
+    }
+
+    #[test]
+    fn random_ops_keep_invariants_defrag(ops in proptest::collection::vec(op(), 1..120)) {
+        run_ops(&ops, AllocConfig { defrag_mode: true, ..cfg() });
+    }
+
+    #[test]
+    fn random_ops_keep_invariants_no_grouping(ops in proptest::collection::vec(op(), 1..120)) {
+        run_ops(&ops, AllocConfig { group_by_mobility: false, ..cfg() });
+    }
+}
