@@ -120,3 +120,22 @@ fn console_answers_meminfo_and_rejects_unknown_commands() {
     assert!(run.output.contains("mm: unknown command 'frobnicate' (try 'help')"));
     assert!(run.output.contains("Power down."));
 }
+
+#[test]
+fn console_shows_allocator_state_in_linux_formats() {
+    let script = vec![
+        step("mm> ", "buddyinfo\n"),
+        step("mm> ", "pagetypeinfo\n"),
+        step("mm> ", "pageblocks\n"),
+        step("mm> ", "vmstat\n"),
+        step("mm> ", "sysctl vm.defrag_mode=1\n"),
+        step("mm> ", "poweroff\n"),
+    ];
+    let run = boot(Options { timeout: Some(Duration::from_secs(120)), ..Options::default() }, Some(script));
+    assert_eq!(run.outcome, Outcome::Success);
+    assert!(run.output.contains("Node 0, zone    DMA32"), "buddyinfo line missing");
+    assert!(run.output.contains("Free pages count per migrate type at order"));
+    assert!(run.output.contains("Number of blocks type"));
+    assert!(run.output.contains("pgalloc"));
+    assert!(run.output.contains("vm.defrag_mode = 1"));
+}

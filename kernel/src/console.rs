@@ -20,6 +20,9 @@ pub struct Command {
     pub run: fn(args: &str),
 }
 
+/// Every command table; subsystems add theirs here.
+pub const COMMAND_SETS: &[&[Command]] = &[COMMANDS, crate::page_alloc::COMMANDS];
+
 pub const COMMANDS: &[Command] = &[
     Command { name: "help", args: "", help: "list the commands", run: cmd_help },
     Command { name: "meminfo", args: "", help: "memory usage, like /proc/meminfo", run: cmd_meminfo },
@@ -29,6 +32,10 @@ pub const COMMANDS: &[Command] = &[
     Command { name: "poweroff", args: "", help: "power the machine off", run: cmd_poweroff },
 ];
 
+fn all_commands() -> impl Iterator<Item = &'static Command> {
+    COMMAND_SETS.iter().flat_map(|set| set.iter())
+}
+
 /// Runs one command line; returns false if the command is unknown.
 pub fn execute(line: &str) -> bool {
     let line = line.trim();
@@ -36,7 +43,7 @@ pub fn execute(line: &str) -> bool {
         return true;
     }
     let (name, args) = line.split_once(' ').unwrap_or((line, ""));
-    match COMMANDS.iter().find(|c| c.name == name) {
+    match all_commands().find(|c| c.name == name) {
         Some(cmd) => {
             (cmd.run)(args.trim());
             true
@@ -88,30 +95,33 @@ fn read_line(line: &mut String) {
 }
 
 fn cmd_help(_: &str) {
-    for c in COMMANDS {
+    for c in all_commands() {
         let usage = if c.args.is_empty() { String::from(c.name) } else { alloc::format!("{} {}", c.name, c.args) };
         println!("  {:<18} {}", usage, c.help);
     }
 }
 
-/// `/proc/meminfo`-style lines (values in kB, like Linux).
+/// `/proc/meminfo`-style lines (values in kB, like Linux): the page
+/// allocator's counters, then what the kernel holds outside it.
 fn cmd_meminfo(_: &str) {
+    if crate::page_alloc::is_ready() {
+        let _ = crate::page_alloc::page_alloc().meminfo(&mut crate::serial::Writer);
+    }
     let facts = crate::memmap::facts();
-    let (usable, boot, _) = crate::memmap::totals(&facts.regions);
+    let (_, boot, _) = crate::memmap::totals(&facts.regions);
     let (heap_used, heap_free) = crate::heap::usage();
-    // No page allocator yet: nothing has been taken from usable RAM, so all
-    // of it is free. The page allocator replaces these lines with its counters.
-    println!("MemTotal:       {:>10} kB", usable / 1024);
-    println!("MemFree:        {:>10} kB", usable / 1024);
-    println!("Bootloader:     {:>10} kB", boot / 1024);
-    println!("KernelImage:    {:>10} kB", facts.kernel_len / 1024);
-    println!("KernelStack:    {:>10} kB", facts.stack_len / 1024);
-    println!("EarlyHeapTotal: {:>10} kB", (heap_used + heap_free) / 1024);
-    println!("EarlyHeapUsed:  {:>10} kB", heap_used / 1024);
+    let memmap_kb = crate::page_alloc::metadata_frames_range().count() as u64 * mm::addr::PAGE_SIZE / 1024;
+    let line = |name: &str, kb: u64| println!("{:<16}{:>8} kB", name, kb);
+    line("StructPages:", memmap_kb);
+    line("Bootloader:", boot / 1024);
+    line("KernelImage:", facts.kernel_len / 1024);
+    line("KernelStack:", facts.stack_len / 1024);
+    line("EarlyHeapTotal:", (heap_used + heap_free) as u64 / 1024);
+    line("EarlyHeapUsed:", heap_used as u64 / 1024);
 }
 
 fn cmd_memmap(_: &str) {
-    let _ = crate::memmap::write_memmap(&mut crate::memmap::SerialWriter, crate::memmap::facts());
+    let _ = crate::memmap::write_memmap(&mut crate::serial::Writer, crate::memmap::facts());
 }
 
 fn cmd_ktest(args: &str) {
@@ -148,8 +158,9 @@ fn console_rejects_unknown_commands() -> crate::ktest::KResult {
 }
 
 fn console_command_names_are_unique() -> crate::ktest::KResult {
-    for (i, a) in COMMANDS.iter().enumerate() {
-        for b in &COMMANDS[i + 1..] {
+    let all: alloc::vec::Vec<&Command> = all_commands().collect();
+    for (i, a) in all.iter().enumerate() {
+        for b in &all[i + 1..] {
             crate::kassert!(a.name != b.name, "duplicate command {}", a.name);
         }
     }

@@ -16,6 +16,8 @@ mod console;
 mod heap;
 mod ktest;
 mod memmap;
+mod page_alloc;
+mod page_alloc_ktests;
 mod printk;
 mod serial;
 mod sync;
@@ -79,7 +81,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     log::info!("interrupts on: PIC remapped to vectors 32-47, PIT at {} Hz, COM1 receive IRQ", pit::HZ);
 
     let facts = memmap::init(boot_info);
-    let _ = memmap::write_memmap(&mut memmap::SerialWriter, facts);
+    let _ = memmap::write_memmap(&mut serial::Writer, facts);
+    if let Err(e) = page_alloc::init(facts) {
+        panic!("cannot set up the page allocator: {}", e);
+    }
     apic::init(facts.physical_memory_offset);
 
     if let Some(test) = cmdline.selftest {

@@ -155,14 +155,9 @@ pub fn write_memmap(out: &mut impl Write, facts: &BootFacts) -> fmt::Result {
     }
 }
 
-/// Adapter so `write_memmap` can print straight to the serial line.
-pub struct SerialWriter;
-
-impl Write for SerialWriter {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        crate::serial::write_fmt(format_args!("{}", s));
-        Ok(())
-    }
+/// The direct-map address of physical address `phys`.
+pub fn phys_to_virt(phys: u64) -> *mut u8 {
+    (facts().physical_memory_offset + phys) as *mut u8
 }
 
 pub const KTESTS: &[crate::ktest::KTest] = &[

@@ -67,6 +67,17 @@ pub fn write_fmt(args: fmt::Arguments<'_>) {
     let _ = PORT.lock().write_fmt(args);
 }
 
+/// `fmt::Write` adapter for the serial line (for `write!`-style producers
+/// such as the allocator's `/proc`-format tables).
+pub struct Writer;
+
+impl Write for Writer {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        write_fmt(format_args!("{}", s));
+        Ok(())
+    }
+}
+
 /// Writes raw bytes (for line editing).
 pub fn write_bytes(bytes: &[u8]) {
     let mut port = PORT.lock();

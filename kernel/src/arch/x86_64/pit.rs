@@ -35,17 +35,40 @@ pub fn jiffies() -> u64 {
     JIFFIES.load(Ordering::Relaxed)
 }
 
+/// Extra work for every tick (tests that hammer a subsystem from interrupt
+/// context): a `fn()` pointer stored atomically, 0 when none.
+static TICK_HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Installs (`Some`) or removes (`None`) the tick hook. It runs in IRQ
+/// context with interrupts off.
+pub fn set_tick_hook(hook: Option<fn()>) {
+    TICK_HOOK.store(hook.map_or(0, |f| f as usize), Ordering::SeqCst);
+}
+
 /// Called from the IRQ 0 handler.
 pub fn tick() {
     JIFFIES.fetch_add(1, Ordering::Relaxed);
+    let hook = TICK_HOOK.load(Ordering::SeqCst);
+    if hook != 0 {
+        // SAFETY: the only non-zero values stored are `fn()` pointers (set_tick_hook).
+        let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(hook) };
+        f();
+    }
 }
 
-/// Starts channel 0 as a `HZ` square wave and unmasks IRQ 0.
-pub fn init() {
-    let divisor = (PIT_HZ / HZ) as u16;
+/// Programs channel 0 as a square wave of `hz` interrupts per second.
+pub fn set_frequency(hz: u64) {
+    let divisor = (PIT_HZ / hz.clamp(19, PIT_HZ)) as u16;
+    let irqs = cpu::local_irq_save();
     outb(COMMAND, 0x36); // channel 0, lobyte/hibyte, mode 3, binary
     outb(CHANNEL0, divisor as u8);
     outb(CHANNEL0, (divisor >> 8) as u8);
+    cpu::local_irq_restore(irqs);
+}
+
+/// Starts channel 0 at `HZ` and unmasks IRQ 0.
+pub fn init() {
+    set_frequency(HZ);
     pic::unmask(pic::IRQ_TIMER);
 }
 

@@ -1,0 +1,277 @@
+//! In-kernel tests of the page allocator over real memory: every order,
+//! `__GFP_ZERO`, exhaustion, and the NMI-safety proof of
+//! `try_alloc_pages()` / `free_pages_nolock()` with a real NMI (self-IPI
+//! through the local APIC) and with a timer interrupt hammering both calls
+//! while normal allocations run.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+use bootloader_api::info::MemoryRegionKind;
+use mm::addr::{Pfn, PAGE_SIZE};
+use mm::gfp::{GFP_KERNEL, __GFP_NOWARN, __GFP_ZERO};
+use mm::page_alloc::{AllocError, Pages, MAX_ORDER, NUMA_NO_NODE, PCP_MAX_ORDER};
+
+use crate::arch::x86_64::{apic, pit, trap};
+use crate::ktest::KResult;
+use crate::page_alloc::{metadata_frames_range, page_alloc};
+use crate::{kassert, kassert_eq, memmap};
+
+pub const KTESTS: &[crate::ktest::KTest] = &[
+    crate::ktest!(every_order_comes_from_usable_ram_and_holds_data),
+    crate::ktest!(gfp_zero_returns_zeroed_pages),
+    crate::ktest!(exhaustion_is_an_error_and_everything_comes_back),
+    crate::ktest!(nmi_on_top_of_held_locks_fails_fast_and_defers_the_free),
+    crate::ktest!(timer_irq_hammers_nolock_pair_while_allocating),
+    crate::ktest!(console_tables_use_linux_formats),
+];
+
+fn check_consistent() -> KResult {
+    match page_alloc().check_consistency() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(alloc::format!("allocator inconsistent: {:?}", e).as_str().into()),
+    }
+}
+
+fn in_usable_ram(pages: &Pages) -> bool {
+    let (start, end) = (pages.phys_addr(), pages.phys_addr() + pages.nr_pages() * PAGE_SIZE);
+    memmap::facts().regions.iter().any(|r| r.kind == MemoryRegionKind::Usable && r.start <= start && end <= r.end)
+}
+
+fn fill(pages: &Pages, byte: u8) {
+    let ptr = memmap::phys_to_virt(pages.phys_addr());
+    // SAFETY: the test owns the block; the direct map covers it.
+    unsafe { core::ptr::write_bytes(ptr, byte, (pages.nr_pages() * PAGE_SIZE) as usize) }
+}
+
+fn all_bytes_are(pages: &Pages, byte: u8) -> bool {
+    let ptr = memmap::phys_to_virt(pages.phys_addr());
+    // SAFETY: the test owns the block; the direct map covers it.
+    let bytes = unsafe { core::slice::from_raw_parts(ptr, (pages.nr_pages() * PAGE_SIZE) as usize) };
+    bytes.iter().all(|&b| b == byte)
+}
+
+fn every_order_comes_from_usable_ram_and_holds_data() -> KResult {
+    let a = page_alloc();
+    let free_before = a.stats().free();
+    let meta = metadata_frames_range();
+    for order in 0..=MAX_ORDER {
+        let pages = a.alloc_pages(GFP_KERNEL, order).map_err(|_| "allocation failed on a fresh allocator")?;
+        let ok_align = pages.pfn().0 % (1 << order) == 0;
+        let ok_ram = in_usable_ram(&pages);
+        let ok_meta = pages.pfn_range().all(|p| !meta.contains(&p));
+        let ok_low = pages.phys_addr() >= 1 << 20;
+        fill(&pages, 0x5a ^ order as u8);
+        let ok_data = all_bytes_are(&pages, 0x5a ^ order as u8);
+        let pfn = pages.pfn();
+        a.free_pages(pages);
+        kassert!(ok_align, "order {} block at {} misaligned", order, pfn);
+        kassert!(ok_ram && ok_low, "order {} block at {} outside usable RAM above 1 MiB", order, pfn);
+        kassert!(ok_meta, "order {} block at {} overlaps the struct page array", order, pfn);
+        kassert!(ok_data, "order {} block at {} did not keep its contents", order, pfn);
+    }
+    kassert_eq!(a.stats().free(), free_before);
+    check_consistent()
+}
+
+fn gfp_zero_returns_zeroed_pages() -> KResult {
+    let a = page_alloc();
+    let dirty = a.alloc_pages(GFP_KERNEL, 2).map_err(|_| "alloc")?;
+    fill(&dirty, 0xaa);
+    a.free_pages(dirty);
+    for _ in 0..8 {
+        let pages = a.alloc_pages(GFP_KERNEL | __GFP_ZERO, 2).map_err(|_| "alloc")?;
+        let zero = all_bytes_are(&pages, 0);
+        a.free_pages(pages);
+        kassert!(zero, "__GFP_ZERO block not zeroed");
+    }
+    Ok(())
+}
+
+fn exhaustion_is_an_error_and_everything_comes_back() -> KResult {
+    let a = page_alloc();
+    let free_before = a.stats().free();
+    let mut held: Vec<Pages> = Vec::new();
+    held.try_reserve(a.managed_pages() as usize).map_err(|_| "no heap for the handles")?;
+    let err = loop {
+        match a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 0) {
+            Ok(p) => held.push(p),
+            Err(e) => break e,
+        }
+        if held.len() as u64 > a.managed_pages() {
+            break AllocError::InvalidOrder; // more pages than exist: impossible
+        }
+    };
+    let n = held.len() as u64;
+    let consistent_when_full = a.check_consistency().is_ok();
+    for p in held.drain(..) {
+        a.free_pages(p);
+    }
+    kassert_eq!(err, AllocError::NoMemory);
+    kassert!(n > a.managed_pages() / 2, "only {} of {} pages before failure", n, a.managed_pages());
+    kassert!(consistent_when_full, "inconsistent when memory was exhausted");
+    kassert_eq!(a.stats().free(), free_before);
+    check_consistent()
+}
+
+/// pfn + 1 of an order-0 block for the NMI to free (0: none).
+static NMI_PAGE: AtomicU64 = AtomicU64::new(0);
+/// 1: the NMI's try_alloc_pages returned None; 2: it returned pages.
+static NMI_ALLOC_RESULT: AtomicU64 = AtomicU64::new(0);
+
+fn nmi_alloc_and_free() {
+    let a = page_alloc();
+    match a.try_alloc_pages(NUMA_NO_NODE, 0) {
+        None => NMI_ALLOC_RESULT.store(1, SeqCst),
+        Some(p) => {
+            NMI_ALLOC_RESULT.store(2, SeqCst);
+            a.free_pages_nolock(p);
+        }
+    }
+    let raw = NMI_PAGE.swap(0, SeqCst);
+    if raw != 0 {
+        // SAFETY: the test leaked exactly this order-0 block and stored its pfn here.
+        a.free_pages_nolock(unsafe { Pages::from_raw(Pfn(raw - 1), 0) });
+    }
+}
+
+fn nmi_on_top_of_held_locks_fails_fast_and_defers_the_free() -> KResult {
+    kassert!(apic::is_enabled(), "no local APIC for the self-NMI");
+    let a = page_alloc();
+    let before = a.stats();
+    let page = a.alloc_pages(GFP_KERNEL, 0).map_err(|_| "alloc")?;
+    NMI_PAGE.store(page.leak().0 + 1, SeqCst);
+    NMI_ALLOC_RESULT.store(0, SeqCst);
+    let nmis = trap::NMIS.load(SeqCst);
+    {
+        let _locks = a.hold_locks(0);
+        trap::set_nmi_hook(Some(nmi_alloc_and_free));
+        apic::send_self_nmi();
+        let mut spins = 0u64;
+        while trap::NMIS.load(SeqCst) == nmis && spins < 100_000_000 {
+            spins += 1;
+            core::hint::spin_loop();
+        }
+        trap::set_nmi_hook(None);
+    }
+    kassert_eq!(trap::NMIS.load(SeqCst), nmis + 1);
+    kassert_eq!(NMI_ALLOC_RESULT.load(SeqCst), 1);
+    kassert_eq!(NMI_PAGE.load(SeqCst), 0);
+    let after = a.stats();
+    kassert_eq!(after.deferred_free, before.deferred_free + 1);
+    kassert!(after.trylock_fail > before.trylock_fail, "the NMI's allocation did not see the held lock");
+    // The next locked operation drains the deferred list.
+    let p = a.alloc_pages(GFP_KERNEL, 0).map_err(|_| "alloc")?;
+    a.free_pages(p);
+    let drained = a.stats();
+    kassert_eq!(drained.zones.iter().map(|z| z.deferred).sum::<u64>(), 0);
+    kassert_eq!(drained.free(), before.free());
+    check_consistent()
+}
+
+const SLOTS: usize = 32;
+static HAMMER_SLOTS: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+static HAMMER_TICKS: AtomicU64 = AtomicU64::new(0);
+static HAMMER_ALLOCS: AtomicU64 = AtomicU64::new(0);
+static HAMMER_MISSES: AtomicU64 = AtomicU64::new(0);
+static HAMMER_FREES: AtomicU64 = AtomicU64::new(0);
+
+fn encode(pages: Pages) -> u64 {
+    let order = pages.order() as u64;
+    ((pages.leak().0 << 4) | order) + 1
+}
+
+fn decode(raw: u64) -> Pages {
+    let v = raw - 1;
+    // SAFETY: `raw` was produced by `encode` from a leaked block and is
+    // removed from its slot (swap) before decoding, so the handle is unique.
+    unsafe { Pages::from_raw(Pfn(v >> 4), (v & 0xf) as usize) }
+}
+
+/// Tick hook: allocate into an empty slot, free a full one, with the nolock pair.
+fn hammer_tick() {
+    let a = page_alloc();
+    let tick = HAMMER_TICKS.fetch_add(1, SeqCst) as usize;
+    let slot = &HAMMER_SLOTS[tick % SLOTS];
+    let raw = slot.swap(0, SeqCst);
+    if raw == 0 {
+        match a.try_alloc_pages(NUMA_NO_NODE, tick % (PCP_MAX_ORDER + 1)) {
+            Some(p) => {
+                slot.store(encode(p), SeqCst);
+                HAMMER_ALLOCS.fetch_add(1, SeqCst);
+            }
+            None => {
+                HAMMER_MISSES.fetch_add(1, SeqCst);
+            }
+        }
+    } else {
+        a.free_pages_nolock(decode(raw));
+        HAMMER_FREES.fetch_add(1, SeqCst);
+    }
+}
+
+fn timer_irq_hammers_nolock_pair_while_allocating() -> KResult {
+    const RUN_NS: u64 = 2_000_000_000;
+    let a = page_alloc();
+    let free_before = a.stats().free();
+    for c in [&HAMMER_TICKS, &HAMMER_ALLOCS, &HAMMER_MISSES, &HAMMER_FREES] {
+        c.store(0, SeqCst);
+    }
+    pit::set_frequency(1000);
+    pit::set_tick_hook(Some(hammer_tick));
+    let start = crate::time::uptime_ns().unwrap_or(0);
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut held: Vec<Pages> = Vec::with_capacity(64);
+    let mut normal_ops = 0u64;
+    while crate::time::uptime_ns().unwrap_or(u64::MAX) - start < RUN_NS {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        if held.len() < 64 && (rng & 1 == 0 || held.is_empty()) {
+            if let Ok(p) = a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, (rng >> 8) as usize % 5) {
+                held.push(p);
+            }
+        } else {
+            let i = (rng >> 16) as usize % held.len();
+            a.free_pages(held.swap_remove(i));
+        }
+        normal_ops += 1;
+    }
+    pit::set_tick_hook(None);
+    pit::set_frequency(pit::HZ);
+    for p in held {
+        a.free_pages(p);
+    }
+    for slot in &HAMMER_SLOTS {
+        let raw = slot.swap(0, SeqCst);
+        if raw != 0 {
+            a.free_pages(decode(raw));
+        }
+    }
+    let (ticks, allocs, misses, frees) =
+        (HAMMER_TICKS.load(SeqCst), HAMMER_ALLOCS.load(SeqCst), HAMMER_MISSES.load(SeqCst), HAMMER_FREES.load(SeqCst));
+    crate::println!(
+        "    hammer: {} normal ops; {} ticks: {} nolock allocs, {} misses, {} nolock frees",
+        normal_ops, ticks, allocs, misses, frees
+    );
+    kassert!(ticks >= 100, "only {} timer ticks in 2 s", ticks);
+    kassert!(allocs > 0 && frees > 0, "the interrupt side did no work");
+    kassert_eq!(a.stats().free(), free_before);
+    check_consistent()
+}
+
+fn console_tables_use_linux_formats() -> KResult {
+    let a = page_alloc();
+    let mut buddy = alloc::string::String::new();
+    a.buddyinfo(&mut buddy).map_err(|_| "fmt")?;
+    kassert!(buddy.starts_with("Node 0, zone"), "buddyinfo: {}", buddy);
+    kassert!(buddy.lines().any(|l| l.contains("DMA32")), "buddyinfo has no DMA32 zone: {}", buddy);
+    let mut types = alloc::string::String::new();
+    a.pagetypeinfo(&mut types).map_err(|_| "fmt")?;
+    kassert!(types.contains("Free pages count per migrate type at order"), "pagetypeinfo: {}", types);
+    kassert!(types.contains("Movable") && types.contains("Unmovable"), "pagetypeinfo: {}", types);
+    let mut meminfo = alloc::string::String::new();
+    a.meminfo(&mut meminfo).map_err(|_| "fmt")?;
+    kassert!(meminfo.starts_with("MemTotal:"), "meminfo: {}", meminfo);
+    Ok(())
+}
