@@ -84,6 +84,31 @@ impl<T> Drop for IrqSpinlockGuard<'_, T> {
     }
 }
 
+/// A `fn()` slot that interrupt or NMI context calls and normal code sets
+/// or clears, using one atomic word (no lock, so it is NMI-safe).
+pub struct FnHook(core::sync::atomic::AtomicUsize);
+
+impl FnHook {
+    pub const fn new() -> Self {
+        Self(core::sync::atomic::AtomicUsize::new(0))
+    }
+
+    /// Installs (`Some`) or removes (`None`) the function.
+    pub fn set(&self, hook: Option<fn()>) {
+        self.0.store(hook.map_or(0, |f| f as usize), core::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Calls the installed function, if any.
+    pub fn call(&self) {
+        let raw = self.0.load(core::sync::atomic::Ordering::SeqCst);
+        if raw != 0 {
+            // SAFETY: the only non-zero values ever stored are `fn()` pointers (`set`).
+            let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(raw) };
+            f();
+        }
+    }
+}
+
 pub const KTESTS: &[crate::ktest::KTest] = &[crate::ktest!(irq_spinlock_disables_and_restores_interrupts)];
 
 fn irq_spinlock_disables_and_restores_interrupts() -> crate::ktest::KResult {

@@ -35,25 +35,19 @@ pub fn jiffies() -> u64 {
     JIFFIES.load(Ordering::Relaxed)
 }
 
-/// Extra work for every tick (tests that hammer a subsystem from interrupt
-/// context): a `fn()` pointer stored atomically, 0 when none.
-static TICK_HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+/// Extra work for every tick (tests that hammer a subsystem from interrupt context).
+static TICK_HOOK: crate::sync::FnHook = crate::sync::FnHook::new();
 
 /// Installs (`Some`) or removes (`None`) the tick hook. It runs in IRQ
 /// context with interrupts off.
 pub fn set_tick_hook(hook: Option<fn()>) {
-    TICK_HOOK.store(hook.map_or(0, |f| f as usize), Ordering::SeqCst);
+    TICK_HOOK.set(hook);
 }
 
 /// Called from the IRQ 0 handler.
 pub fn tick() {
     JIFFIES.fetch_add(1, Ordering::Relaxed);
-    let hook = TICK_HOOK.load(Ordering::SeqCst);
-    if hook != 0 {
-        // SAFETY: the only non-zero values stored are `fn()` pointers (set_tick_hook).
-        let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(hook) };
-        f();
-    }
+    TICK_HOOK.call();
 }
 
 /// Programs channel 0 as a square wave of `hz` interrupts per second.

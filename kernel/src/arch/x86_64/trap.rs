@@ -95,24 +95,18 @@ pub static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
 /// Non-maskable interrupts taken.
 pub static NMIS: AtomicU64 = AtomicU64::new(0);
 
-/// Code to run on every NMI (set by subsystems that test NMI safety): a
-/// plain function pointer stored atomically, 0 when none.
-static NMI_HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+/// Code to run on every NMI (set by subsystems that test NMI safety).
+static NMI_HOOK: crate::sync::FnHook = crate::sync::FnHook::new();
 
 /// Installs (`Some`) or removes (`None`) the NMI hook. The hook runs in NMI
 /// context: it may only use atomics and `try_lock`.
 pub fn set_nmi_hook(hook: Option<fn()>) {
-    NMI_HOOK.store(hook.map_or(0, |f| f as usize), Ordering::SeqCst);
+    NMI_HOOK.set(hook);
 }
 
 fn handle_nmi() {
     NMIS.fetch_add(1, Ordering::SeqCst);
-    let hook = NMI_HOOK.load(Ordering::SeqCst);
-    if hook != 0 {
-        // SAFETY: the only non-zero values stored are `fn()` pointers (set_nmi_hook).
-        let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(hook) };
-        f();
-    }
+    NMI_HOOK.call();
 }
 
 /// Interrupts on vectors nobody claimed (spurious IRQ 7/15 included).
