@@ -34,6 +34,8 @@ pub const SUITES: &[&[KTest]] = &[
     crate::arch::x86_64::pit::KTESTS,
     crate::arch::x86_64::apic::KTESTS,
     crate::cmdline::KTESTS,
+    crate::sysctl::KTESTS,
+    crate::clear_page::KTESTS,
     crate::console::KTESTS,
 ];
 

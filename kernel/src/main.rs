@@ -11,6 +11,7 @@
 extern crate alloc;
 
 mod arch;
+mod clear_page;
 mod cmdline;
 mod console;
 mod heap;
@@ -20,6 +21,7 @@ mod page_alloc;
 mod page_alloc_ktests;
 mod printk;
 mod serial;
+mod sysctl;
 mod sync;
 mod time;
 
@@ -85,6 +87,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     if let Err(e) = page_alloc::init(facts) {
         panic!("cannot set up the page allocator: {}", e);
     }
+    clear_page::init();
     apic::init(facts.physical_memory_offset);
 
     if let Some(test) = cmdline.selftest {

@@ -188,7 +188,6 @@ pub const COMMANDS: &[crate::console::Command] = &[
     crate::console::Command { name: "pageblocks", args: "", help: "page-block map: one character per 2 MiB block", run: cmd_pageblocks },
     crate::console::Command { name: "vmstat", args: "", help: "allocator event counters, like /proc/vmstat", run: cmd_vmstat },
     crate::console::Command { name: "compact", args: "", help: "compact memory now (migrate movable pages)", run: cmd_compact },
-    crate::console::Command { name: "sysctl", args: "[vm.defrag_mode[=0|1]]", help: "show or set allocator knobs", run: cmd_sysctl },
 ];
 
 fn print_with(f: impl FnOnce(&mut crate::serial::Writer) -> core::fmt::Result) {
@@ -222,17 +221,22 @@ fn cmd_compact(_: &str) {
     });
 }
 
+/// Mirror of the allocator's defrag-mode flag, for reading it back.
 static DEFRAG_MODE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
-fn cmd_sysctl(args: &str) {
-    match args {
-        "" | "vm.defrag_mode" => crate::println!("vm.defrag_mode = {}", DEFRAG_MODE.load(Ordering::Relaxed) as u8),
-        "vm.defrag_mode=0" | "vm.defrag_mode=1" => {
-            let on = args.ends_with('1');
-            DEFRAG_MODE.store(on, Ordering::Relaxed);
-            page_alloc().set_defrag_mode(on);
-            crate::println!("vm.defrag_mode = {}", on as u8);
-        }
-        _ => crate::println!("sysctl: unknown or invalid setting '{}' (known: vm.defrag_mode=0|1)", args),
-    }
-}
+/// `vm.defrag_mode`: compact before falling back to a block of another type.
+pub const SYSCTL_DEFRAG_MODE: crate::sysctl::Sysctl = crate::sysctl::Sysctl {
+    name: "vm.defrag_mode",
+    values: "0, 1",
+    get: || alloc::format!("{}", DEFRAG_MODE.load(Ordering::Relaxed) as u8),
+    set: |v| {
+        let on = match v {
+            "0" => false,
+            "1" => true,
+            _ => return Err(()),
+        };
+        DEFRAG_MODE.store(on, Ordering::Relaxed);
+        page_alloc().set_defrag_mode(on);
+        Ok(())
+    },
+};
