@@ -24,3 +24,8 @@ pub mod pageblock;
 pub mod pcp;
 pub mod sync;
 pub mod vmstat;
+
+pub mod pgtable;
+pub mod fault;
+pub mod pt_reclaim;
+pub mod tlb;

@@ -1,0 +1,1199 @@
+//! x86_64 4-level page tables, generic over a physical-memory accessor.
+//!
+//! Linux counterparts: `mm/memory.c` (`__pte_alloc`, `zap_pte_range` /
+//! `zap_pmd_range` / `unmap_page_range`, `vmap_range`), `mm/mprotect.c`
+//! (`change_protection`), `mm/pgtable-generic.c` and `mm/huge_memory.c`
+//! (`pgtable_trans_huge_deposit` / `withdraw`, `__split_huge_pmd_locked`),
+//! `arch/x86/include/asm/pgtable_types.h` (the entry bits).
+//!
+//! # What this module owns
+//!
+//! * [`Pte`] / [`PteFlags`]: the hardware entry format (present, writable, user,
+//!   PWT, PCD, accessed, dirty, PS, global, NX at bit 63, physical address in bits
+//!   12..51) plus one software bit, [`PteFlags::SOFT_ANON`].
+//! * [`AddressSpace`]: one PML4. A user space copies the kernel's PML4 entries
+//!   256..511 at creation (the kernel half is shared) and refuses kernel-half
+//!   addresses; the kernel space refuses user-half addresses and never unlinks a
+//!   PML4 entry (others copied it: pre-allocate the top level of every kernel
+//!   range, Linux `preallocate_vmalloc_pages`, before creating user spaces).
+//! * Map / unmap / protect / translate / split at 4 KiB and 2 MiB. Range operations
+//!   walk from the root once per table and then loop over that table's entries.
+//!
+//! Every change that can leave stale translations records into a
+//! [`MmuGather`](crate::tlb::MmuGather); pages are freed only after its flush.
+//! Freeing empty page-table pages (Qi Zheng's design, cascading to PMD and PUD
+//! tables) lives in [`crate::pt_reclaim`].
+//!
+//! # Hardware access
+//!
+//! mm never touches memory itself. The kernel implements [`PtMem`] over its direct
+//! map; host tests implement it over a `Vec`. Allocation goes through [`PtAlloc`]
+//! (implemented for [`PageAlloc`]) so tests can inject failures; every operation
+//! that may allocate a table takes the caller's [`Gfp`].
+//!
+//! # Locking
+//!
+//! An `AddressSpace` is mutated through `&mut self`: the kernel keeps it behind the
+//! mm lock. Walkers that must keep a table alive across a sleep take a
+//! [`PtRef`](crate::pt_reclaim::PtRef) (see `pt_reclaim`).
+
+use alloc::collections::BTreeMap;
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use crate::addr::{PAGE_SHIFT, PAGE_SIZE, Pfn};
+use crate::gfp::Gfp;
+use crate::page::PageMeta;
+use crate::page_alloc::{AllocError, PageAlloc, Pages};
+use crate::pt_reclaim::TableAllocError;
+use crate::sync::Platform;
+use crate::tlb::MmuGather;
+
+/// Entries per table at every level.
+pub const PTRS_PER_TABLE: usize = 512;
+/// Bytes mapped by one PMD entry (2 MiB).
+pub const PMD_SIZE: u64 = 1 << 21;
+/// Bytes mapped by one PUD entry (1 GiB).
+pub const PUD_SIZE: u64 = 1 << 30;
+/// Order of a PMD-mapped huge page (Linux `HPAGE_PMD_ORDER`).
+pub const HPAGE_PMD_ORDER: usize = 9;
+/// Base pages in a PMD-mapped huge page (Linux `HPAGE_PMD_NR`).
+pub const HPAGE_PMD_NR: u64 = 1 << HPAGE_PMD_ORDER;
+
+/// Size of the 48-bit linear address space (sign bits stripped).
+pub(crate) const LINEAR_END: u64 = 1 << 48;
+/// First linear address of the kernel half.
+pub(crate) const KERNEL_HALF: u64 = 1 << 47;
+/// First PML4 index of the kernel half.
+pub const KERNEL_PML4_START: usize = 256;
+
+// ---------------------------------------------------------------------------
+// Addresses
+// ---------------------------------------------------------------------------
+
+/// A canonical 48-bit virtual address (bits 63..47 all equal).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct VirtAddr(u64);
+
+impl VirtAddr {
+    /// `None` unless `addr` is canonical.
+    pub const fn try_new(addr: u64) -> Option<VirtAddr> {
+        let top = addr >> 47;
+        if top == 0 || top == (1 << 17) - 1 { Some(VirtAddr(addr)) } else { None }
+    }
+
+    /// The address as a number.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// Whether the address lies in the kernel half.
+    pub const fn is_kernel_half(self) -> bool {
+        self.linear() >= KERNEL_HALF
+    }
+
+    /// The address without its sign-extension bits: `0 .. 2^48`.
+    pub(crate) const fn linear(self) -> u64 {
+        self.0 & (LINEAR_END - 1)
+    }
+
+    /// Sign-extends a linear address (`< 2^48`).
+    pub(crate) const fn from_linear(lin: u64) -> VirtAddr {
+        let lin = lin & (LINEAR_END - 1);
+        if lin >= KERNEL_HALF { VirtAddr(lin | !(LINEAR_END - 1)) } else { VirtAddr(lin) }
+    }
+}
+
+impl fmt::Display for VirtAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#018x}", self.0)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Entries
+// ---------------------------------------------------------------------------
+
+bitflags::bitflags! {
+    /// x86_64 page-table entry bits (Linux `_PAGE_*`).
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+    pub struct PteFlags: u64 {
+        /// `_PAGE_PRESENT`.
+        const PRESENT = 1 << 0;
+        /// `_PAGE_RW`.
+        const WRITABLE = 1 << 1;
+        /// `_PAGE_USER`.
+        const USER = 1 << 2;
+        /// `_PAGE_PWT`: write-through.
+        const PWT = 1 << 3;
+        /// `_PAGE_PCD`: cache disable.
+        const PCD = 1 << 4;
+        /// `_PAGE_ACCESSED`.
+        const ACCESSED = 1 << 5;
+        /// `_PAGE_DIRTY`.
+        const DIRTY = 1 << 6;
+        /// `_PAGE_PSE`: a leaf at PMD (2 MiB) or PUD (1 GiB) level.
+        const HUGE = 1 << 7;
+        /// `_PAGE_GLOBAL`.
+        const GLOBAL = 1 << 8;
+        /// Software bit 9: the entry holds a mapcount reference on an anonymous
+        /// page (Linux: a "normal" page, as opposed to `pte_special`); unmapping
+        /// drops it and frees the page after the flush when it was the last.
+        const SOFT_ANON = 1 << 9;
+        /// `_PAGE_NX`.
+        const NX = 1 << 63;
+    }
+}
+
+impl PteFlags {
+    /// The bits [`AddressSpace::protect`] may change.
+    pub const PERMISSIONS: PteFlags = PteFlags::WRITABLE
+        .union(PteFlags::USER)
+        .union(PteFlags::PWT)
+        .union(PteFlags::PCD)
+        .union(PteFlags::GLOBAL)
+        .union(PteFlags::NX);
+}
+
+/// Physical-address bits 12..51 of an entry (Linux `PTE_PFN_MASK`).
+pub const PTE_PFN_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// One page-table entry at any level.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pte(pub u64);
+
+impl Pte {
+    /// The empty entry (Linux `pte_none`).
+    pub const NONE: Pte = Pte(0);
+
+    /// An entry pointing at `pfn` with `flags`.
+    pub const fn new(pfn: Pfn, flags: PteFlags) -> Pte {
+        Pte((pfn.0 << PAGE_SHIFT) & PTE_PFN_MASK | flags.bits())
+    }
+    /// Whether the present bit is set.
+    pub const fn is_present(self) -> bool {
+        self.0 & PteFlags::PRESENT.bits() != 0
+    }
+    /// Whether this is a PS leaf (only meaningful above PTE level).
+    pub const fn is_huge(self) -> bool {
+        self.0 & PteFlags::HUGE.bits() != 0
+    }
+    /// The frame the entry points at.
+    pub const fn pfn(self) -> Pfn {
+        Pfn((self.0 & PTE_PFN_MASK) >> PAGE_SHIFT)
+    }
+    /// The flag bits (address bits removed).
+    pub const fn flags(self) -> PteFlags {
+        PteFlags::from_bits_retain(self.0 & !PTE_PFN_MASK)
+    }
+}
+
+impl fmt::Debug for Pte {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pte({:#x}, {:?})", self.pfn().0, self.flags())
+    }
+}
+
+/// A paging level (Linux `pgd` / `pud` / `pmd` / `pte`; the p4d is folded).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum Level {
+    /// A table of 4 KiB leaves.
+    Pte = 1,
+    /// Entries map 2 MiB.
+    Pmd = 2,
+    /// Entries map 1 GiB.
+    Pud = 3,
+    /// The root; entries map 512 GiB.
+    Pml4 = 4,
+}
+
+impl Level {
+    /// log2 of the bytes one entry maps.
+    pub const fn shift(self) -> u32 {
+        PAGE_SHIFT + 9 * (self as u32 - 1)
+    }
+    /// Bytes one entry maps.
+    pub const fn entry_span(self) -> u64 {
+        1 << self.shift()
+    }
+    /// Bytes the whole table maps.
+    pub(crate) const fn table_span(self) -> u64 {
+        1 << (self.shift() + 9)
+    }
+    /// Index of linear address `lin` in a table of this level.
+    pub const fn index(self, lin: u64) -> usize {
+        ((lin >> self.shift()) & 511) as usize
+    }
+    /// The level below, `None` for PTE.
+    pub const fn child(self) -> Option<Level> {
+        match self {
+            Level::Pml4 => Some(Level::Pud),
+            Level::Pud => Some(Level::Pmd),
+            Level::Pmd => Some(Level::Pte),
+            Level::Pte => None,
+        }
+    }
+    /// The level above, `None` for the root.
+    pub const fn parent(self) -> Option<Level> {
+        match self {
+            Level::Pte => Some(Level::Pmd),
+            Level::Pmd => Some(Level::Pud),
+            Level::Pud => Some(Level::Pml4),
+            Level::Pml4 => None,
+        }
+    }
+    /// Linux's name for a table of this level.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Level::Pte => "PTE",
+            Level::Pmd => "PMD",
+            Level::Pud => "PUD",
+            Level::Pml4 => "PML4",
+        }
+    }
+}
+
+/// Size of one mapping.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PageSize {
+    /// A PTE-level 4 KiB page.
+    Size4K,
+    /// A PMD-level 2 MiB page.
+    Size2M,
+}
+
+impl PageSize {
+    /// Bytes.
+    pub const fn bytes(self) -> u64 {
+        match self {
+            PageSize::Size4K => PAGE_SIZE,
+            PageSize::Size2M => PMD_SIZE,
+        }
+    }
+    /// The level whose entries are leaves of this size.
+    pub const fn level(self) -> Level {
+        match self {
+            PageSize::Size4K => Level::Pte,
+            PageSize::Size2M => Level::Pmd,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What the kernel provides
+// ---------------------------------------------------------------------------
+
+/// Access to page-table pages in physical memory. The kernel implements it over
+/// the direct map (the `unsafe` lives there), host tests over a `Vec`.
+///
+/// Contract: mm calls these only with `table` a page-table page it allocated
+/// through [`PtAlloc`] (or the kernel root it was given) and `index < 512`; the
+/// implementation may rely on that. `write_entry` must be a single 64-bit store
+/// (the hardware walker may read the entry concurrently).
+pub trait PtMem {
+    /// Reads entry `index` of table `table`.
+    fn read_entry(&self, table: Pfn, index: usize) -> u64;
+    /// Writes entry `index` of table `table`.
+    fn write_entry(&self, table: Pfn, index: usize, value: u64);
+    /// Fills a freshly allocated table with zeroes.
+    fn zero_table(&self, table: Pfn);
+}
+
+/// Page allocation as the page tables and the fault handler need it; implemented
+/// for [`PageAlloc`], and by test wrappers that inject failures.
+pub trait PtAlloc {
+    /// Allocates `2^order` frames.
+    fn alloc_pages(&self, gfp: Gfp, order: usize) -> Result<Pages, AllocError>;
+    /// Frees a block.
+    fn free_pages(&self, pages: Pages);
+    /// Metadata of a frame (the live-entry count of page-table pages, anon mapcounts).
+    fn page(&self, pfn: Pfn) -> Option<&PageMeta>;
+}
+
+impl<P: Platform> PtAlloc for PageAlloc<'_, P> {
+    fn alloc_pages(&self, gfp: Gfp, order: usize) -> Result<Pages, AllocError> {
+        PageAlloc::alloc_pages(self, gfp, order)
+    }
+    fn free_pages(&self, pages: Pages) {
+        PageAlloc::free_pages(self, pages)
+    }
+    fn page(&self, pfn: Pfn) -> Option<&PageMeta> {
+        PageAlloc::page(self, pfn)
+    }
+}
+
+/// System-wide page-table knobs and counters; the kernel owns one instance.
+#[derive(Debug)]
+pub struct PgtableCtl {
+    /// Free empty page-table pages on unmap / `MADV_DONTNEED` (`pt_reclaim`).
+    pt_reclaim: AtomicBool,
+    /// Page-table pages of all address spaces, roots included (meminfo `PageTables:`).
+    nr_pagetable_pages: AtomicU64,
+    /// PMD-mapped anonymous huge pages (meminfo `AnonHugePages:`).
+    nr_anon_thps: AtomicU64,
+}
+
+impl Default for PgtableCtl {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PgtableCtl {
+    /// Reclaim on, counters zero.
+    pub const fn new() -> PgtableCtl {
+        PgtableCtl {
+            pt_reclaim: AtomicBool::new(true),
+            nr_pagetable_pages: AtomicU64::new(0),
+            nr_anon_thps: AtomicU64::new(0),
+        }
+    }
+    /// Turns freeing of empty page-table pages on or off (teardown always frees).
+    pub fn set_pt_reclaim(&self, on: bool) {
+        self.pt_reclaim.store(on, Relaxed)
+    }
+    /// Whether empty page-table pages are freed.
+    pub fn pt_reclaim(&self) -> bool {
+        self.pt_reclaim.load(Relaxed)
+    }
+    /// Page-table pages in use system-wide.
+    pub fn nr_pagetable_pages(&self) -> u64 {
+        self.nr_pagetable_pages.load(Relaxed)
+    }
+    /// PMD-mapped anonymous huge pages system-wide.
+    pub fn nr_anon_thps(&self) -> u64 {
+        self.nr_anon_thps.load(Relaxed)
+    }
+    pub(crate) fn add_anon_thps(&self, delta: i64) {
+        self.nr_anon_thps.fetch_add(delta as u64, Relaxed);
+    }
+    /// The `PageTables:` and `AnonHugePages:` lines of `/proc/meminfo`.
+    pub fn meminfo(&self, out: &mut impl Write) -> fmt::Result {
+        writeln!(out, "PageTables:     {:>8} kB", self.nr_pagetable_pages() * (PAGE_SIZE >> 10))?;
+        writeln!(out, "AnonHugePages:  {:>8} kB", self.nr_anon_thps() * (PMD_SIZE >> 10))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// Errors of [`AddressSpace::map`] and [`AddressSpace::map_range`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MapError {
+    /// Address, length or frame not aligned to the page size.
+    Unaligned,
+    /// Zero length.
+    ZeroLength,
+    /// Outside this address space's half, or the range overflows.
+    OutOfRange,
+    /// Flags this operation cannot map (e.g. `SOFT_ANON` in `map_range`).
+    InvalidFlags,
+    /// Something is already mapped there.
+    AlreadyMapped,
+    /// A page-table page could not be allocated; nothing was left mapped.
+    NoMemory,
+}
+
+/// Errors of [`AddressSpace::unmap`] (and `MADV_DONTNEED`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum UnmapError {
+    /// Address or length not page aligned.
+    Unaligned,
+    /// Zero length.
+    ZeroLength,
+    /// Outside this address space's half, or the range overflows.
+    OutOfRange,
+    /// A partially covered 2 MiB mapping needed a PTE table to split into and none
+    /// could be allocated; the range below the huge page was unmapped.
+    NoMemory,
+}
+
+/// Errors of [`AddressSpace::protect`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ProtectError {
+    /// Address or length not page aligned.
+    Unaligned,
+    /// Zero length.
+    ZeroLength,
+    /// Outside this address space's half, or the range overflows.
+    OutOfRange,
+    /// Splitting a partially covered huge page needed a table; the range below it
+    /// was changed.
+    NoMemory,
+}
+
+/// Errors of [`AddressSpace::split_huge_pmd`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SplitError {
+    /// Outside this address space's half.
+    OutOfRange,
+    /// No PTE table could be allocated.
+    NoMemory,
+}
+
+/// Errors of creating an address space.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum NewSpaceError {
+    /// The root could not be allocated.
+    NoMemory,
+}
+
+/// A validated range problem, converted into each operation's own error.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum BadRange {
+    Unaligned,
+    ZeroLength,
+    OutOfRange,
+}
+
+macro_rules! from_bad_range {
+    ($t:ident) => {
+        impl From<BadRange> for $t {
+            fn from(b: BadRange) -> $t {
+                match b {
+                    BadRange::Unaligned => $t::Unaligned,
+                    BadRange::ZeroLength => $t::ZeroLength,
+                    BadRange::OutOfRange => $t::OutOfRange,
+                }
+            }
+        }
+    };
+}
+from_bad_range!(MapError);
+from_bad_range!(UnmapError);
+from_bad_range!(ProtectError);
+
+/// Which half an address space manages.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SpaceKind {
+    /// A process: PML4 entries 0..256; the kernel half is copied in.
+    User,
+    /// The kernel's own mappings: PML4 entries 256..512.
+    Kernel,
+}
+
+/// The result of [`AddressSpace::translate`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Translation {
+    /// Physical address of the translated byte.
+    pub phys_addr: u64,
+    /// The frame of the 4 KiB page containing it.
+    pub pfn: Pfn,
+    /// Flags of the leaf entry.
+    pub flags: PteFlags,
+    /// Level of the leaf (PTE, PMD for 2 MiB, PUD for 1 GiB).
+    pub level: Level,
+}
+
+// ---------------------------------------------------------------------------
+// The address space
+// ---------------------------------------------------------------------------
+
+/// One page-table tree (one PML4) with its accounting (Linux: `mm->pgd` plus
+/// `mm->pgtables_bytes`).
+pub struct AddressSpace<'a, A: PtAlloc, M: PtMem> {
+    pub(crate) root: Pfn,
+    pub(crate) kind: SpaceKind,
+    pub(crate) asid: u16,
+    pub(crate) alloc: &'a A,
+    pub(crate) mem: &'a M,
+    pub(crate) ctl: &'a PgtableCtl,
+    /// Tables per level: [PTE, PMD, PUD] (Linux `nr_ptes`, `nr_pmds`, `nr_puds`).
+    pub(crate) nr_tables: [u64; 3],
+    /// PTE tables deposited for PMD-mapped anonymous huge pages so a split never
+    /// fails (Linux `pgtable_trans_huge_deposit`), keyed by linear address.
+    pub(crate) deposited: BTreeMap<u64, Pfn>,
+    pub(crate) destroyed: bool,
+}
+
+impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
+    /// A user address space (Linux `pgd_alloc`): a new PML4 whose entries 256..511
+    /// are copied from `kernel_root` (if given). `asid` goes into the reverse map
+    /// of anonymous pages.
+    pub fn new_user(
+        alloc: &'a A,
+        mem: &'a M,
+        ctl: &'a PgtableCtl,
+        kernel_root: Option<Pfn>,
+        asid: u16,
+        gfp: Gfp,
+    ) -> Result<Self, NewSpaceError> {
+        let mut this = Self::empty(alloc, mem, ctl, SpaceKind::User, asid);
+        this.root = this.alloc_table(gfp, Level::Pml4).map_err(|_| NewSpaceError::NoMemory)?;
+        if let Some(k) = kernel_root {
+            for i in KERNEL_PML4_START..PTRS_PER_TABLE {
+                mem.write_entry(this.root, i, mem.read_entry(k, i));
+            }
+        }
+        Ok(this)
+    }
+
+    /// The kernel's address space: a new, empty PML4 for the kernel half.
+    pub fn new_kernel(alloc: &'a A, mem: &'a M, ctl: &'a PgtableCtl, gfp: Gfp) -> Result<Self, NewSpaceError> {
+        let mut this = Self::empty(alloc, mem, ctl, SpaceKind::Kernel, 0);
+        this.root = this.alloc_table(gfp, Level::Pml4).map_err(|_| NewSpaceError::NoMemory)?;
+        Ok(this)
+    }
+
+    fn empty(alloc: &'a A, mem: &'a M, ctl: &'a PgtableCtl, kind: SpaceKind, asid: u16) -> Self {
+        AddressSpace {
+            root: Pfn(0),
+            kind,
+            asid,
+            alloc,
+            mem,
+            ctl,
+            nr_tables: [0; 3],
+            deposited: BTreeMap::new(),
+            destroyed: false,
+        }
+    }
+
+    /// The PML4 frame (what CR3 gets).
+    pub fn root(&self) -> Pfn {
+        self.root
+    }
+
+    /// User or kernel.
+    pub fn kind(&self) -> SpaceKind {
+        self.kind
+    }
+
+    /// Tables of `level` in this space (1 for the root).
+    pub fn nr_tables(&self, level: Level) -> u64 {
+        match level {
+            Level::Pml4 => 1,
+            l => self.nr_tables[l as usize - 1],
+        }
+    }
+
+    /// Bytes of page tables below the root (Linux `mm_pgtables_bytes`).
+    pub fn pgtables_bytes(&self) -> u64 {
+        self.nr_tables.iter().sum::<u64>() * PAGE_SIZE
+    }
+
+    /// The `VmPTE:` line of `/proc/PID/status`.
+    pub fn write_vm_pte(&self, out: &mut impl Write) -> fmt::Result {
+        writeln!(out, "VmPTE:\t{:>8} kB", self.pgtables_bytes() >> 10)
+    }
+
+    /// `ptstat`: tables per level of this space and the system total.
+    pub fn write_ptstat(&self, out: &mut impl Write) -> fmt::Result {
+        writeln!(
+            out,
+            "pml4 1 pud {} pmd {} pte {} (deposited {}) = {} kB; system {} pages",
+            self.nr_tables[2],
+            self.nr_tables[1],
+            self.nr_tables[0],
+            self.deposited.len(),
+            self.pgtables_bytes() >> 10,
+            self.ctl.nr_pagetable_pages()
+        )
+    }
+
+    // ----- helpers --------------------------------------------------------------
+
+    pub(crate) fn entry(&self, table: Pfn, index: usize) -> Pte {
+        Pte(self.mem.read_entry(table, index))
+    }
+
+    pub(crate) fn set_entry(&self, table: Pfn, index: usize, pte: Pte) {
+        self.mem.write_entry(table, index, pte.0)
+    }
+
+    /// Metadata of a page-table page. Tables always come from `alloc`, so a missing
+    /// entry is a bug in this module, not something input can cause.
+    pub(crate) fn table_meta(&self, table: Pfn) -> &'a PageMeta {
+        self.alloc.page(table).expect("page-table page outside the allocator")
+    }
+
+    /// Adjusts the live-entry count of `table`; returns the new count.
+    pub(crate) fn count_add(&self, table: Pfn, delta: i32) -> u32 {
+        if delta == 0 {
+            return self.live_entries(table);
+        }
+        match self.table_meta(table).pt_add_entries(delta) {
+            Ok(n) => n,
+            Err(e) => {
+                debug_assert!(false, "page-table count of {table} by {delta}: {e:?}");
+                0
+            }
+        }
+    }
+
+    /// Live-entry count (plus walker references) of a page-table page.
+    pub fn live_entries(&self, table: Pfn) -> u32 {
+        match self.alloc.page(table).map(|m| m.state()) {
+            Some(crate::page::PageState::PageTable { live_entries }) => live_entries,
+            _ => 0,
+        }
+    }
+
+    /// Flags of entries that point at lower tables: the leaf decides permissions.
+    pub(crate) fn table_flags(&self) -> PteFlags {
+        match self.kind {
+            SpaceKind::User => PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER,
+            SpaceKind::Kernel => PteFlags::PRESENT | PteFlags::WRITABLE,
+        }
+    }
+
+    /// Leaf flags for this space: present, `USER` only (and always) in user spaces,
+    /// `GLOBAL` only in the kernel space.
+    pub(crate) fn leaf_flags(&self, flags: PteFlags, size: PageSize) -> PteFlags {
+        let mut f = flags | PteFlags::PRESENT;
+        f.set(PteFlags::HUGE, size == PageSize::Size2M);
+        match self.kind {
+            SpaceKind::User => (f | PteFlags::USER) - PteFlags::GLOBAL,
+            SpaceKind::Kernel => f - PteFlags::USER - PteFlags::SOFT_ANON,
+        }
+    }
+
+    /// Allocates, zeroes and accounts a page-table page (Linux `pagetable_alloc` +
+    /// `pagetable_pte_ctor`). The caller's GFP flags are honoured except
+    /// `__GFP_MOVABLE`: tables are never migrated.
+    pub(crate) fn alloc_table(&mut self, gfp: Gfp, level: Level) -> Result<Pfn, AllocError> {
+        let pages = self.alloc.alloc_pages(gfp - Gfp::MOVABLE - Gfp::HIGHMEM, 0)?;
+        let pfn = pages.pfn();
+        if self.alloc.page(pfn).map(|m| m.set_page_table()) != Some(Ok(())) {
+            // Not a fresh allocation from a managed frame: refuse to use it.
+            self.alloc.free_pages(pages);
+            return Err(AllocError::NoMemory);
+        }
+        let _ = pages.leak(); // owned by the entry that will point at it
+        self.mem.zero_table(pfn);
+        self.account_table(level, 1);
+        Ok(pfn)
+    }
+
+    fn account_table(&mut self, level: Level, delta: i64) {
+        if level != Level::Pml4 {
+            let n = &mut self.nr_tables[level as usize - 1];
+            *n = n.wrapping_add(delta as u64);
+        }
+        self.ctl.nr_pagetable_pages.fetch_add(delta as u64, Relaxed);
+    }
+
+    /// Turns an unlinked, empty table back into an owned `Pages` and un-accounts it
+    /// (Linux `pagetable_dtor`).
+    fn table_pages(&mut self, table: Pfn, level: Level) -> Pages {
+        let meta = self.table_meta(table);
+        if meta.clear_owner_state().is_err() {
+            debug_assert!(false, "freeing page-table page {table} with live entries");
+        }
+        self.account_table(level, -1);
+        // SAFETY: `table` was leaked by `alloc_table` and its only handle was the
+        // (now cleared) entry that pointed at it, so no other `Pages` exists.
+        unsafe { Pages::from_raw(table, 0) }
+    }
+
+    /// Frees a table that no entry ever pointed at (no TLB can know it).
+    pub(crate) fn free_table_now(&mut self, table: Pfn, level: Level) {
+        let p = self.table_pages(table, level);
+        self.alloc.free_pages(p);
+    }
+
+    /// Queues an unlinked table that mapped linear address `lin` for freeing after
+    /// the flush (Linux `pte_free_tlb`).
+    pub(crate) fn release_table(&mut self, table: Pfn, level: Level, lin: u64, tlb: &mut MmuGather) {
+        let p = self.table_pages(table, level);
+        tlb.remove_table(p, lin);
+    }
+
+    /// The linear bounds of this space's half.
+    pub(crate) fn half(&self) -> (u64, u64) {
+        match self.kind {
+            SpaceKind::User => (0, KERNEL_HALF),
+            SpaceKind::Kernel => (KERNEL_HALF, LINEAR_END),
+        }
+    }
+
+    /// Validates `[start, start + len)`: aligned to `align`, non-empty, inside
+    /// this space's half. Returns linear bounds.
+    pub(crate) fn check_range(&self, start: VirtAddr, len: u64, align: u64) -> Result<(u64, u64), BadRange> {
+        let lin = start.linear();
+        let (lo, hi) = self.half();
+        if lin < lo || lin >= hi {
+            return Err(BadRange::OutOfRange);
+        }
+        if lin % align != 0 || len % align != 0 {
+            return Err(BadRange::Unaligned);
+        }
+        if len == 0 {
+            return Err(BadRange::ZeroLength);
+        }
+        match lin.checked_add(len) {
+            Some(end) if end <= hi => Ok((lin, end)),
+            _ => Err(BadRange::OutOfRange),
+        }
+    }
+
+    // ----- translate / dump -------------------------------------------------------
+
+    /// Walks to the leaf mapping `va` (any half), Linux `follow_page`-like.
+    pub fn translate(&self, va: VirtAddr) -> Option<Translation> {
+        let lin = va.linear();
+        let mut table = self.root;
+        let mut level = Level::Pml4;
+        loop {
+            let e = self.entry(table, level.index(lin));
+            if !e.is_present() {
+                return None;
+            }
+            let leaf = level == Level::Pte || (level != Level::Pml4 && e.is_huge());
+            if leaf {
+                let offset = lin & (level.entry_span() - 1);
+                let phys_addr = e.pfn().phys_addr() + offset;
+                return Some(Translation {
+                    phys_addr,
+                    pfn: Pfn::containing(phys_addr),
+                    flags: e.flags(),
+                    level,
+                });
+            }
+            table = e.pfn();
+            level = level.child()?;
+        }
+    }
+
+    /// `ptdump ADDR`: each level's entry and flags on the way to `va`.
+    pub fn ptdump(&self, va: VirtAddr, out: &mut impl Write) -> fmt::Result {
+        let lin = va.linear();
+        let mut table = self.root;
+        let mut level = Level::Pml4;
+        writeln!(out, "ptdump {va} (root {})", self.root)?;
+        loop {
+            let idx = level.index(lin);
+            let e = self.entry(table, idx);
+            write!(out, "  {:<4}[{idx:3}] = {:#018x} {:?}", level.name(), e.0, e.flags())?;
+            if !e.is_present() {
+                return writeln!(out, " (not present)");
+            }
+            if level == Level::Pte || (level != Level::Pml4 && e.is_huge()) {
+                return writeln!(out, " -> {} (leaf)", e.pfn());
+            }
+            writeln!(out, " -> table {} live {}", e.pfn(), self.live_entries(e.pfn()))?;
+            table = e.pfn();
+            match level.child() {
+                Some(c) => level = c,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    // ----- map ---------------------------------------------------------------------
+
+    /// Maps one page of `size` at `va` to `pfn` (Linux `set_pte_at` after
+    /// `__pte_alloc`). Allocates missing tables with `gfp`; atomic: on error nothing
+    /// changed. Installing into an empty slot needs no TLB flush.
+    ///
+    /// With [`PteFlags::SOFT_ANON`] the entry takes over one mapcount reference of an
+    /// anonymous page (the caller did `set_anon`); a 2 MiB anonymous mapping also
+    /// deposits a PTE table so a later split cannot fail.
+    pub fn map(&mut self, va: VirtAddr, pfn: Pfn, size: PageSize, flags: PteFlags, gfp: Gfp) -> Result<(), MapError> {
+        let (lin, _) = self.check_range(va, size.bytes(), size.bytes())?;
+        if pfn.0 % (size.bytes() >> PAGE_SHIFT) != 0 || pfn.0 > PTE_PFN_MASK >> PAGE_SHIFT {
+            return Err(MapError::Unaligned);
+        }
+        let flags = self.leaf_flags(flags, size);
+        let deposit = if size == PageSize::Size2M && flags.contains(PteFlags::SOFT_ANON) {
+            Some(self.alloc_table(gfp, Level::Pte).map_err(|_| MapError::NoMemory)?)
+        } else {
+            None
+        };
+        let r = match self.table_alloc(lin, size.level(), gfp) {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(d) = deposit {
+                    self.free_table_now(d, Level::Pte);
+                }
+                return Err(match e {
+                    TableAllocError::Huge(_) => MapError::AlreadyMapped,
+                    TableAllocError::NoMemory(_) => MapError::NoMemory,
+                });
+            }
+        };
+        let idx = size.level().index(lin);
+        let result = if self.entry(r.table, idx).is_present() {
+            if let Some(d) = deposit {
+                self.free_table_now(d, Level::Pte);
+            }
+            Err(MapError::AlreadyMapped)
+        } else {
+            self.set_entry(r.table, idx, Pte::new(pfn, flags));
+            self.count_add(r.table, 1);
+            if let Some(d) = deposit {
+                self.deposited.insert(lin, d);
+                self.ctl.add_anon_thps(1);
+            }
+            Ok(())
+        };
+        // The table holds at least one entry (ours or the one in the way), so
+        // dropping the walker reference cannot free it.
+        self.pt_put_nonempty(r);
+        result
+    }
+
+    /// Maps `[va, va + len)` to the frames from `first_pfn` with pages of `size`
+    /// (Linux `vmap_range`, used for the direct map and vmalloc). One walk from the
+    /// root per table, then a loop over its entries. On error everything this call
+    /// mapped is unmapped again (into `tlb`) and the error returned.
+    pub fn map_range(
+        &mut self,
+        va: VirtAddr,
+        first_pfn: Pfn,
+        len: u64,
+        size: PageSize,
+        flags: PteFlags,
+        gfp: Gfp,
+        tlb: &mut MmuGather,
+    ) -> Result<(), MapError> {
+        let (start, end) = self.check_range(va, len, size.bytes())?;
+        let nr_frames = len >> PAGE_SHIFT;
+        if first_pfn.0 % (size.bytes() >> PAGE_SHIFT) != 0 {
+            return Err(MapError::Unaligned);
+        }
+        match first_pfn.0.checked_add(nr_frames) {
+            Some(last) if last <= (PTE_PFN_MASK >> PAGE_SHIFT) + 1 => {}
+            _ => return Err(MapError::OutOfRange),
+        }
+        if flags.contains(PteFlags::SOFT_ANON) {
+            return Err(MapError::InvalidFlags);
+        }
+        let flags = self.leaf_flags(flags, size);
+        let level = size.level();
+        let mut lin = start;
+        while lin < end {
+            let chunk_end = (lin | (level.table_span() - 1)).saturating_add(1).min(end);
+            let r = match self.table_alloc(lin, level, gfp) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.rollback_map(start, lin, tlb);
+                    return Err(match e {
+                        TableAllocError::Huge(_) => MapError::AlreadyMapped,
+                        TableAllocError::NoMemory(_) => MapError::NoMemory,
+                    });
+                }
+            };
+            let mut installed = 0;
+            let mut conflict = None;
+            let mut a = lin;
+            while a < chunk_end {
+                let idx = level.index(a);
+                if self.entry(r.table, idx).is_present() {
+                    conflict = Some(a);
+                    break;
+                }
+                let pfn = Pfn(first_pfn.0 + ((a - start) >> PAGE_SHIFT));
+                self.set_entry(r.table, idx, Pte::new(pfn, flags));
+                installed += 1;
+                a += size.bytes();
+            }
+            self.count_add(r.table, installed);
+            self.pt_put(r, tlb);
+            if let Some(at) = conflict {
+                self.rollback_map(start, at, tlb);
+                return Err(MapError::AlreadyMapped);
+            }
+            lin = chunk_end;
+        }
+        Ok(())
+    }
+
+    /// Undoes the part `[start, end)` of a failed `map_range`, freeing the tables it
+    /// created whatever the reclaim knob says.
+    fn rollback_map(&mut self, start: u64, end: u64, tlb: &mut MmuGather) {
+        if start < end {
+            let mode = ZapMode { reclaim: true, teardown: false };
+            // Splits cannot happen: the range holds only what map_range installed.
+            let _ = self.zap_table(self.root, Level::Pml4, start, end, Gfp::empty(), tlb, mode);
+        }
+    }
+
+    // ----- unmap -----------------------------------------------------------------------
+
+    /// Unmaps `[va, va + len)` (Linux `unmap_page_range` / `zap_page_range_single`,
+    /// also used for `MADV_DONTNEED`). Holes are skipped. A 2 MiB mapping covered
+    /// only partly is split into a PTE table first (the deposited one for anonymous
+    /// huge pages, else one allocated with `gfp`). Anonymous pages whose last mapping
+    /// goes and page-table pages left empty (when `pt_reclaim` is on, cascading up to
+    /// the PUD tables) are queued in `tlb` and freed after its flush.
+    pub fn unmap(&mut self, va: VirtAddr, len: u64, gfp: Gfp, tlb: &mut MmuGather) -> Result<(), UnmapError> {
+        let (start, end) = self.check_range(va, len, PAGE_SIZE)?;
+        let mode = ZapMode { reclaim: self.ctl.pt_reclaim(), teardown: false };
+        self.zap_table(self.root, Level::Pml4, start, end, gfp, tlb, mode)
+    }
+
+    /// `MADV_DONTNEED` on anonymous memory: the same as [`unmap`](Self::unmap).
+    pub fn madvise_dontneed(&mut self, va: VirtAddr, len: u64, gfp: Gfp, tlb: &mut MmuGather) -> Result<(), UnmapError> {
+        self.unmap(va, len, gfp, tlb)
+    }
+
+    /// Clears the entries of `table` (a table of `level`) that overlap the linear
+    /// range `[s, e)`, recursing into lower tables; one count update per table.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn zap_table(
+        &mut self,
+        table: Pfn,
+        level: Level,
+        s: u64,
+        e: u64,
+        gfp: Gfp,
+        tlb: &mut MmuGather,
+        mode: ZapMode,
+    ) -> Result<(), UnmapError> {
+        let span = level.entry_span();
+        let base = s & !(level.table_span() - 1);
+        let mut cleared = 0i32;
+        let mut result = Ok(());
+        for idx in level.index(s)..=level.index(e - 1) {
+            let pte = self.entry(table, idx);
+            if !pte.is_present() {
+                continue;
+            }
+            let ent_start = base + idx as u64 * span;
+            let ent_end = ent_start + span;
+            let (lo, hi) = (s.max(ent_start), e.min(ent_end));
+            let leaf = level == Level::Pte || (level != Level::Pml4 && pte.is_huge());
+            if leaf {
+                if lo == ent_start && hi == ent_end {
+                    self.set_entry(table, idx, Pte::NONE);
+                    cleared += 1;
+                    tlb.add_range(ent_start, ent_end);
+                    self.release_leaf(pte, level, ent_start, tlb);
+                    continue;
+                }
+                if level != Level::Pmd || self.split_pmd_entry(table, idx, ent_start, gfp, tlb).is_err() {
+                    // A partly covered 1 GiB page (never created here) or no memory.
+                    result = Err(UnmapError::NoMemory);
+                    break;
+                }
+            }
+            let Some(child_level) = level.child() else { continue };
+            let child = self.entry(table, idx).pfn();
+            let r = self.zap_table(child, child_level, lo, hi, gfp, tlb, mode);
+            if self.may_unlink(level, mode) && self.live_entries(child) == 0 {
+                self.set_entry(table, idx, Pte::NONE);
+                cleared += 1;
+                self.release_table(child, child_level, ent_start, tlb);
+            }
+            if r.is_err() {
+                result = r;
+                break;
+            }
+        }
+        self.count_add(table, -cleared);
+        result
+    }
+
+    /// Whether an empty table below a `level` entry may be unlinked: only with
+    /// reclaim (or teardown), and never from the kernel's PML4 outside teardown.
+    pub(crate) fn may_unlink(&self, level: Level, mode: ZapMode) -> bool {
+        if mode.teardown {
+            return true;
+        }
+        mode.reclaim && !(self.kind == SpaceKind::Kernel && level == Level::Pml4)
+    }
+
+    /// Drops what a cleared leaf held: the anonymous page's mapcount (freeing the page
+    /// after the flush when it was the last) and a deposited table (Linux
+    /// `zap_huge_pmd` / `zap_present_ptes` + `folio_remove_rmap_*`).
+    fn release_leaf(&mut self, pte: Pte, level: Level, lin: u64, tlb: &mut MmuGather) {
+        if level == Level::Pmd {
+            if let Some(d) = self.deposited.remove(&lin) {
+                self.release_table(d, Level::Pte, lin, tlb);
+            }
+        }
+        if self.kind != SpaceKind::User || !pte.flags().contains(PteFlags::SOFT_ANON) {
+            return;
+        }
+        if level == Level::Pmd {
+            self.ctl.add_anon_thps(-1);
+        }
+        let Some((head, order)) = self.anon_folio(pte.pfn()) else {
+            debug_assert!(false, "SOFT_ANON entry without an anonymous page at {}", pte.pfn());
+            return;
+        };
+        let meta = self.table_meta(head);
+        if meta.anon_add_mapcount(-1) == Ok(0) && meta.clear_owner_state().is_ok() {
+            // SAFETY: the mapcount reached 0, so this entry held the last reference to
+            // the block; the fault handler leaked its only handle into the entries.
+            tlb.remove_page(unsafe { Pages::from_raw(head, order) });
+        }
+    }
+
+    /// The head and order of the anonymous block containing `pfn`: the page itself,
+    /// or the head of an order-9 huge page (split mappings point at sub-pages).
+    pub(crate) fn anon_folio(&self, pfn: Pfn) -> Option<(Pfn, usize)> {
+        use crate::page::Kind;
+        let m = self.alloc.page(pfn)?;
+        match m.kind() {
+            Kind::Anon => Some((pfn, m.order())),
+            Kind::Tail => {
+                let head = Pfn(pfn.0 & !(HPAGE_PMD_NR - 1));
+                let h = self.alloc.page(head)?;
+                (h.kind() == Kind::Anon && h.order() == HPAGE_PMD_ORDER).then_some((head, HPAGE_PMD_ORDER))
+            }
+            _ => None,
+        }
+    }
+
+    // ----- split ------------------------------------------------------------------------
+
+    /// Splits the 2 MiB mapping containing `va` into a PTE table of 512 entries with
+    /// the same frames and flags (Linux `split_huge_pmd`). `Ok(false)` if there is no
+    /// huge mapping there.
+    pub fn split_huge_pmd(&mut self, va: VirtAddr, gfp: Gfp, tlb: &mut MmuGather) -> Result<bool, SplitError> {
+        let lin = va.linear();
+        let (lo, hi) = self.half();
+        if lin < lo || lin >= hi {
+            return Err(SplitError::OutOfRange);
+        }
+        let Some((pmd_table, idx)) = self.find_entry(lin, Level::Pmd) else { return Ok(false) };
+        if !self.entry(pmd_table, idx).is_huge() {
+            return Ok(false);
+        }
+        let haddr = lin & !(PMD_SIZE - 1);
+        self.split_pmd_entry(pmd_table, idx, haddr, gfp, tlb).map_err(|_| SplitError::NoMemory)?;
+        Ok(true)
+    }
+
+    /// The table of `level` containing `lin` and the index, if that table exists
+    /// (no huge leaf above it).
+    pub(crate) fn find_entry(&self, lin: u64, level: Level) -> Option<(Pfn, usize)> {
+        let mut table = self.root;
+        let mut l = Level::Pml4;
+        while l != level {
+            let e = self.entry(table, l.index(lin));
+            if !e.is_present() || (l != Level::Pml4 && e.is_huge()) {
+                return None;
+            }
+            table = e.pfn();
+            l = l.child()?;
+        }
+        Some((table, level.index(lin)))
+    }
+
+    /// `__split_huge_pmd_locked`: the huge entry at `pmd_table[idx]` (mapping linear
+    /// `haddr`) becomes a PTE table. The PMD count is unchanged (one entry replaces
+    /// another); the anonymous page's mapcount goes from 1 to 512 (one per PTE).
+    fn split_pmd_entry(&mut self, pmd_table: Pfn, idx: usize, haddr: u64, gfp: Gfp, tlb: &mut MmuGather) -> Result<(), AllocError> {
+        let huge = self.entry(pmd_table, idx);
+        let pt = match self.deposited.remove(&haddr) {
+            Some(d) => d,
+            None => self.alloc_table(gfp, Level::Pte)?,
+        };
+        let flags = huge.flags() - PteFlags::HUGE;
+        for i in 0..PTRS_PER_TABLE {
+            self.set_entry(pt, i, Pte::new(Pfn(huge.pfn().0 + i as u64), flags));
+        }
+        self.count_add(pt, PTRS_PER_TABLE as i32);
+        if self.kind == SpaceKind::User && flags.contains(PteFlags::SOFT_ANON) {
+            self.ctl.add_anon_thps(-1);
+            if let Some((head, _)) = self.anon_folio(huge.pfn()) {
+                let _ = self.table_meta(head).anon_add_mapcount(PTRS_PER_TABLE as i32 - 1);
+            }
+        }
+        self.set_entry(pmd_table, idx, Pte::new(pt, self.table_flags()));
+        tlb.add_range(haddr, haddr + PMD_SIZE);
+        Ok(())
+    }
+
+    // ----- protect ----------------------------------------------------------------------
+
+    /// Sets the permission bits ([`PteFlags::PERMISSIONS`]) of every mapping in
+    /// `[va, va + len)` to those in `flags` (Linux `change_protection`). Holes are
+    /// skipped; partly covered 2 MiB mappings are split (tables from `gfp`).
+    pub fn protect(&mut self, va: VirtAddr, len: u64, flags: PteFlags, gfp: Gfp, tlb: &mut MmuGather) -> Result<(), ProtectError> {
+        let (start, end) = self.check_range(va, len, PAGE_SIZE)?;
+        let perms = self.leaf_flags(flags, PageSize::Size4K) & PteFlags::PERMISSIONS;
+        self.change_table(self.root, Level::Pml4, start, end, perms, gfp, tlb)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn change_table(
+        &mut self,
+        table: Pfn,
+        level: Level,
+        s: u64,
+        e: u64,
+        perms: PteFlags,
+        gfp: Gfp,
+        tlb: &mut MmuGather,
+    ) -> Result<(), ProtectError> {
+        let span = level.entry_span();
+        let base = s & !(level.table_span() - 1);
+        for idx in level.index(s)..=level.index(e - 1) {
+            let pte = self.entry(table, idx);
+            if !pte.is_present() {
+                continue;
+            }
+            let ent_start = base + idx as u64 * span;
+            let ent_end = ent_start + span;
+            let (lo, hi) = (s.max(ent_start), e.min(ent_end));
+            let leaf = level == Level::Pte || (level != Level::Pml4 && pte.is_huge());
+            if leaf {
+                if lo == ent_start && hi == ent_end {
+                    let new = Pte::new(pte.pfn(), (pte.flags() - PteFlags::PERMISSIONS) | perms);
+                    if new != pte {
+                        self.set_entry(table, idx, new);
+                        tlb.add_range(ent_start, ent_end);
+                    }
+                    continue;
+                }
+                if level != Level::Pmd || self.split_pmd_entry(table, idx, ent_start, gfp, tlb).is_err() {
+                    return Err(ProtectError::NoMemory);
+                }
+            }
+            let Some(child_level) = level.child() else { continue };
+            let child = self.entry(table, idx).pfn();
+            self.change_table(child, child_level, lo, hi, perms, gfp, tlb)?;
+        }
+        Ok(())
+    }
+
+    // ----- teardown ---------------------------------------------------------------------
+
+    /// Frees every mapping and table of this space's half and the root, whatever the
+    /// reclaim knob says (Linux `exit_mmap` → `free_pgtables` → `pgd_free`). Tables
+    /// pinned by an outstanding [`PtRef`](crate::pt_reclaim::PtRef) are leaked.
+    pub fn destroy(mut self, tlb: &mut MmuGather) {
+        let (lo, hi) = self.half();
+        let mode = ZapMode { reclaim: true, teardown: true };
+        // Full coverage never splits, so this cannot fail.
+        let _ = self.zap_table(self.root, Level::Pml4, lo, hi, Gfp::empty(), tlb, mode);
+        debug_assert!(self.deposited.is_empty(), "deposited tables left at teardown");
+        let root = self.root;
+        if self.live_entries(root) == 0 {
+            self.release_table(root, Level::Pml4, lo, tlb);
+        }
+        self.destroyed = true;
+    }
+}
+
+impl<A: PtAlloc, M: PtMem> Drop for AddressSpace<'_, A, M> {
+    fn drop(&mut self) {
+        #[cfg(test)]
+        if std::thread::panicking() {
+            return;
+        }
+        #[cfg(debug_assertions)]
+        if !self.destroyed {
+            panic!("AddressSpace dropped without destroy(): its page tables leak");
+        }
+    }
+}
+
+/// How `zap_table` treats tables it empties.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ZapMode {
+    /// Unlink and free empty tables (the `pt_reclaim` knob).
+    pub(crate) reclaim: bool,
+    /// Tearing the whole space down: the kernel's PML4 entries may go too.
+    pub(crate) teardown: bool,
+}
+
+#[cfg(test)]
+pub(crate) mod testutil;
+#[cfg(test)]
+mod tests;

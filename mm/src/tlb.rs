@@ -1,0 +1,249 @@
+//! TLB shootdown batching: the `mmu_gather` of page-table changes.
+//!
+//! Linux counterpart: `mm/mmu_gather.c` and `include/asm-generic/tlb.h`
+//! (`tlb_gather_mmu`, `tlb_flush_mmu`, `tlb_finish_mmu`, `tlb_remove_page`,
+//! `tlb_remove_table`) plus the x86 policy of `flush_tlb_mm_range` in
+//! `arch/x86/mm/tlb.c`: `invlpg` page by page up to
+//! `tlb_single_page_flush_ceiling` (33) pages, a full flush above it.
+//!
+//! Every page-table change in [`crate::pgtable`] records into a [`MmuGather`]:
+//! the virtual range whose translations went stale, and the pages (page-table
+//! pages and released anonymous pages) that may be reused only once no TLB
+//! or paging-structure cache can still reach them. Nothing is returned to the
+//! allocator before [`MmuGather::finish`] has called the [`TlbFlush`]
+//! implementation, which is what makes freeing page-table pages safe (Qi
+//! Zheng's `pte_free_defer` / `tlb_remove_table` ordering).
+//!
+//! The gather is `#[must_use]`; dropping one that still holds work panics in
+//! debug builds (a drop bomb, like [`Pages`]).
+
+use alloc::vec::Vec;
+
+use crate::addr::PAGE_SHIFT;
+use crate::page_alloc::Pages;
+use crate::pgtable::{PtAlloc, VirtAddr};
+
+/// Linux x86 `tlb_single_page_flush_ceiling`: ranges of more pages than this are
+/// flushed with a full flush instead of one `invlpg` per page.
+pub const TLB_SINGLE_PAGE_FLUSH_CEILING: u64 = 33;
+
+/// The hardware side of a TLB flush, implemented by the kernel (`invlpg`,
+/// CR3 reload / `invpcid`) and by a recording fake in host tests.
+pub trait TlbFlush {
+    /// Invalidates the translations of the `nr_pages` pages from `start` (the
+    /// kernel loops `invlpg`; the range never leaves `start`'s half, so
+    /// `start + i * 4096` needs no wrap-around). Only called for at most
+    /// [`single_page_flush_ceiling`](TlbFlush::single_page_flush_ceiling) pages.
+    /// `invlpg` also drops all paging-structure-cache entries, so this covers
+    /// freed page-table pages as well.
+    fn flush_range(&self, start: VirtAddr, nr_pages: u64);
+    /// Invalidates every non-global translation (and paging-structure caches).
+    fn flush_all(&self);
+    /// The ceiling knob; defaults to Linux's 33 pages.
+    fn single_page_flush_ceiling(&self) -> u64 {
+        TLB_SINGLE_PAGE_FLUSH_CEILING
+    }
+}
+
+/// What [`MmuGather::finish`] will ask the hardware to do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FlushPlan {
+    /// Nothing became stale.
+    None,
+    /// `invlpg` each of `nr_pages` pages from `start`.
+    Range { start: VirtAddr, nr_pages: u64 },
+    /// Full TLB flush.
+    All,
+}
+
+/// Decides between per-page invalidation and a full flush (Linux
+/// `flush_tlb_mm_range`): a range of more than `ceiling` pages is flushed whole.
+/// `range` is `(start, nr_pages)`.
+pub fn flush_plan(range: Option<(VirtAddr, u64)>, ceiling: u64) -> FlushPlan {
+    match range {
+        None => FlushPlan::None,
+        Some((_, nr_pages)) if nr_pages > ceiling => FlushPlan::All,
+        Some((start, nr_pages)) => FlushPlan::Range { start, nr_pages },
+    }
+}
+
+/// A batch of page-table changes waiting for one TLB flush (Linux `struct
+/// mmu_gather`). Create with [`MmuGather::new`], pass `&mut` to the page-table
+/// operations, end with [`MmuGather::finish`].
+#[must_use = "an mmu_gather must be finished with a TLB flush (MmuGather::finish)"]
+#[derive(Debug)]
+pub struct MmuGather {
+    /// Linear (48-bit, sign bits stripped) `[start, end)`; empty when `start >= end`.
+    start: u64,
+    end: u64,
+    /// Some page-table page was unlinked (Linux `tlb->freed_tables`).
+    freed_tables: bool,
+    /// Linear address mapped by the first unlinked table: flushed when nothing
+    /// else is, because any `invlpg` empties the paging-structure caches.
+    table_va: u64,
+    /// Page-table pages, freed after the flush (Linux `tlb_remove_table`).
+    tables: Vec<Pages>,
+    /// Data pages whose last mapping went away (Linux `tlb_remove_page`).
+    pages: Vec<Pages>,
+}
+
+impl MmuGather {
+    /// An empty gather (Linux `tlb_gather_mmu`).
+    pub fn new() -> MmuGather {
+        MmuGather { start: u64::MAX, end: 0, freed_tables: false, table_va: 0, tables: Vec::new(), pages: Vec::new() }
+    }
+
+    /// Whether nothing has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.start >= self.end && !self.freed_tables && self.tables.is_empty() && self.pages.is_empty()
+    }
+
+    /// The range to flush as `(start, nr_pages)`, if any.
+    pub fn range(&self) -> Option<(VirtAddr, u64)> {
+        if self.start < self.end {
+            Some((VirtAddr::from_linear(self.start), (self.end - self.start) >> PAGE_SHIFT))
+        } else if self.freed_tables {
+            Some((VirtAddr::from_linear(self.table_va), 1))
+        } else {
+            None
+        }
+    }
+
+    /// Whether page-table pages were unlinked (lazy-TLB CPUs must be flushed too).
+    pub fn freed_tables(&self) -> bool {
+        self.freed_tables
+    }
+
+    /// Page-table pages waiting for the flush.
+    pub fn nr_tables(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// Data pages waiting for the flush.
+    pub fn nr_pages(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Records that translations of `[start, end)` (linear addresses) are stale
+    /// (Linux `tlb_flush_pte_range` / `tlb_flush_pmd_range`).
+    pub(crate) fn add_range(&mut self, start: u64, end: u64) {
+        self.start = self.start.min(start);
+        self.end = self.end.max(end);
+    }
+
+    /// Queues an unlinked page-table page that mapped linear address `va`
+    /// (Linux `pte_free_tlb` → `tlb_remove_table`). If nothing else needs a
+    /// flush, the page of `va` is flushed so the flush is never skipped: any
+    /// `invlpg` also empties the paging-structure caches that could still point
+    /// at the table.
+    pub(crate) fn remove_table(&mut self, table: Pages, va: u64) {
+        if !self.freed_tables {
+            self.table_va = va;
+        }
+        self.freed_tables = true;
+        self.tables.push(table);
+    }
+
+    /// Queues a data page to free after the flush (Linux `tlb_remove_page`).
+    pub(crate) fn remove_page(&mut self, page: Pages) {
+        self.pages.push(page);
+    }
+
+    /// What the flush will do with the default or a given ceiling.
+    pub fn plan(&self, ceiling: u64) -> FlushPlan {
+        flush_plan(self.range(), ceiling)
+    }
+
+    /// Flushes, then frees every queued page (Linux `tlb_finish_mmu`). Returns
+    /// what was flushed.
+    pub fn finish(mut self, flush: &impl TlbFlush, alloc: &impl PtAlloc) -> FlushPlan {
+        let plan = self.plan(flush.single_page_flush_ceiling());
+        match plan {
+            FlushPlan::None => {}
+            FlushPlan::Range { start, nr_pages } => flush.flush_range(start, nr_pages),
+            FlushPlan::All => flush.flush_all(),
+        }
+        for p in self.pages.drain(..).chain(self.tables.drain(..)) {
+            alloc.free_pages(p);
+        }
+        self.start = u64::MAX;
+        self.end = 0;
+        self.freed_tables = false;
+        plan
+    }
+}
+
+impl Default for MmuGather {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for MmuGather {
+    fn drop(&mut self) {
+        #[cfg(test)]
+        if std::thread::panicking() {
+            // Let the queued `Pages` leak quietly while a test is failing.
+            core::mem::forget(core::mem::take(&mut self.tables));
+            core::mem::forget(core::mem::take(&mut self.pages));
+            return;
+        }
+        #[cfg(debug_assertions)]
+        if !self.is_empty() {
+            panic!("MmuGather dropped with pending work: call finish()");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::PAGE_SIZE;
+
+    fn va(x: u64) -> VirtAddr {
+        VirtAddr::try_new(x).unwrap()
+    }
+
+    #[test]
+    fn threshold_picks_invlpg_or_full_flush() {
+        assert_eq!(flush_plan(None, 33), FlushPlan::None);
+        let r = |n: u64| Some((va(0x1000), n));
+        assert_eq!(flush_plan(r(1), 33), FlushPlan::Range { start: va(0x1000), nr_pages: 1 });
+        assert!(matches!(flush_plan(r(33), 33), FlushPlan::Range { .. }));
+        assert_eq!(flush_plan(r(34), 33), FlushPlan::All);
+        assert_eq!(flush_plan(r(512), 33), FlushPlan::All);
+        assert_eq!(flush_plan(r(2), 1), FlushPlan::All);
+    }
+
+    #[test]
+    fn range_merges_and_kernel_addresses_round_trip() {
+        let mut g = MmuGather::new();
+        assert!(g.is_empty());
+        g.add_range(0x5000, 0x6000);
+        g.add_range(0x2000, 0x3000);
+        assert_eq!(g.range(), Some((va(0x2000), 4)));
+        assert_eq!(g.plan(33), FlushPlan::Range { start: va(0x2000), nr_pages: 4 });
+        let k = va(0xffff_8000_0000_0000).linear();
+        g.add_range(k, k + PAGE_SIZE);
+        assert_eq!(g.range().unwrap().0, va(0x2000));
+        // Finish with nothing to free.
+        struct Nop;
+        impl TlbFlush for Nop {
+            fn flush_range(&self, _: VirtAddr, _: u64) {}
+            fn flush_all(&self) {}
+        }
+        struct NoAlloc;
+        impl PtAlloc for NoAlloc {
+            fn alloc_pages(&self, _: crate::gfp::Gfp, _: usize) -> Result<Pages, crate::page_alloc::AllocError> {
+                Err(crate::page_alloc::AllocError::NoMemory)
+            }
+            fn free_pages(&self, p: Pages) {
+                p.leak();
+            }
+            fn page(&self, _: crate::addr::Pfn) -> Option<&crate::page::PageMeta> {
+                None
+            }
+        }
+        assert_eq!(g.finish(&Nop, &NoAlloc), FlushPlan::All);
+    }
+}
