@@ -44,6 +44,9 @@ pub struct Options {
     pub icount: bool,
     /// Extra words for the kernel command line (`--cmdline`).
     pub cmdline: Vec<String>,
+    /// Console commands typed at the `mm> ` prompt, one per prompt, then
+    /// `poweroff` (`--exec`).
+    pub exec: Vec<String>,
     /// Passed to QEMU verbatim (everything after `--`).
     pub qemu_args: Vec<String>,
 }
@@ -54,12 +57,13 @@ impl Default for Options {
             uefi: false,
             ktest: None,
             batch: false,
-            mem: "256M".into(),
+            mem: "512M".into(),
             smp: 1,
             timeout: None,
             gdb: false,
             icount: false,
             cmdline: Vec::new(),
+            exec: Vec::new(),
             qemu_args: Vec::new(),
         }
     }
@@ -74,13 +78,14 @@ options:
   --uefi             boot the UEFI image (default: BIOS)
   --ktest [FILTER]   run the in-kernel tests (those whose name contains FILTER)
   --batch            no console: power off after boot; exit status from the kernel
-  --mem SIZE         guest RAM, QEMU syntax (default 256M)
+  --mem SIZE         guest RAM, QEMU syntax (default 512M)
   --smp N            number of CPUs (default 1)
   --timeout SECS     kill QEMU after SECS and report a hang (default 300 with
                      --batch/--ktest, none otherwise)
   --gdb              start QEMU's gdbstub on :1234 and wait for the debugger
   --icount           -icount shift=0: the guest TSC counts instructions exactly
   --cmdline WORDS    extra kernel command-line words (e.g. \"loglevel=debug\")
+  --exec COMMAND     type COMMAND at the mm> prompt (repeatable), then poweroff
   -h, --help         this text
 
 exit status: 0 kernel reported success, 1 kernel reported failure,
@@ -109,6 +114,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, St
                 o.timeout = Some(Duration::from_secs(secs));
             }
             "--cmdline" => o.cmdline.extend(value("--cmdline")?.split_whitespace().map(String::from)),
+            "--exec" => o.exec.push(value("--exec")?),
             "--ktest" => {
                 let filter = match it.peek() {
                     Some(next) if !next.starts_with('-') => it.next(),
@@ -129,7 +135,19 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, St
 impl Options {
     /// Whether the run ends by itself (so a default timeout applies).
     pub fn ends_by_itself(&self) -> bool {
-        self.batch || self.ktest.is_some()
+        self.batch || self.ktest.is_some() || !self.exec.is_empty()
+    }
+
+    /// The console script for `--exec`: each command at a prompt, then `poweroff`.
+    pub fn exec_script(&self) -> Option<Vec<Step>> {
+        if self.exec.is_empty() {
+            return None;
+        }
+        let mut commands = self.exec.clone();
+        if commands.last().map(String::as_str) != Some("poweroff") {
+            commands.push("poweroff".into());
+        }
+        Some(commands.into_iter().map(|c| Step { expect: "mm> ".into(), send: format!("{}\n", c) }).collect())
     }
 
     pub fn effective_timeout(&self) -> Option<Duration> {
@@ -349,6 +367,17 @@ mod tests {
         let o = parse_args(args("--ktest mm,x")).unwrap();
         let cmd = format!("{:?}", o.qemu_command());
         assert!(cmd.contains("string=ktest=mm,,x"), "{}", cmd);
+    }
+
+    #[test]
+    fn exec_types_commands_then_powers_off() {
+        let o = parse_args(["--exec".to_string(), "ptstat".into(), "--exec".into(), "meminfo".into()]).unwrap();
+        let script = o.exec_script().unwrap();
+        let sent: Vec<&str> = script.iter().map(|s| s.send.as_str()).collect();
+        assert_eq!(sent, ["ptstat\n", "meminfo\n", "poweroff\n"]);
+        assert!(script.iter().all(|s| s.expect == "mm> "));
+        assert_eq!(o.effective_timeout(), Some(DEFAULT_BATCH_TIMEOUT));
+        assert!(Options::default().exec_script().is_none());
     }
 
     #[test]

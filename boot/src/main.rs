@@ -14,7 +14,7 @@ fn main() {
     if options.gdb {
         eprintln!("boot: waiting for gdb on localhost:1234 (kernel ELF: {})", env!("KERNEL_ELF"));
     }
-    let run = match boot::run(&options, None, boot::Echo::Stdout) {
+    let run = match boot::run(&options, options.exec_script(), boot::Echo::Stdout) {
         Ok(run) => run,
         Err(e) => {
             eprintln!("boot: {}", e);

@@ -21,7 +21,7 @@ pub struct Command {
 }
 
 /// Every command table; subsystems add theirs here.
-pub const COMMAND_SETS: &[&[Command]] = &[COMMANDS, crate::page_alloc::COMMANDS, crate::sysctl::COMMANDS];
+pub const COMMAND_SETS: &[&[Command]] = &[COMMANDS, crate::page_alloc::COMMANDS, crate::pgtable::COMMANDS, crate::sysctl::COMMANDS];
 
 pub const COMMANDS: &[Command] = &[
     Command { name: "help", args: "", help: "list the commands", run: cmd_help },
@@ -107,6 +107,7 @@ fn cmd_meminfo(_: &str) {
     if crate::page_alloc::is_ready() {
         let _ = crate::page_alloc::page_alloc().meminfo(&mut crate::serial::Writer);
     }
+    let _ = crate::pgtable::PGTABLE_CTL.meminfo(&mut crate::serial::Writer);
     let facts = crate::memmap::facts();
     let (_, boot, _) = crate::memmap::totals(&facts.regions);
     let (heap_used, heap_free) = crate::heap::usage();

@@ -14,6 +14,10 @@ mod arch;
 mod clear_page;
 mod cmdline;
 mod console;
+mod fault;
+mod mm_struct;
+mod pgtable;
+mod vm_ktests;
 mod heap;
 mod ktest;
 mod memmap;
@@ -35,8 +39,18 @@ use cmdline::SelfTest;
 /// Stack for the boot CPU; the tests and the console run on it.
 const KERNEL_STACK_SIZE: u64 = 512 * 1024;
 
+/// Start of the kernel half of the address space (PML4 entries 256..511).
+pub const KERNEL_HALF_START: u64 = 0xffff_8000_0000_0000;
+/// The kernel image is linked for -2 GiB, like Linux's `__START_KERNEL_map`.
+const KERNEL_IMAGE_BASE: u64 = 0xffff_ffff_8000_0000;
+
+/// Everything the bootloader maps for the kernel (image, stack, boot info,
+/// direct map) goes into the upper half, so user address spaces can share it
+/// by copying PML4 entries 256..511.
 pub static BOOTLOADER_CONFIG: BootloaderConfig = {
     let mut config = BootloaderConfig::new_default();
+    config.mappings.kernel_base = Mapping::FixedAddress(KERNEL_IMAGE_BASE);
+    config.mappings.dynamic_range_start = Some(KERNEL_HALF_START);
     config.mappings.physical_memory = Some(Mapping::Dynamic);
     config.kernel_stack_size = KERNEL_STACK_SIZE;
     config

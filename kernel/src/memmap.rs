@@ -162,6 +162,7 @@ pub fn phys_to_virt(phys: u64) -> *mut u8 {
 
 pub const KTESTS: &[crate::ktest::KTest] = &[
     crate::ktest!(boot_info_memory_map_is_sane),
+    crate::ktest!(kernel_lives_in_the_upper_half),
     crate::ktest!(kernel_image_is_not_in_usable_memory),
     crate::ktest!(direct_map_reaches_the_live_page_table),
 ];
@@ -201,5 +202,15 @@ fn direct_map_reaches_the_live_page_table() -> crate::ktest::KResult {
     // 4 KiB page-table page, so entry `index` (< 512) is readable.
     let entry = unsafe { pml4.add(index as usize).read_volatile() };
     crate::kassert!(entry & 1 == 1, "PML4 entry {} for {:#x} not present: {:#x}", index, here, entry);
+    Ok(())
+}
+
+fn kernel_lives_in_the_upper_half() -> crate::ktest::KResult {
+    let f = facts();
+    let code = kernel_lives_in_the_upper_half as fn() -> crate::ktest::KResult as usize as u64;
+    let stack = &f as *const _ as u64;
+    for (what, addr) in [("code", code), ("stack", stack), ("direct map", f.physical_memory_offset)] {
+        crate::kassert!(addr >= crate::KERNEL_HALF_START, "{} at {:#x} is in the user half", what, addr);
+    }
     Ok(())
 }

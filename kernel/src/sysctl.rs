@@ -15,7 +15,12 @@ pub struct Sysctl {
     pub set: fn(&str) -> Result<(), ()>,
 }
 
-pub const SYSCTLS: &[Sysctl] = &[crate::page_alloc::SYSCTL_DEFRAG_MODE, crate::clear_page::SYSCTL_CLEAR_HUGE_POLICY];
+pub const SYSCTLS: &[Sysctl] = &[
+    crate::page_alloc::SYSCTL_DEFRAG_MODE,
+    crate::clear_page::SYSCTL_CLEAR_HUGE_POLICY,
+    crate::pgtable::SYSCTL_PT_RECLAIM,
+    crate::pgtable::SYSCTL_THP,
+];
 
 /// Why `sysctl` refused a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,7 +43,7 @@ pub fn read(name: &str) -> Option<String> {
 pub const COMMANDS: &[crate::console::Command] = &[crate::console::Command {
     name: "sysctl",
     args: "[NAME[=VALUE]]",
-    help: "show or set runtime knobs (vm.defrag_mode, vm.clear_huge_policy)",
+    help: "show or set runtime knobs (list them with no argument)",
     run: cmd_sysctl,
 }];
 

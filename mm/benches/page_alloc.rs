@@ -84,90 +84,181 @@ impl MigrateOps for Owner {
     }
 }
 
-fn main() {
-    let mut rows: Vec<(String, String)> = Vec::new();
+/// Metadata for `n` frames. With `huge`, in a 2 MiB-aligned region advised for
+/// transparent huge pages, as the kernel's direct map maps it (bootloader 0.11 maps
+/// physical memory with 2 MiB pages); otherwise in ordinary 4 KiB-page heap memory.
+fn metas_in(n: u64, huge: bool) -> &'static [PageMeta] {
+    if !huge {
+        return metas(n);
+    }
+    const HUGE: usize = 2 << 20;
+    let bytes = (n as usize * size_of::<PageMeta>()).next_multiple_of(HUGE);
+    let layout = std::alloc::Layout::from_size_align(bytes, HUGE).unwrap();
+    unsafe extern "C" {
+        fn madvise(addr: *mut u8, len: usize, advice: i32) -> i32;
+    }
+    // SAFETY: layout has a non-zero size; the whole region is zeroed before the slice
+    // is made, and an all-zero PageMeta is valid (all atomics, documented as
+    // `Reserved`); madvise only changes the backing of our own mapping. Not
+    // `alloc_zeroed`: that would touch the pages (as 4 KiB pages) before the advice.
+    unsafe {
+        let p = std::alloc::alloc(layout);
+        assert!(!p.is_null());
+        madvise(p, bytes, 14 /* MADV_HUGEPAGE */);
+        p.write_bytes(0, bytes); // also faults it in now, not inside a timed loop
+        std::slice::from_raw_parts(p as *const PageMeta, n as usize)
+    }
+}
 
-    // 1. order-0 pair on the per-CPU fast path vs buddy_system_allocator.
-    let a = Box::leak(Box::new(new_alloc(65536)));
-    let ours = pair_cycles(
-        || {
+/// `AnonHugePages` of this process (kB), to show whether THP took effect.
+fn anon_huge_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("AnonHugePages:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn main() {
+    // `cargo bench -p mm --bench page_alloc -- pair` runs only the rows whose group matches.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let run = |group: &str| filter.as_deref().is_none_or(|f| group.contains(f));
+    let mut rows: Vec<(String, String)> = Vec::new();
+    if filter.as_deref() == Some("profile-pair") {
+        // For `perf stat` / `perf record`: only our fast-path pair, 10^8 times.
+        let a = Box::leak(Box::new(new_alloc(65536)));
+        for _ in 0..100_000_000 {
             let p = a.alloc_pages(GFP_KERNEL, 0).unwrap();
             a.free_pages(black_box(p));
-        },
-        301,
-        2000,
-    );
-    let mut fa = FrameAllocator::<32>::new();
-    fa.add_frame(0, 65536);
-    // Fragment it a little, like a running system (its alloc walks BTreeSets).
-    let held: Vec<usize> = (0..4096).map(|_| fa.alloc(1).unwrap()).collect();
-    for f in held.iter().step_by(2) {
-        fa.dealloc(*f, 1);
+        }
+        return;
     }
-    let peer = pair_cycles(
-        || {
-            let f = fa.alloc(1).unwrap();
-            fa.dealloc(black_box(f), 1);
-        },
-        301,
-        2000,
-    );
-    // And our allocator in the same fragmented-ish state.
-    let mut ours_held: Vec<Pages> = (0..4096).map(|_| a.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
-    let mut keep = Vec::new();
-    for (i, p) in ours_held.drain(..).enumerate() {
-        if i % 2 == 0 { a.free_pages(p) } else { keep.push(p) }
+
+    // 1. order-0 pair on the per-CPU fast path vs buddy_system_allocator, same harness
+    //    (median of 501 samples of 1000 pairs), both allocators in two states.
+    if run("pair") {
+        const SAMPLES: usize = 501;
+        const PAIRS: usize = 1000;
+        let a = Box::leak(Box::new(new_alloc(65536)));
+        let ours = pair_cycles(
+            || {
+                let p = a.alloc_pages(GFP_KERNEL, 0).unwrap();
+                a.free_pages(black_box(p));
+            },
+            SAMPLES,
+            PAIRS,
+        );
+        // The peer fresh: one 65536-frame block, so alloc(1) splits 16 times and
+        // dealloc merges 16 times (its worst case; shown for completeness).
+        let mut fa_fresh = FrameAllocator::<32>::new();
+        fa_fresh.add_frame(0, 65536);
+        let peer_fresh = pair_cycles(
+            || {
+                let f = fa_fresh.alloc(1).unwrap();
+                fa_fresh.dealloc(black_box(f), 1);
+            },
+            SAMPLES,
+            PAIRS,
+        );
+        // Fragment both a little, like a running system: 4096 single frames
+        // allocated, every other one freed again (2048 free order-0 holes).
+        let mut fa = FrameAllocator::<32>::new();
+        fa.add_frame(0, 65536);
+        let held: Vec<usize> = (0..4096).map(|_| fa.alloc(1).unwrap()).collect();
+        for f in held.iter().step_by(2) {
+            fa.dealloc(*f, 1);
+        }
+        let peer = pair_cycles(
+            || {
+                let f = fa.alloc(1).unwrap();
+                fa.dealloc(black_box(f), 1);
+            },
+            SAMPLES,
+            PAIRS,
+        );
+        let mut ours_held: Vec<Pages> = (0..4096).map(|_| a.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
+        let mut keep = Vec::new();
+        for (i, p) in ours_held.drain(..).enumerate() {
+            if i % 2 == 0 { a.free_pages(p) } else { keep.push(p) }
+        }
+        let ours_frag = pair_cycles(
+            || {
+                let p = a.alloc_pages(GFP_KERNEL, 0).unwrap();
+                a.free_pages(black_box(p));
+            },
+            SAMPLES,
+            PAIRS,
+        );
+        keep.into_iter().for_each(|p| a.free_pages(p));
+        rows.push(("order-0 alloc+free pair, pcp fast path, fresh (median cycles)".into(), format!("{ours:.1}")));
+        rows.push(("same, after 4096-page fragmentation (median cycles)".into(), format!("{ours_frag:.1}")));
+        rows.push(("FrameAllocator alloc(1)+dealloc, after the same fragmentation (median cycles)".into(), format!("{peer:.1}")));
+        rows.push(("FrameAllocator alloc(1)+dealloc, fresh 65536-frame block (median cycles)".into(), format!("{peer_fresh:.1}")));
+        rows.push(("ratio FrameAllocator / ours, both fragmented (same run)".into(), format!("{:.1}x", peer / ours_frag)));
+        rows.push(("ratio FrameAllocator / ours, both fresh (same run)".into(), format!("{:.1}x", peer_fresh / ours)));
     }
-    let ours_frag = pair_cycles(
-        || {
-            let p = a.alloc_pages(GFP_KERNEL, 0).unwrap();
-            a.free_pages(black_box(p));
-        },
-        301,
-        2000,
-    );
-    keep.into_iter().for_each(|p| a.free_pages(p));
-    rows.push(("order-0 alloc+free pair, pcp fast path (median cycles)".into(), format!("{ours:.1}")));
-    rows.push(("same, after 4096-page fragmentation (median cycles)".into(), format!("{ours_frag:.1}")));
-    rows.push(("buddy_system_allocator FrameAllocator alloc(1)+dealloc (median cycles)".into(), format!("{peer:.1}")));
-    rows.push(("ratio FrameAllocator / ours (same run)".into(), format!("{:.1}x", peer / ours)));
 
     // 2. free 256 Ki order-0 pages in random order (with merging), ns per page.
-    let nr = 256 * 1024;
-    let big = Box::leak(Box::new(new_alloc(nr + 1024)));
-    let mut rng = Rng(0x1234_5678_9abc_def1);
-    let mut frees = Vec::new();
-    let mut peer_frees = Vec::new();
-    for rep in 0..5 {
-        let mut pages: Vec<Pages> = (0..nr).map(|_| big.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
-        for i in (1..pages.len()).rev() {
-            pages.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+    //    Timed: the frees and the final drain of the per-CPU lists.
+    if run("free") {
+        let nr = 256 * 1024;
+        for huge in [true, false] {
+            let big: &'static Alloc = Box::leak(Box::new(
+                PageAlloc::new(metas_in(nr + 1024, huge), Pfn(0), &[Pfn(0)..Pfn(nr + 1024)], &NoPhysMem, &NoHooks, AllocConfig { min_free_kbytes: Some(0), ..AllocConfig::default() }).unwrap(),
+            ));
+            let mut rng = Rng(0x1234_5678_9abc_def1);
+            let mut frees = Vec::new();
+            let mut bulk_frees = Vec::new();
+            let mut peer_frees = Vec::new();
+            for _rep in 0..7 {
+                let mut pages: Vec<Pages> = (0..nr).map(|_| big.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
+                for i in (1..pages.len()).rev() {
+                    pages.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+                }
+                let t = Instant::now();
+                for p in pages {
+                    big.free_pages(p);
+                }
+                big.drain_all_pages();
+                frees.push(t.elapsed().as_nanos() as f64 / nr as f64);
+                assert_eq!(big.check_consistency().unwrap().allocated, 0);
+                // The same through free_pages_bulk (prefetches the next blocks' metadata).
+                let mut pages: Vec<Pages> = (0..nr).map(|_| big.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
+                for i in (1..pages.len()).rev() {
+                    pages.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+                }
+                let t = Instant::now();
+                big.free_pages_bulk(pages);
+                big.drain_all_pages();
+                bulk_frees.push(t.elapsed().as_nanos() as f64 / nr as f64);
+                assert_eq!(big.check_consistency().unwrap().allocated, 0);
+                if huge {
+                    continue;
+                }
+                let mut fa = FrameAllocator::<32>::new();
+                fa.add_frame(0, nr as usize);
+                let mut fr: Vec<usize> = (0..nr).map(|_| fa.alloc(1).unwrap()).collect();
+                for i in (1..fr.len()).rev() {
+                    fr.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+                }
+                let t = Instant::now();
+                for f in fr {
+                    fa.dealloc(f, 1);
+                }
+                peer_frees.push(t.elapsed().as_nanos() as f64 / nr as f64);
+            }
+            if huge {
+                rows.push((format!("free 256 Ki order-0 pages, random order, merging, free_pages loop, metadata on 2 MiB pages (median ns/page; AnonHugePages {} kB)", anon_huge_kb()), format!("{:.1}", median(frees))));
+                rows.push(("same, free_pages_bulk, metadata on 2 MiB pages (median ns/page)".into(), format!("{:.1}", median(bulk_frees))));
+            } else {
+                rows.push(("same, free_pages loop, metadata on 4 KiB pages (median ns/page)".into(), format!("{:.1}", median(frees))));
+                rows.push(("same, free_pages_bulk, metadata on 4 KiB pages (median ns/page)".into(), format!("{:.1}", median(bulk_frees))));
+                rows.push(("same with FrameAllocator (median ns/page)".into(), format!("{:.1}", median(peer_frees))));
+            }
         }
-        let t = Instant::now();
-        for p in pages {
-            big.free_pages(p);
-        }
-        big.drain_all_pages();
-        frees.push(t.elapsed().as_nanos() as f64 / nr as f64);
-        assert_eq!(big.check_consistency().unwrap().allocated, 0);
-        let _ = rep;
-        let mut fa = FrameAllocator::<32>::new();
-        fa.add_frame(0, nr as usize);
-        let mut fr: Vec<usize> = (0..nr).map(|_| fa.alloc(1).unwrap()).collect();
-        for i in (1..fr.len()).rev() {
-            fr.swap(i, (rng.next() % (i as u64 + 1)) as usize);
-        }
-        let t = Instant::now();
-        for f in fr {
-            fa.dealloc(f, 1);
-        }
-        peer_frees.push(t.elapsed().as_nanos() as f64 / nr as f64);
     }
-    let (f_ours, f_peer) = (median(frees), median(peer_frees));
-    rows.push(("free 256 Ki order-0 pages, random order, merging (median ns/page)".into(), format!("{f_ours:.1}")));
-    rows.push(("same with FrameAllocator (median ns/page)".into(), format!("{f_peer:.1}")));
 
     // 3. one order-9 allocation from a fragmented-but-feasible state.
+    if run("order9") {
     //    (a) one free order-9 block exists among many small free fragments;
     let a3 = Box::leak(Box::new(new_alloc(65536)));
     let pages: Vec<Pages> = (0..65536 - 1024).map(|_| a3.alloc_pages(GFP_HIGHUSER_MOVABLE, 0).unwrap()).collect();
@@ -216,7 +307,10 @@ fn main() {
     }
     rows.push(("order-9 alloc needing compaction of 128 pages (median cycles)".into(), format!("{:.0}", median(compacted))));
 
+    }
+
     // 4. metadata and init.
+    if run("init") {
     rows.push(("metadata bytes per 4 KiB frame".into(), format!("{} ({:.2} %)", size_of::<PageMeta>(), size_of::<PageMeta>() as f64 / 40.96)));
     rows.push(("metadata frames per GiB".into(), format!("{}", metadata_frames(1 << 18))));
     let m = metas(1 << 18);
@@ -230,6 +324,7 @@ fn main() {
         })
         .collect();
     rows.push(("init time per GiB (median ms)".into(), format!("{:.2}", median(inits))));
+    }
 
     println!("| benchmark | result |");
     println!("|---|---|");

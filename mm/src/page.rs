@@ -394,6 +394,30 @@ impl PageMeta {
     pub(crate) fn owner_busy(&self) -> bool {
         matches!(self.kind(), Kind::PageTable | Kind::Anon) && self.lru_next.load(Relaxed) != 0
     }
+    /// Whether the head of a block of `order` may be freed (Linux `free_page_is_bad`,
+    /// inverted): owned, of that order, and not still mapped / holding live entries.
+    /// One load of `flags` (the free fast path); `free_bad_reason` says why not.
+    #[inline(always)]
+    pub(crate) fn free_ok(&self, order: usize) -> bool {
+        let f = self.flags.load(Relaxed);
+        let kind = Kind::from_bits(f);
+        kind.is_owned()
+            && ((f & ORDER_MASK) >> ORDER_SHIFT) as usize == order
+            && !(matches!(kind, Kind::PageTable | Kind::Anon) && self.lru_next.load(Relaxed) != 0)
+    }
+    /// Why [`PageMeta::free_ok`] refused (the bad-page report).
+    #[cold]
+    pub(crate) fn free_bad_reason(&self, order: usize) -> Option<&'static str> {
+        if !self.kind().is_owned() {
+            Some("not allocated (double free?)")
+        } else if self.order() != order {
+            Some("order mismatch")
+        } else if self.owner_busy() {
+            Some("still mapped / has live entries")
+        } else {
+            None
+        }
+    }
 }
 
 /// Frames needed to hold the metadata of `nr_frames` frames (round up).

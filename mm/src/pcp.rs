@@ -15,6 +15,9 @@ use crate::page_alloc::{ALLOC_TRYLOCK, Busy, PCP_MAX_ORDER, PageAlloc, Zone};
 use crate::pageblock::{MIGRATE_PCPTYPES, MigrateType};
 use crate::sync::Platform;
 
+/// Blocks taken off the lists, prefetched, then merged together by `free_pcppages_bulk`.
+const PIPE_CHUNK: usize = 32;
+
 /// Number of per-CPU lists (Linux `NR_PCP_LISTS`).
 pub const NR_PCP_LISTS: usize = MIGRATE_PCPTYPES * (PCP_MAX_ORDER + 1);
 
@@ -84,9 +87,27 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         Ok(Some(self.pfn_of(idx)))
     }
 
+    /// Pops a block off this CPU's list `(order, mt)` without refilling: the
+    /// allocation fast path. `None` if the list is empty.
+    #[inline(always)]
+    pub(crate) fn pcp_pop(&self, z: &Zone<P>, order: usize, mt: MigrateType) -> Option<u64> {
+        let mut pcp = z.pcp[self.this_cpu()].lock();
+        let pi = order_to_pindex(mt, order);
+        let idx = pcp.lists[pi];
+        if idx == NONE {
+            return None;
+        }
+        pcp.lists[pi] = self.meta[idx as usize].next();
+        pcp.list_len[pi] -= 1;
+        pcp.count -= 1 << order;
+        pcp.pgalloc += 1;
+        Some(self.pfn_of(idx))
+    }
+
     /// Moves up to `count` blocks of `order` from the buddy to list `pi`
     /// (Linux `rmqueue_bulk`). Returns how many were moved.
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     fn rmqueue_bulk(&self, z: &Zone<P>, order: usize, count: u32, mt: MigrateType, flags: u32, pcp: &mut PerCpuPages, pi: usize) -> u32 {
         let Some(mut a) = self.lock_zone_maybe(z, flags & ALLOC_TRYLOCK != 0) else { return 0 };
         let mut moved = 0;
@@ -106,7 +127,7 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     /// Puts a freed block on this CPU's list, trimming it above `high` (Linux
     /// `free_unref_page`). Returns `false` when the caller must free to the buddy
     /// itself (block type without per-CPU lists, or `nolock` and the lock is taken).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn free_unref_page(&self, z: &Zone<P>, pfn: u64, order: usize, nolock: bool) -> bool {
         let mt = self.block_mt(pfn);
         if mt.index() >= MIGRATE_PCPTYPES {
@@ -139,25 +160,76 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     /// Returns at least `nr_pages` pages from the lists to the buddy, round-robin
     /// over the lists (Linux `free_pcppages_bulk`). In `nolock` mode gives up if the
     /// zone lock is taken (the list simply stays above `high` for a while).
+    #[inline(never)]
     pub(crate) fn free_pcppages_bulk(&self, z: &Zone<P>, pcp: &mut PerCpuPages, nr_pages: u32, nolock: bool) {
         let Some(mut a) = self.lock_zone_maybe(z, nolock) else { return };
-        let mut freed = 0;
+        // In chunks: take blocks off the lists (their metadata is cache-hot) and
+        // prefetch the metadata merging will read (the buddies up to three orders up);
+        // then prefetch the free-list neighbours of each first buddy (unlinking
+        // writes them); then merge. Random frees touch scattered metadata; this lets
+        // those cache misses overlap. Blocks waiting in a chunk are off every list
+        // (kind `Tail`), so they merge only on their own turn; both locks are held.
+        let mut buf = [(0u64, 0usize); PIPE_CHUNK];
         let mut pi = 0;
-        while freed < nr_pages && pcp.count > 0 {
-            while pcp.lists[pi] == NONE {
-                pi = (pi + 1) % NR_PCP_LISTS;
+        let mut freed = 0;
+        loop {
+            let n = self.pcp_pop_chunk(pcp, &mut pi, &mut freed, nr_pages, &mut buf);
+            if n == 0 {
+                break;
             }
-            let idx = pcp.lists[pi];
+            self.prefetch_neighbours(&buf[..n]);
+            for &(pfn, order) in &buf[..n] {
+                self.__free_one_page(z, &mut a, pfn, order, self.block_mt(pfn));
+            }
+        }
+    }
+
+    /// Takes up to `PIPE_CHUNK` blocks (at most `nr_pages - freed` pages' worth)
+    /// off the lists round-robin, prefetching their buddies' metadata.
+    #[inline(always)]
+    fn pcp_pop_chunk(&self, pcp: &mut PerCpuPages, pi: &mut usize, freed: &mut u32, nr_pages: u32, buf: &mut [(u64, usize); PIPE_CHUNK]) -> usize {
+        let mut n = 0;
+        while n < PIPE_CHUNK && *freed < nr_pages && pcp.count > 0 {
+            while pcp.lists[*pi] == NONE {
+                *pi = (*pi + 1) % NR_PCP_LISTS;
+            }
+            let idx = pcp.lists[*pi];
             let m = &self.meta[idx as usize];
-            pcp.lists[pi] = m.next();
-            pcp.list_len[pi] -= 1;
-            let order = pi / MIGRATE_PCPTYPES;
+            pcp.lists[*pi] = m.next();
+            pcp.list_len[*pi] -= 1;
+            let order = *pi / MIGRATE_PCPTYPES;
             pcp.count -= 1 << order;
-            freed += 1 << order;
+            *freed += 1 << order;
             let pfn = self.pfn_of(idx);
             m.set_kind(Kind::Tail, 0);
-            self.__free_one_page(z, &mut a, pfn, order, self.block_mt(pfn));
-            pi = (pi + 1) % NR_PCP_LISTS;
+            self.prefetch_meta(pfn ^ (1 << order));
+            self.prefetch_meta(pfn ^ (2 << order));
+            self.prefetch_meta(pfn ^ (4 << order));
+            buf[n] = (pfn, order);
+            n += 1;
+            *pi = (*pi + 1) % NR_PCP_LISTS;
+        }
+        n
+    }
+
+    /// Prefetches the free-list neighbours of each block's buddy, if it is free.
+    #[inline(always)]
+    fn prefetch_neighbours(&self, blocks: &[(u64, usize)]) {
+        for &(pfn, order) in blocks {
+            let buddy = pfn ^ (1 << order);
+            if !self.in_span(buddy) {
+                continue;
+            }
+            let bm = self.meta(buddy);
+            if bm.kind() == Kind::Buddy {
+                let (next, prev) = (bm.next(), bm.prev());
+                if next != NONE {
+                    self.prefetch_meta(self.pfn_of(next));
+                }
+                if prev != NONE {
+                    self.prefetch_meta(self.pfn_of(prev));
+                }
+            }
         }
     }
 

@@ -486,6 +486,43 @@ pub struct Translation {
     pub level: Level,
 }
 
+/// Walks the four levels from `root` towards `va` and prints each level's
+/// entry and flags (the `ptdump ADDR` console command). `live` gives a table's
+/// live-entry count where one is kept (`None` for tables mm does not own,
+/// such as the boot page tables).
+pub fn ptdump_walk<M: PtMem>(
+    mem: &M,
+    root: Pfn,
+    va: VirtAddr,
+    live: impl Fn(Pfn) -> Option<u32>,
+    out: &mut impl Write,
+) -> fmt::Result {
+    let lin = va.linear();
+    let mut table = root;
+    let mut level = Level::Pml4;
+    writeln!(out, "ptdump {va} (root {root})")?;
+    loop {
+        let idx = level.index(lin);
+        let e = Pte(mem.read_entry(table, idx));
+        write!(out, "  {:<4}[{idx:3}] = {:#018x} {:?}", level.name(), e.0, e.flags())?;
+        if !e.is_present() {
+            return writeln!(out, " (not present)");
+        }
+        if level == Level::Pte || (level != Level::Pml4 && e.is_huge()) {
+            return writeln!(out, " -> {} (leaf)", e.pfn());
+        }
+        match live(e.pfn()) {
+            Some(n) => writeln!(out, " -> table {} live {}", e.pfn(), n)?,
+            None => writeln!(out, " -> table {}", e.pfn())?,
+        }
+        table = e.pfn();
+        match level.child() {
+            Some(c) => level = c,
+            None => return Ok(()),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The address space
 // ---------------------------------------------------------------------------
@@ -758,27 +795,7 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
 
     /// `ptdump ADDR`: each level's entry and flags on the way to `va`.
     pub fn ptdump(&self, va: VirtAddr, out: &mut impl Write) -> fmt::Result {
-        let lin = va.linear();
-        let mut table = self.root;
-        let mut level = Level::Pml4;
-        writeln!(out, "ptdump {va} (root {})", self.root)?;
-        loop {
-            let idx = level.index(lin);
-            let e = self.entry(table, idx);
-            write!(out, "  {:<4}[{idx:3}] = {:#018x} {:?}", level.name(), e.0, e.flags())?;
-            if !e.is_present() {
-                return writeln!(out, " (not present)");
-            }
-            if level == Level::Pte || (level != Level::Pml4 && e.is_huge()) {
-                return writeln!(out, " -> {} (leaf)", e.pfn());
-            }
-            writeln!(out, " -> table {} live {}", e.pfn(), self.live_entries(e.pfn()))?;
-            table = e.pfn();
-            match level.child() {
-                Some(c) => level = c,
-                None => return Ok(()),
-            }
-        }
+        ptdump_walk(self.mem, self.root, va, |t| Some(self.live_entries(t)), out)
     }
 
     // ----- map ---------------------------------------------------------------------

@@ -67,6 +67,40 @@ pub fn read_cr3() -> u64 {
     value
 }
 
+/// Opens a user-memory access window: with SMAP on, `stac` lets the kernel
+/// touch user pages until [`user_access_end`] (Linux `user_access_begin`).
+pub fn user_access_begin() {
+    if Cr4::read().contains(Cr4Flags::SUPERVISOR_MODE_ACCESS_PREVENTION) {
+        // SAFETY: `stac` only sets RFLAGS.AC; SMAP is on, so the CPU has it.
+        unsafe { asm!("stac", options(nomem, nostack)) };
+    }
+}
+
+/// Closes the window opened by [`user_access_begin`] (`clac`).
+pub fn user_access_end() {
+    if Cr4::read().contains(Cr4Flags::SUPERVISOR_MODE_ACCESS_PREVENTION) {
+        // SAFETY: `clac` only clears RFLAGS.AC; SMAP is on, so the CPU has it.
+        unsafe { asm!("clac", options(nomem, nostack)) };
+    }
+}
+
+/// Loads a new page-table root (`mov cr3`), which also flushes every
+/// non-global TLB entry.
+///
+/// # Safety
+/// `root_phys` must be a PML4 that maps the kernel half exactly like the
+/// current one (code, stack, direct map), or the next instruction faults.
+pub unsafe fn write_cr3(root_phys: u64) {
+    // SAFETY: forwarded to the caller's contract.
+    unsafe { asm!("mov cr3, {}", in(reg) root_phys, options(nostack, preserves_flags)) };
+}
+
+/// Invalidates the TLB entry of one page (`invlpg`).
+pub fn invlpg(addr: u64) {
+    // SAFETY: invlpg only drops cached translations; any address is allowed.
+    unsafe { asm!("invlpg [{}]", in(reg) addr, options(nostack, preserves_flags)) };
+}
+
 /// The protection features this CPU offers and which of them are on.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Protections {

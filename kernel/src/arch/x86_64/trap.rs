@@ -122,6 +122,11 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         }
         Vector::DEBUG => log::debug!("debug trap at {:#x}", frame.rip),
         Vector::NMI => handle_nmi(),
+        Vector::PAGE_FAULT => {
+            if !crate::fault::do_page_fault(frame) {
+                die(frame)
+            }
+        }
         0..=31 => die(frame),
         v if pic::owns_vector(v) => pic::handle_irq(v),
         v if super::apic::owns_spurious_vector(v) => {

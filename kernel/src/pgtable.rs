@@ -1,0 +1,213 @@
+//! The kernel side of the `mm` page tables: page-table pages are reached
+//! through the direct map ([`DirectMapPt`]), TLB invalidation is `invlpg` or
+//! a CR3 reload ([`X86Tlb`]), new user pages are cleared by the `clear`
+//! crate ([`KernelClear`]). Also the system-wide knobs: `vm.pt_reclaim`
+//! (free empty page-table pages) and `transparent_hugepage`.
+//!
+//! The kernel half (PML4 entries 256..511: image, stack, direct map) lives in
+//! the boot page tables; user address spaces copy those entries.
+
+use mm::addr::{Pfn, PAGE_SIZE};
+use mm::fault::{ClearPages, ThpCtl, ThpMode};
+use mm::pgtable::{AddressSpace, PgtableCtl, PtMem, VirtAddr, PTRS_PER_TABLE};
+use mm::tlb::{FlushPlan, MmuGather, TlbFlush};
+
+use crate::arch::x86_64::cpu;
+use crate::memmap;
+use crate::page_alloc::{page_alloc, KernelPageAlloc};
+
+/// Page-table pages through the direct map.
+pub struct DirectMapPt;
+
+fn entry_ptr(table: Pfn, index: usize) -> *mut u64 {
+    assert!(index < PTRS_PER_TABLE, "page-table index {} out of range", index);
+    (memmap::phys_to_virt(table.phys_addr()) as *mut u64).wrapping_add(index)
+}
+
+impl PtMem for DirectMapPt {
+    fn read_entry(&self, table: Pfn, index: usize) -> u64 {
+        // SAFETY: mm passes only page-table frames it allocated (or the boot
+        // root) and index < 512 (checked): the entry is in RAM, mapped by the
+        // direct map, 8-byte aligned. Volatile: the CPU sets A/D bits.
+        unsafe { entry_ptr(table, index).read_volatile() }
+    }
+
+    fn write_entry(&self, table: Pfn, index: usize, value: u64) {
+        // SAFETY: as in `read_entry`; a single aligned 64-bit store, so the
+        // hardware walker never sees a torn entry.
+        unsafe { entry_ptr(table, index).write_volatile(value) }
+    }
+
+    fn zero_table(&self, table: Pfn) {
+        // SAFETY: a freshly allocated page-table frame owned by mm.
+        unsafe { clear::clear_page(memmap::phys_to_virt(table.phys_addr())) }
+    }
+}
+
+/// `invlpg` for small ranges, a CR3 reload for everything else.
+pub struct X86Tlb;
+
+impl TlbFlush for X86Tlb {
+    fn flush_range(&self, start: VirtAddr, nr_pages: u64) {
+        for i in 0..nr_pages {
+            cpu::invlpg(start.as_u64() + i * PAGE_SIZE);
+        }
+    }
+
+    fn flush_all(&self) {
+        // SAFETY: reloading the current root changes no mapping.
+        unsafe { cpu::write_cr3(cpu::read_cr3()) }
+    }
+}
+
+/// New user pages are cleared with the kernel's clearing policy.
+pub struct KernelClear;
+
+impl ClearPages for KernelClear {
+    fn clear_page(&self, pfn: Pfn) {
+        // SAFETY: the fault handler owns the freshly allocated frame.
+        unsafe { crate::clear_page::clear_frames(pfn, 0, None) }
+    }
+
+    fn clear_huge_page(&self, base: Pfn, nr_subpages: u64, hint_subpage: u64) {
+        let order = nr_subpages.trailing_zeros() as usize;
+        // SAFETY: the fault handler owns the freshly allocated block.
+        unsafe { crate::clear_page::clear_frames(base, order, Some(hint_subpage as usize)) }
+    }
+}
+
+pub static PGTABLE_CTL: PgtableCtl = PgtableCtl::new();
+pub static THP: ThpCtl = ThpCtl::new(ThpMode::Madvise);
+static PT_MEM: DirectMapPt = DirectMapPt;
+static TLB: X86Tlb = X86Tlb;
+static CLEAR: KernelClear = KernelClear;
+
+pub type UserSpace = AddressSpace<'static, KernelPageAlloc, DirectMapPt>;
+
+/// The boot page table (the kernel's root), whose upper half every user
+/// address space shares.
+pub fn kernel_root() -> Pfn {
+    static ROOT: spin::Once<u64> = spin::Once::new();
+    Pfn(*ROOT.call_once(|| (cpu::read_cr3() & 0x000f_ffff_ffff_f000) >> 12))
+}
+
+/// A new user address space sharing the kernel half.
+pub fn new_user_space(asid: u16, gfp: mm::gfp::Gfp) -> Result<UserSpace, mm::pgtable::NewSpaceError> {
+    AddressSpace::new_user(page_alloc(), &PT_MEM, &PGTABLE_CTL, Some(kernel_root()), asid, gfp)
+}
+
+/// Flushes the TLB for what `tlb` gathered, then frees the gathered pages.
+pub fn tlb_finish(tlb: MmuGather) -> FlushPlan {
+    tlb.finish(&TLB, page_alloc())
+}
+
+pub fn clear_ops() -> &'static KernelClear {
+    &CLEAR
+}
+
+fn thp_mode_name() -> alloc::string::String {
+    alloc::string::String::from(THP.mode_str())
+}
+
+/// `vm.pt_reclaim`: free empty page-table pages on unmap / MADV_DONTNEED.
+pub const SYSCTL_PT_RECLAIM: crate::sysctl::Sysctl = crate::sysctl::Sysctl {
+    name: "vm.pt_reclaim",
+    values: "0, 1",
+    get: || alloc::format!("{}", PGTABLE_CTL.pt_reclaim() as u8),
+    set: |v| match v {
+        "0" | "1" => {
+            PGTABLE_CTL.set_pt_reclaim(v == "1");
+            Ok(())
+        }
+        _ => Err(()),
+    },
+};
+
+/// `transparent_hugepage`: always, madvise (default) or never.
+pub const SYSCTL_THP: crate::sysctl::Sysctl = crate::sysctl::Sysctl {
+    name: "transparent_hugepage",
+    values: "always, madvise, never",
+    get: thp_mode_name,
+    set: |v| {
+        let mode = match v {
+            "always" => ThpMode::Always,
+            "madvise" => ThpMode::Madvise,
+            "never" => ThpMode::Never,
+            _ => return Err(()),
+        };
+        THP.set_mode(mode);
+        Ok(())
+    },
+};
+
+/// Iterations of Zheng's experiment run by `ptreclaim-demo` by default.
+pub const PT_RECLAIM_DEMO_ITERATIONS: u64 = 25_600;
+/// Iterations the in-kernel test runs (a tenth, to keep the suite short
+/// under emulation; the page-table bound does not depend on the count).
+pub const PT_RECLAIM_TEST_ITERATIONS: u64 = 2_560;
+
+pub const COMMANDS: &[crate::console::Command] = &[
+    crate::console::Command {
+        name: "ptreclaim-demo",
+        args: "[ITERATIONS] [on|off|both]",
+        help: "Zheng's test: touch + MADV_DONTNEED 2 MiB steps over 64 GiB",
+        run: cmd_ptreclaim_demo,
+    },
+    crate::console::Command { name: "ptstat", args: "", help: "page-table pages per level and total", run: cmd_ptstat },
+    crate::console::Command { name: "ptdump", args: "ADDR", help: "walk the page tables to ADDR", run: cmd_ptdump },
+];
+
+fn cmd_ptreclaim_demo(args: &str) {
+    let mut words = args.split_whitespace();
+    let iterations = match words.next().map(str::parse::<u64>) {
+        None => PT_RECLAIM_DEMO_ITERATIONS,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => return crate::println!("ptreclaim-demo: ITERATIONS must be a positive number"),
+    };
+    let modes: &[bool] = match words.next() {
+        None | Some("on") => &[true],
+        Some("off") => &[false],
+        Some("both") => &[true, false],
+        Some(other) => return crate::println!("ptreclaim-demo: unknown mode '{}' (on, off, both)", other),
+    };
+    for &reclaim in modes {
+        crate::println!("ptreclaim-demo: {} x (touch 2 MiB, MADV_DONTNEED 2 MiB), reclaim {}", iterations, if reclaim { "on" } else { "off" });
+        match crate::vm_ktests::pt_reclaim_run(iterations, reclaim) {
+            Ok(r) => crate::println!(
+                "  iterations {}  faults {}  page tables before {} kB  after {} kB  TSC per fault {}  TSC per MADV_DONTNEED {}",
+                r.iterations,
+                r.faults,
+                r.pt_bytes_before / 1024,
+                r.pt_bytes_after / 1024,
+                r.touch_cycles / r.faults.max(1),
+                r.dontneed_cycles / r.iterations.max(1)
+            ),
+            Err(e) => crate::println!("  failed: {}", e.message),
+        }
+    }
+}
+
+fn cmd_ptstat(_: &str) {
+    let mut w = crate::serial::Writer;
+    let _ = PGTABLE_CTL.meminfo(&mut w);
+    let shown = crate::mm_struct::with_current(|mm| {
+        crate::println!("current user address space (root {}):", mm.space.root());
+        let _ = mm.space.write_ptstat(&mut crate::serial::Writer);
+    });
+    if shown.is_none() {
+        crate::println!("no user address space is current (the kernel's boot page tables are in CR3)");
+    }
+}
+
+fn cmd_ptdump(args: &str) {
+    let parsed = args.trim().strip_prefix("0x").map_or_else(|| args.trim().parse::<u64>().ok(), |h| u64::from_str_radix(h, 16).ok());
+    let Some(va) = parsed.and_then(VirtAddr::try_new) else {
+        return crate::println!("ptdump: need a canonical virtual address, e.g. ptdump 0xffffffff80000000");
+    };
+    let mut w = crate::serial::Writer;
+    let done = crate::mm_struct::with_current(|mm| mm.space.ptdump(va, &mut crate::serial::Writer));
+    if done.is_none() {
+        let root = Pfn((cpu::read_cr3() & 0x000f_ffff_ffff_f000) >> 12);
+        let _ = mm::pgtable::ptdump_walk(&PT_MEM, root, va, |_| None, &mut w);
+    }
+}

@@ -1,0 +1,278 @@
+//! In-kernel tests of virtual memory on real hardware paging: demand faults,
+//! `invlpg` after a remap, 2 MiB THP faults and their split, page-table pages
+//! returning to the allocator, and the page-table reclaim experiment.
+
+use mm::addr::PAGE_SIZE;
+use mm::fault::ThpMode;
+use mm::gfp::GFP_KERNEL;
+use mm::pgtable::{Level, PageSize, PteFlags, VirtAddr, PMD_SIZE};
+use mm::tlb::MmuGather;
+use mm::vma::{linear_pgoff, MapFixed, VmFlags, VmaKind};
+
+use crate::ktest::KResult;
+use crate::mm_struct::{activate, deactivate, get_user_u64, put_user_u64, with_current, Mm};
+use crate::page_alloc::page_alloc;
+use crate::pgtable::{tlb_finish, PGTABLE_CTL, THP};
+use crate::{kassert, kassert_eq};
+
+pub const KTESTS: &[crate::ktest::KTest] = &[
+    crate::ktest!(first_touch_maps_zeroed_pages_on_demand),
+    crate::ktest!(invlpg_makes_a_remap_visible),
+    crate::ktest!(thp_fault_maps_2mib_and_dontneed_splits_it),
+    crate::ktest!(unmapping_everything_returns_page_tables_to_the_allocator),
+    crate::ktest!(pt_reclaim_experiment_keeps_page_tables_flat),
+];
+
+const RW: VmFlags = VmFlags::READ.union(VmFlags::WRITE).union(VmFlags::MAYREAD).union(VmFlags::MAYWRITE);
+
+fn err<E: core::fmt::Debug>(what: &str, e: E) -> crate::ktest::TestFailure {
+    alloc::format!("{}: {:?}", what, e).as_str().into()
+}
+
+/// A fresh address space with one anonymous VMA, made current.
+fn activate_with_vma(start: u64, len: u64, extra: VmFlags) -> KResult {
+    let mut mm = Mm::new(1, GFP_KERNEL).map_err(|e| err("new address space", e))?;
+    mm.vmas
+        .mmap_region(start, len, RW | extra, VmaKind::AnonPrivate, linear_pgoff(start), MapFixed::NoReplace)
+        .map_err(|e| err("mmap_region", e))?;
+    activate(mm);
+    Ok(())
+}
+
+fn teardown() {
+    if let Some(mm) = deactivate() {
+        mm.destroy();
+    }
+}
+
+fn first_touch_maps_zeroed_pages_on_demand() -> KResult {
+    const BASE: u64 = 0x4000_0000;
+    let free_before = page_alloc().stats().free();
+    activate_with_vma(BASE, 16 * PAGE_SIZE, VmFlags::NOHUGEPAGE)?;
+    let faults = crate::fault::RESOLVED_FAULTS.load(core::sync::atomic::Ordering::Relaxed);
+    let mut ok = true;
+    for i in 0..16 {
+        let addr = BASE + i * PAGE_SIZE + 8 * i;
+        // SAFETY: inside the writable VMA of the current address space.
+        unsafe {
+            ok &= get_user_u64(addr) == 0;
+            put_user_u64(addr, 0x1000 + i);
+        }
+    }
+    for i in 0..16 {
+        // SAFETY: as above; these pages are now mapped.
+        ok &= unsafe { get_user_u64(BASE + i * PAGE_SIZE + 8 * i) } == 0x1000 + i;
+    }
+    let new_faults = crate::fault::RESOLVED_FAULTS.load(core::sync::atomic::Ordering::Relaxed) - faults;
+    let mapped = with_current(|mm| mm.space.translate(VirtAddr::try_new(BASE + 15 * PAGE_SIZE).unwrap()));
+    teardown();
+    kassert!(ok, "pages not zero on first read or lost their data");
+    kassert_eq!(new_faults, 16);
+    kassert!(matches!(mapped, Some(Some(t)) if t.level == Level::Pte), "page not mapped at PTE level: {:?}", mapped);
+    kassert_eq!(page_alloc().stats().free(), free_before);
+    Ok(())
+}
+
+fn invlpg_makes_a_remap_visible() -> KResult {
+    const VA: u64 = 0x5000_0000;
+    let a = page_alloc();
+    let free_before = a.stats().free();
+    // Two frames with different contents, mapped in turn at the same address.
+    let frames = [a.alloc_pages(GFP_KERNEL, 0).map_err(|e| err("alloc", e))?, a.alloc_pages(GFP_KERNEL, 0).map_err(|e| err("alloc", e))?];
+    for (i, f) in frames.iter().enumerate() {
+        // SAFETY: the test owns the frames; the direct map covers them.
+        unsafe { (crate::memmap::phys_to_virt(f.phys_addr()) as *mut u64).write_volatile(0xaaaa_0000 + i as u64) };
+    }
+    activate_with_vma(VA, PAGE_SIZE, VmFlags::NOHUGEPAGE)?;
+    let va = VirtAddr::try_new(VA).ok_or("bad va")?;
+    let flags = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER | PteFlags::NX;
+    let mut seen = [0u64; 2];
+    for (i, f) in frames.iter().enumerate() {
+        let pfn = f.pfn();
+        let mapped = with_current(|mm| {
+            let mut tlb = MmuGather::new();
+            let r = mm.space.unmap(va, PAGE_SIZE, GFP_KERNEL, &mut tlb).map_err(|e| err("unmap", e));
+            let r = r.and_then(|_| mm.space.map(va, pfn, PageSize::Size4K, flags, GFP_KERNEL).map_err(|e| err("map", e)));
+            (r, tlb)
+        });
+        let (r, tlb) = mapped.ok_or("no current mm")?;
+        // The flush after the remap is what makes the new frame visible.
+        tlb_finish(tlb);
+        crate::arch::x86_64::cpu::invlpg(VA);
+        r?;
+        // SAFETY: VA is mapped to frame i now.
+        seen[i] = unsafe { get_user_u64(VA) };
+    }
+    // Unmap before teardown so the frames (not owned by the VMA) are not freed twice.
+    if let Some(tlb) = with_current(|mm| {
+        let mut tlb = MmuGather::new();
+        let _ = mm.space.unmap(va, PAGE_SIZE, GFP_KERNEL, &mut tlb);
+        tlb
+    }) {
+        tlb_finish(tlb);
+    }
+    teardown();
+    for f in frames {
+        a.free_pages(f);
+    }
+    kassert_eq!(seen, [0xaaaa_0000, 0xaaaa_0001]);
+    kassert_eq!(a.stats().free(), free_before);
+    Ok(())
+}
+
+fn thp_fault_maps_2mib_and_dontneed_splits_it() -> KResult {
+    const BASE: u64 = 0x6000_0000; // 2 MiB aligned
+    let a = page_alloc();
+    let free_before = a.stats().free();
+    let thps_before = PGTABLE_CTL.nr_anon_thps();
+    activate_with_vma(BASE, 2 * PMD_SIZE, VmFlags::HUGEPAGE)?;
+    // SAFETY: inside the writable VMA of the current address space.
+    unsafe { put_user_u64(BASE + 5 * PAGE_SIZE, 0x7777) };
+    let va = VirtAddr::try_new(BASE).ok_or("bad va")?;
+    let huge = with_current(|mm| mm.space.translate(va)).flatten();
+    let thps = PGTABLE_CTL.nr_anon_thps();
+    // Write a marker into every sub-page, then drop one with MADV_DONTNEED.
+    for i in 0..512 {
+        // SAFETY: inside the mapped huge page.
+        unsafe { put_user_u64(BASE + i * PAGE_SIZE, i) };
+    }
+    let split = with_current(|mm| {
+        let mut tlb = MmuGather::new();
+        let r = mm.space.madvise_dontneed(VirtAddr::try_new(BASE + 7 * PAGE_SIZE).unwrap(), PAGE_SIZE, GFP_KERNEL, &mut tlb);
+        (r, tlb)
+    });
+    let (r, tlb) = split.ok_or("no current mm")?;
+    tlb_finish(tlb);
+    r.map_err(|e| err("madvise_dontneed", e))?;
+    let after_split = with_current(|mm| mm.space.translate(VirtAddr::try_new(BASE + 8 * PAGE_SIZE).unwrap())).flatten();
+    let mut kept = true;
+    for i in (0..512).filter(|&i| i != 7) {
+        // SAFETY: still mapped (split into 4 KiB pages).
+        kept &= unsafe { get_user_u64(BASE + i * PAGE_SIZE) } == i;
+    }
+    // SAFETY: the dropped page refaults as a zero page.
+    let dropped = unsafe { get_user_u64(BASE + 7 * PAGE_SIZE) };
+    teardown();
+    kassert!(matches!(huge, Some(t) if t.level == Level::Pmd), "no PMD mapping after the fault: {:?}", huge);
+    kassert_eq!(thps, thps_before + 1);
+    kassert!(matches!(after_split, Some(t) if t.level == Level::Pte), "not split to PTEs: {:?}", after_split);
+    kassert!(kept, "sub-pages lost data in the split");
+    kassert_eq!(dropped, 0);
+    kassert_eq!(PGTABLE_CTL.nr_anon_thps(), thps_before);
+    kassert_eq!(a.stats().free(), free_before);
+    Ok(())
+}
+
+fn unmapping_everything_returns_page_tables_to_the_allocator() -> KResult {
+    let a = page_alloc();
+    let free_before = a.stats().free();
+    let tables_before = PGTABLE_CTL.nr_pagetable_pages();
+    // One page in each of several PUD/PMD slots: every level gets tables.
+    let addrs: [u64; 4] = [0x1_0000_0000, 0x1_4020_0000, 0x80_0000_0000, 0x7f00_0000_0000];
+    let mut mm = Mm::new(2, GFP_KERNEL).map_err(|e| err("new address space", e))?;
+    for &addr in &addrs {
+        mm.vmas
+            .mmap_region(addr, PAGE_SIZE, RW, VmaKind::AnonPrivate, linear_pgoff(addr), MapFixed::NoReplace)
+            .map_err(|e| err("mmap_region", e))?;
+    }
+    activate(mm);
+    for &addr in &addrs {
+        // SAFETY: each address is in a writable VMA.
+        unsafe { put_user_u64(addr, addr) };
+    }
+    let tables_full = PGTABLE_CTL.nr_pagetable_pages();
+    let outcome = with_current(|mm| {
+        let mut tlb = MmuGather::new();
+        for &addr in &addrs {
+            let _ = mm.space.unmap(VirtAddr::try_new(addr).unwrap(), PAGE_SIZE, GFP_KERNEL, &mut tlb);
+        }
+        let pte_tables = mm.space.nr_tables(Level::Pte);
+        (tlb.nr_tables(), pte_tables, tlb)
+    });
+    let (queued, pte_left, tlb) = outcome.ok_or("no current mm")?;
+    tlb_finish(tlb);
+    let tables_after_unmap = PGTABLE_CTL.nr_pagetable_pages();
+    teardown();
+    kassert!(tables_full >= tables_before + 1 + 4 + 3, "expected root + 4 PTE + PMD/PUD tables, got {}", tables_full - tables_before);
+    kassert!(queued >= 4 + 3, "only {} tables queued for freeing", queued);
+    kassert_eq!(pte_left, 0);
+    kassert_eq!(tables_after_unmap, tables_before + 1); // only the root is left
+    kassert_eq!(PGTABLE_CTL.nr_pagetable_pages(), tables_before);
+    kassert_eq!(a.stats().free(), free_before);
+    Ok(())
+}
+
+/// Result of one run of Zheng's experiment.
+pub struct PtReclaimRun {
+    pub iterations: u64,
+    pub faults: u64,
+    pub pt_bytes_before: u64,
+    pub pt_bytes_after: u64,
+    /// TSC ticks spent in the touch loops (instructions under `--icount`).
+    pub touch_cycles: u64,
+    /// TSC ticks spent in `MADV_DONTNEED` (zap + flush + freeing).
+    pub dontneed_cycles: u64,
+}
+
+/// Zheng's test: reserve a 64 GiB sparse anonymous region, then
+/// `iterations` times touch 2 MiB with 4 KiB pages and `MADV_DONTNEED` it,
+/// moving on to the next 2 MiB each time.
+pub fn pt_reclaim_run(iterations: u64, reclaim: bool) -> Result<PtReclaimRun, crate::ktest::TestFailure> {
+    const BASE: u64 = 0x10_0000_0000; // 64 GiB, 1 GiB aligned
+    const LEN: u64 = 64 << 30;
+    let iterations = iterations.min(LEN / PMD_SIZE);
+    let saved_reclaim = PGTABLE_CTL.pt_reclaim();
+    let saved_thp = THP.mode();
+    PGTABLE_CTL.set_pt_reclaim(reclaim);
+    THP.set_mode(ThpMode::Never);
+    let result = (|| {
+        activate_with_vma(BASE, LEN, VmFlags::NOHUGEPAGE)?;
+        let pt_bytes_before = with_current(|mm| mm.space.pgtables_bytes()).unwrap_or(0);
+        let faults_before = crate::fault::RESOLVED_FAULTS.load(core::sync::atomic::Ordering::Relaxed);
+        let (mut touch_cycles, mut dontneed_cycles) = (0, 0);
+        for i in 0..iterations {
+            let start = BASE + i * PMD_SIZE;
+            let t0 = crate::arch::x86_64::cpu::rdtsc();
+            for p in 0..PMD_SIZE / PAGE_SIZE {
+                // SAFETY: inside the writable VMA of the current address space.
+                unsafe { put_user_u64(start + p * PAGE_SIZE, p) };
+            }
+            let t1 = crate::arch::x86_64::cpu::rdtsc();
+            touch_cycles += t1 - t0;
+            let tlb = with_current(|mm| {
+                let mut tlb = MmuGather::new();
+                let r = mm.space.madvise_dontneed(VirtAddr::try_new(start).unwrap(), PMD_SIZE, GFP_KERNEL, &mut tlb);
+                (r, tlb)
+            });
+            let (r, tlb) = tlb.ok_or("no current mm")?;
+            tlb_finish(tlb);
+            dontneed_cycles += crate::arch::x86_64::cpu::rdtsc() - t1;
+            r.map_err(|e| err("madvise_dontneed", e))?;
+        }
+        let pt_bytes_after = with_current(|mm| mm.space.pgtables_bytes()).unwrap_or(0);
+        let faults = crate::fault::RESOLVED_FAULTS.load(core::sync::atomic::Ordering::Relaxed) - faults_before;
+        Ok(PtReclaimRun { iterations, faults, pt_bytes_before, pt_bytes_after, touch_cycles, dontneed_cycles })
+    })();
+    teardown();
+    PGTABLE_CTL.set_pt_reclaim(saved_reclaim);
+    THP.set_mode(saved_thp);
+    result
+}
+
+fn pt_reclaim_experiment_keeps_page_tables_flat() -> KResult {
+    let a = page_alloc();
+    let free_before = a.stats().free();
+    let iterations = crate::pgtable::PT_RECLAIM_TEST_ITERATIONS;
+    let on = pt_reclaim_run(iterations, true)?;
+    let off = pt_reclaim_run(iterations.min(256), false)?;
+    crate::println!(
+        "    pt_reclaim: {} iterations, {} faults: page tables {} -> {} bytes (reclaim on); off: {} -> {} bytes after {} iterations",
+        on.iterations, on.faults, on.pt_bytes_before, on.pt_bytes_after, off.pt_bytes_before, off.pt_bytes_after, off.iterations
+    );
+    kassert_eq!(on.faults, on.iterations * 512);
+    kassert!(on.pt_bytes_after <= on.pt_bytes_before + 32 * 1024, "page tables grew by {} bytes", on.pt_bytes_after - on.pt_bytes_before);
+    // Without reclaim every iteration leaves its PTE table behind.
+    kassert!(off.pt_bytes_after >= off.pt_bytes_before + off.iterations * PAGE_SIZE, "reclaim-off run freed tables");
+    kassert_eq!(a.stats().free(), free_before);
+    Ok(())
+}
