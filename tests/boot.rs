@@ -131,6 +131,10 @@ fn console_shows_allocator_state_in_linux_formats() {
         step("mm> ", "pageblocks\n"),
         step("mm> ", "vmstat\n"),
         step("mm> ", "sysctl vm.defrag_mode=1\n"),
+        step("mm> ", "sysctl\n"),
+        step("mm> ", "ptstat\n"),
+        step("mm> ", "ptdump 0xffffffff80000000\n"),
+        step("mm> ", "ptdump 0x8000000000000\n"),
         step("mm> ", "poweroff\n"),
     ];
     let run = boot(Options { timeout: Some(Duration::from_secs(120)), ..Options::default() }, Some(script));
@@ -140,4 +144,9 @@ fn console_shows_allocator_state_in_linux_formats() {
     assert!(run.output.contains("Number of blocks type"));
     assert!(run.output.contains("pgalloc"));
     assert!(run.output.contains("vm.defrag_mode = 1"));
+    assert!(run.output.contains("vm.pt_reclaim = 1"));
+    assert!(run.output.contains("transparent_hugepage = always [madvise] never"));
+    assert!(run.output.contains("PageTables:"));
+    assert!(run.output.contains("PML4[511] = "), "ptdump of the kernel image missing");
+    assert!(run.output.contains("ptdump: need a canonical virtual address"), "non-canonical address accepted");
 }
