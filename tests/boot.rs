@@ -150,3 +150,12 @@ fn console_shows_allocator_state_in_linux_formats() {
     assert!(run.output.contains("PML4[511] = "), "ptdump of the kernel image missing");
     assert!(run.output.contains("ptdump: need a canonical virtual address"), "non-canonical address accepted");
 }
+
+#[test]
+fn vmalloc_guard_page_access_is_reported_clearly() {
+    let run = selftest("vmalloc-guard", 120);
+    assert_eq!(run.outcome, Outcome::Failure);
+    assert!(run.output.contains("BUG: access to the vmalloc guard page"), "no guard-page report");
+    assert!(run.output.contains("overflow off the end of area"));
+    assert!(run.output.contains("Oops: page fault (#PF)"));
+}

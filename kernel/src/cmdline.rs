@@ -9,7 +9,7 @@
 //! | `ktest=FILTER`     | run the tests whose name contains FILTER             |
 //! | `batch`            | no interactive console: power off after boot         |
 //! | `loglevel=LEVEL`   | `error`, `warn`, `info` (default), `debug`, `trace`  |
-//! | `selftest=WHAT`    | deliberately `panic`, `pagefault` or `hang` (runner tests) |
+//! | `selftest=WHAT`    | deliberately `panic`, `pagefault`, `hang` or `vmalloc-guard` (runner tests) |
 //!
 //! Unknown words are reported and ignored.
 
@@ -27,6 +27,8 @@ pub enum SelfTest {
     Panic,
     PageFault,
     Hang,
+    /// Read one byte past the end of a vmalloc area (its guard page).
+    VmallocGuard,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -59,6 +61,7 @@ impl Cmdline {
                 ("selftest", Some("panic")) => c.selftest = Some(SelfTest::Panic),
                 ("selftest", Some("pagefault")) => c.selftest = Some(SelfTest::PageFault),
                 ("selftest", Some("hang")) => c.selftest = Some(SelfTest::Hang),
+                ("selftest", Some("vmalloc-guard")) => c.selftest = Some(SelfTest::VmallocGuard),
                 _ => c.unknown.push(word.into()),
             }
         }

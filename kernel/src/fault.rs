@@ -22,7 +22,13 @@ const PF_PK: u64 = 1 << 5;
 /// Tries to resolve a `#PF`; `false` means the caller must oops.
 pub fn do_page_fault(frame: &TrapFrame) -> bool {
     let addr = cpu::read_cr2();
-    if addr >= crate::KERNEL_HALF_START || frame.error_code & (PF_RSVD | PF_PK) != 0 {
+    if addr >= crate::KERNEL_HALF_START {
+        if let Some(report) = crate::vmalloc::describe_fault(addr) {
+            log::error!("{}", report);
+        }
+        return false;
+    }
+    if frame.error_code & (PF_RSVD | PF_PK) != 0 {
         return false;
     }
     let access = FaultAccess::from_error_code(frame.error_code);

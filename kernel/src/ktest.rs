@@ -28,6 +28,7 @@ pub const SUITES: &[&[KTest]] = &[
     crate::heap::KTESTS,
     crate::page_alloc_ktests::KTESTS,
     crate::vm_ktests::KTESTS,
+    crate::vmalloc_ktests::KTESTS,
     crate::sync::KTESTS,
     crate::serial::KTESTS,
     crate::arch::x86_64::gdt::KTESTS,

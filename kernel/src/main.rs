@@ -18,6 +18,7 @@ mod fault;
 mod mm_struct;
 mod pgtable;
 mod vm_ktests;
+mod vmalloc_ktests;
 mod heap;
 mod ktest;
 mod memmap;
@@ -28,6 +29,7 @@ mod serial;
 mod sysctl;
 mod sync;
 mod time;
+mod vmalloc;
 
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::{entry_point, BootInfo};
@@ -102,6 +104,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         panic!("cannot set up the page allocator: {}", e);
     }
     clear_page::init();
+    if let Err(e) = vmalloc::init() {
+        panic!("cannot set up the kernel page tables: {}", e);
+    }
     apic::init(facts.physical_memory_offset);
 
     if let Some(test) = cmdline.selftest {
@@ -135,6 +140,14 @@ fn run_selftest(test: SelfTest) {
             // exception handler must end the run with an oops report.
             let value = unsafe { bad.read_volatile() };
             log::error!("selftest: read {:#x} from an unmapped address", value);
+        }
+        SelfTest::VmallocGuard => {
+            let area = vmalloc::vmalloc(3 * 4096, mm::gfp::GFP_KERNEL).expect("selftest: vmalloc of 12 KiB");
+            let past_end = (area.addr().as_u64() + 3 * 4096) as *const u8;
+            // SAFETY: deliberately unsound: the byte after the area is its
+            // guard page; the fault handler must report it and oops.
+            let value = unsafe { past_end.read_volatile() };
+            log::error!("selftest: read {:#x} from a vmalloc guard page", value);
         }
         SelfTest::Hang => loop {
             cpu::enable_irqs_and_halt();

@@ -84,11 +84,10 @@ static CLEAR: KernelClear = KernelClear;
 
 pub type UserSpace = AddressSpace<'static, KernelPageAlloc, DirectMapPt>;
 
-/// The boot page table (the kernel's root), whose upper half every user
-/// address space shares.
+/// The kernel's page-table root, whose upper half every user address space
+/// shares (set up by `vmalloc::init` at boot).
 pub fn kernel_root() -> Pfn {
-    static ROOT: spin::Once<u64> = spin::Once::new();
-    Pfn(*ROOT.call_once(|| (cpu::read_cr3() & 0x000f_ffff_ffff_f000) >> 12))
+    crate::vmalloc::kernel_root().expect("vmalloc::init builds the kernel page tables at boot")
 }
 
 /// A new user address space sharing the kernel half.

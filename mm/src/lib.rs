@@ -29,3 +29,8 @@ pub mod pgtable;
 pub mod fault;
 pub mod pt_reclaim;
 pub mod tlb;
+
+pub mod overflow;
+pub mod sched_mm;
+pub mod shrinker;
+pub mod vmalloc;

@@ -1,0 +1,154 @@
+//! The kernel's vmalloc area and its page tables.
+//!
+//! At boot the kernel moves from the bootloader's page tables to a PML4 that
+//! `mm` owns (`AddressSpace::new_kernel`): the bootloader's upper-half entries
+//! (image, stack, direct map) are copied in, and the PUD tables of the whole
+//! vmalloc range are preallocated, so user address spaces created later share
+//! every vmalloc mapping (Linux `preallocate_vmalloc_pages`).
+//!
+//! [`vmalloc`] / [`vfree`] wrap `mm::vmalloc::Vmalloc`: every allocation a
+//! vmalloc call makes — data pages, page-table pages, bookkeeping — uses the
+//! caller's GFP flags (the bookkeeping through the scoped-GFP heap). Faults
+//! in a guard page are reported by [`describe_fault`].
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use mm::addr::Pfn;
+use mm::gfp::{Gfp, GFP_KERNEL};
+use mm::pgtable::{AddressSpace, PtMem, VirtAddr, KERNEL_PML4_START, PTRS_PER_TABLE};
+use mm::sched_mm::MemallocScope;
+use mm::sync::SpinLock;
+use mm::vmalloc::{Caller, ScopedHeap, VmArea, Vmalloc, VmallocAddr, VmallocDeps, VmallocError, VMALLOC_START};
+use spin::Once;
+
+use crate::arch::x86_64::cpu;
+use crate::page_alloc::{page_alloc, KernelPageAlloc, KernelPlatform};
+use crate::pgtable::{DirectMapPt, X86Tlb, PGTABLE_CTL};
+
+pub type KernelSpace = AddressSpace<'static, KernelPageAlloc, DirectMapPt>;
+
+static KERNEL_SPACE: Once<SpinLock<KernelSpace, KernelPlatform>> = Once::new();
+static VMALLOC: Vmalloc<KernelPlatform> = Vmalloc::new();
+/// The allocation scope of the (single) kernel task: `memalloc_nofs_save()`
+/// and friends narrow every allocation made while their guard lives.
+pub static MEMALLOC_SCOPE: MemallocScope = MemallocScope::new();
+static PT_MEM: DirectMapPt = DirectMapPt;
+static TLB: X86Tlb = X86Tlb;
+static KERNEL_ROOT_PFN: AtomicU64 = AtomicU64::new(0);
+
+/// Why the kernel page tables could not be set up.
+pub enum InitError {
+    NoMemory,
+    /// The bootloader already mapped something in the vmalloc range.
+    VmallocRangeInUse { pml4_slot: usize },
+}
+
+impl core::fmt::Display for InitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            InitError::NoMemory => write!(f, "out of memory for the kernel page tables"),
+            InitError::VmallocRangeInUse { pml4_slot } => {
+                write!(f, "the bootloader mapped PML4 slot {} inside the vmalloc range", pml4_slot)
+            }
+        }
+    }
+}
+
+/// Builds the kernel's own PML4 and switches to it. Call once, after the page
+/// allocator is up and before any user address space exists.
+pub fn init() -> Result<(), InitError> {
+    let boot_root = Pfn((cpu::read_cr3() & 0x000f_ffff_ffff_f000) >> 12);
+    let mut space = AddressSpace::new_kernel(page_alloc(), &PT_MEM, &PGTABLE_CTL, GFP_KERNEL)
+        .map_err(|_| InitError::NoMemory)?;
+    let first_vmalloc_slot = ((VMALLOC_START >> 39) & 511) as usize;
+    for i in KERNEL_PML4_START..PTRS_PER_TABLE {
+        let entry = PT_MEM.read_entry(boot_root, i);
+        if entry != 0 && (first_vmalloc_slot..first_vmalloc_slot + 64).contains(&i) {
+            return Err(InitError::VmallocRangeInUse { pml4_slot: i });
+        }
+        PT_MEM.write_entry(space.root(), i, entry);
+    }
+    VMALLOC.preallocate_page_tables(&mut space, GFP_KERNEL).map_err(|_| InitError::NoMemory)?;
+    let root = space.root();
+    // SAFETY: the new root maps the kernel half exactly like the boot root
+    // (its entries were copied) plus the empty vmalloc tables.
+    unsafe { cpu::write_cr3(root.phys_addr()) };
+    KERNEL_ROOT_PFN.store(root.0, Ordering::SeqCst);
+    KERNEL_SPACE.call_once(|| SpinLock::new(space));
+    log::info!("vmalloc: kernel page tables at {}, vmalloc range {:#x}-{:#x}", root, VMALLOC.range().0, VMALLOC.range().1);
+    Ok(())
+}
+
+/// The kernel's PML4 (what user address spaces copy their upper half from).
+pub fn kernel_root() -> Option<Pfn> {
+    match KERNEL_ROOT_PFN.load(Ordering::SeqCst) {
+        0 => None,
+        pfn => Some(Pfn(pfn)),
+    }
+}
+
+fn with_deps<R>(f: impl FnOnce(&VmallocDeps<'_, KernelPageAlloc, SpinLock<KernelSpace, KernelPlatform>, ScopedHeap<'_>, X86Tlb>) -> R) -> R {
+    let kernel_pt = KERNEL_SPACE.get().expect("vmalloc::init ran at boot");
+    let book = ScopedHeap { scope: &MEMALLOC_SCOPE };
+    f(&VmallocDeps { alloc: page_alloc(), kernel_pt, book: &book, tlb: &TLB })
+}
+
+/// Linux `vmalloc(size)` with explicit flags: virtually contiguous, physically
+/// scattered memory followed by a guard page.
+#[track_caller]
+pub fn vmalloc(size: usize, gfp: Gfp) -> Result<VmArea, VmallocError> {
+    let caller = Caller::here();
+    with_deps(|deps| VMALLOC.vmalloc(size, gfp, caller, deps))
+}
+
+/// Linux `vfree`: unmap, flush, free the pages (and emptied page tables).
+pub fn vfree(area: VmArea) {
+    if let Err(area) = with_deps(|deps| VMALLOC.vfree(area, deps)) {
+        log::error!("vfree: {:#x} is not a vmalloc area; leaking it", area.addr().as_u64());
+        core::mem::forget(area);
+    }
+}
+
+/// Pages currently backing vmalloc areas.
+pub fn nr_vmalloc_pages() -> u64 {
+    VMALLOC.nr_vmalloc_pages()
+}
+
+/// Bytes of an area as a mutable slice.
+///
+/// # Safety
+/// The caller owns `area` and no other reference to its memory exists.
+pub unsafe fn area_bytes(area: &mut VmArea) -> &mut [u8] {
+    // SAFETY: the area's pages are mapped at `addr()` for `nr_pages()` pages
+    // and owned by the caller (contract above).
+    unsafe { core::slice::from_raw_parts_mut(area.addr().as_u64() as *mut u8, (area.nr_pages() * 4096) as usize) }
+}
+
+/// A line for the oops report when `addr` is in the vmalloc range.
+pub fn describe_fault(addr: u64) -> Option<alloc::string::String> {
+    let va = VirtAddr::try_new(addr)?;
+    Some(match VMALLOC.classify(va) {
+        VmallocAddr::Outside => return None,
+        VmallocAddr::Guard(area) => alloc::format!(
+            "BUG: access to the vmalloc guard page at {:#x}: overflow off the end of area {:#x}-{:#x} ({}) allocated by {}",
+            addr,
+            area.start.as_u64(),
+            area.mapped_end(),
+            mm::addr::HumanBytes(area.mapped_end() - area.start.as_u64()),
+            area.caller
+        ),
+        VmallocAddr::Unallocated => alloc::format!("BUG: access to unallocated vmalloc space at {:#x}", addr),
+        VmallocAddr::Mapped(area) => alloc::format!("BUG: fault inside mapped vmalloc area {:#x} ({})", area.start.as_u64(), area.caller),
+        VmallocAddr::Busy => alloc::format!("BUG: fault at vmalloc address {:#x} while the area list was locked", addr),
+    })
+}
+
+pub const COMMANDS: &[crate::console::Command] = &[crate::console::Command {
+    name: "vmallocinfo",
+    args: "",
+    help: "vmalloc areas, like /proc/vmallocinfo",
+    run: |_| {
+        let _ = VMALLOC.vmallocinfo(&mut crate::serial::Writer);
+        let _ = VMALLOC.meminfo(&mut crate::serial::Writer);
+    },
+}];

@@ -1,0 +1,307 @@
+//! Scoped allocation constraints: `memalloc_nofs_save()` / `memalloc_noio_save()`.
+//!
+//! Linux counterpart: `include/linux/sched/mm.h` (`current_gfp_context`,
+//! `memalloc_nofs_save` / `memalloc_nofs_restore`, `memalloc_noio_save` /
+//! `memalloc_noio_restore`, `memalloc_noreclaim_save`). Instead of sprinkling
+//! `GFP_NOFS` through a file system, the code that must not recurse into the file
+//! system marks a *scope*; every allocation made while the scope is alive loses
+//! `__GFP_FS` (and for NOIO also `__GFP_IO`), whatever flags its call site passed —
+//! including allocations made deep inside helpers that only know `GFP_KERNEL`, and
+//! allocations through Rust's global allocator, which cannot take flags at all.
+//!
+//! # Ownership
+//!
+//! mm has no statics, so the per-task state is a [`MemallocScope`] value that the
+//! kernel owns (one per task; today one global, because there are no tasks yet) and
+//! passes by reference. Guards borrow it and must stay on the task that made them.
+//!
+//! # Nesting and drop order
+//!
+//! Linux saves the previous bit and restores it (`flags = (flags & ~NOFS) | old`),
+//! which is correct only for LIFO restores: restoring an outer scope while an inner
+//! one is still alive clears the bit under the inner scope's feet. Here every kind of
+//! scope is a *depth counter* (10 bits each, packed into one `AtomicU32`): a guard
+//! increments on creation and decrements on drop, so the constraint holds exactly
+//! while at least one guard of that kind lives — LIFO drops behave like Linux, and
+//! out-of-order drops are also correct (no constraint is lifted early). A guard
+//! created when its counter is saturated (1023 live scopes, a bug in practice) does
+//! not count and does not uncount: the constraint stays on anyway, because the other
+//! 1023 guards are alive.
+//!
+//! # One global scope
+//!
+//! With a single global `MemallocScope` shared by all CPUs, a NOFS scope on one CPU
+//! also narrows allocations on other CPUs and in interrupt handlers. That errs only
+//! on the safe side (fewer reclaim sources, never more) and disappears once the
+//! kernel keeps one scope per task.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use crate::gfp::Gfp;
+
+/// Linux `PF_MEMALLOC`: the task is in reclaim (may use reserves; must not recurse
+/// into direct reclaim). Reported by [`MemallocScope::flags`].
+pub const PF_MEMALLOC: u32 = 0x0000_0800;
+/// Linux `PF_MEMALLOC_NOFS`: all allocations behave as `GFP_NOFS`.
+pub const PF_MEMALLOC_NOFS: u32 = 0x0004_0000;
+/// Linux `PF_MEMALLOC_NOIO`: all allocations behave as `GFP_NOIO`.
+pub const PF_MEMALLOC_NOIO: u32 = 0x0008_0000;
+
+const FIELD_BITS: u32 = 10;
+const FIELD_MAX: u32 = (1 << FIELD_BITS) - 1;
+
+/// A kind of scope; each has its own depth counter.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ScopeKind {
+    /// Strip `__GFP_FS` (Linux `PF_MEMALLOC_NOFS`).
+    NoFs = 0,
+    /// Strip `__GFP_IO` and `__GFP_FS` (Linux `PF_MEMALLOC_NOIO`).
+    NoIo = 1,
+    /// Inside reclaim: strip `__GFP_DIRECT_RECLAIM` so an allocation made by a
+    /// shrinker never recurses into reclaim (Linux tests `PF_MEMALLOC` in the
+    /// allocator for the same purpose).
+    NoReclaim = 2,
+}
+
+impl ScopeKind {
+    const fn shift(self) -> u32 {
+        self as u32 * FIELD_BITS
+    }
+}
+
+/// The allocation-scope state of one task (Linux: the `PF_MEMALLOC_*` bits of
+/// `current->flags`). The kernel owns it; mm code takes `&MemallocScope`.
+#[derive(Debug, Default)]
+pub struct MemallocScope {
+    /// Three 10-bit depth counters: NOFS, NOIO, NORECLAIM.
+    depth: AtomicU32,
+}
+
+impl MemallocScope {
+    /// No scope active.
+    pub const fn new() -> MemallocScope {
+        MemallocScope { depth: AtomicU32::new(0) }
+    }
+
+    /// Live guards of `kind`.
+    pub fn depth(&self, kind: ScopeKind) -> u32 {
+        (self.depth.load(Ordering::Relaxed) >> kind.shift()) & FIELD_MAX
+    }
+
+    /// The scope as Linux `PF_MEMALLOC*` bits.
+    pub fn flags(&self) -> u32 {
+        let mut f = 0;
+        if self.depth(ScopeKind::NoFs) > 0 {
+            f |= PF_MEMALLOC_NOFS;
+        }
+        if self.depth(ScopeKind::NoIo) > 0 {
+            f |= PF_MEMALLOC_NOIO;
+        }
+        if self.depth(ScopeKind::NoReclaim) > 0 {
+            f |= PF_MEMALLOC;
+        }
+        f
+    }
+
+    /// Whether the task is inside reclaim (a `NoReclaim` scope is alive).
+    pub fn in_reclaim(&self) -> bool {
+        self.depth(ScopeKind::NoReclaim) > 0
+    }
+
+    /// Linux `current_gfp_context`: `gfp` narrowed by every live scope. NOIO wins
+    /// over NOFS (it strips both bits).
+    pub fn current_gfp_context(&self, gfp: Gfp) -> Gfp {
+        let mut gfp = gfp;
+        if self.depth(ScopeKind::NoIo) > 0 {
+            gfp -= Gfp::IO | Gfp::FS;
+        } else if self.depth(ScopeKind::NoFs) > 0 {
+            gfp -= Gfp::FS;
+        }
+        if self.depth(ScopeKind::NoReclaim) > 0 {
+            gfp -= Gfp::DIRECT_RECLAIM;
+        }
+        gfp
+    }
+
+    /// Opens a scope of `kind` (the generic `memalloc_flags_save`).
+    pub fn save(&self, kind: ScopeKind) -> MemallocGuard<'_> {
+        let shift = kind.shift();
+        let r = self.depth.fetch_update(Ordering::Acquire, Ordering::Relaxed, |v| {
+            if (v >> shift) & FIELD_MAX == FIELD_MAX { None } else { Some(v + (1 << shift)) }
+        });
+        MemallocGuard { scope: self, kind, counted: r.is_ok() }
+    }
+
+    /// Opens the scopes needed so that *any* allocation made while the guard lives
+    /// is at most as permissive as `gfp` (used by vmalloc around allocations that
+    /// cannot take flags, like Linux `__vmalloc_area_node` around page-table
+    /// allocations): NOIO if `gfp` lacks `__GFP_IO`, else NOFS if it lacks
+    /// `__GFP_FS`, and NORECLAIM if it lacks `__GFP_DIRECT_RECLAIM`.
+    pub fn save_for_gfp(&self, gfp: Gfp) -> GfpScopeGuard<'_> {
+        let io = if !gfp.contains(Gfp::IO) {
+            Some(self.save(ScopeKind::NoIo))
+        } else if !gfp.contains(Gfp::FS) {
+            Some(self.save(ScopeKind::NoFs))
+        } else {
+            None
+        };
+        let reclaim = (!gfp.contains(Gfp::DIRECT_RECLAIM)).then(|| self.save(ScopeKind::NoReclaim));
+        GfpScopeGuard { _io: io, _reclaim: reclaim }
+    }
+}
+
+/// A live scope; the constraint is lifted when the last guard of its kind drops
+/// (Linux `memalloc_*_restore`).
+#[must_use = "the scope ends as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct MemallocGuard<'s> {
+    scope: &'s MemallocScope,
+    kind: ScopeKind,
+    counted: bool,
+}
+
+impl MemallocGuard<'_> {
+    /// Which scope this guard holds.
+    pub fn kind(&self) -> ScopeKind {
+        self.kind
+    }
+}
+
+impl Drop for MemallocGuard<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.scope.depth.fetch_sub(1 << self.kind.shift(), Ordering::Release);
+        }
+    }
+}
+
+/// The guards of [`MemallocScope::save_for_gfp`].
+#[must_use = "the scope ends as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct GfpScopeGuard<'s> {
+    _io: Option<MemallocGuard<'s>>,
+    _reclaim: Option<MemallocGuard<'s>>,
+}
+
+/// Linux `memalloc_nofs_save`: until the guard drops, allocations lose `__GFP_FS`.
+pub fn memalloc_nofs_save(scope: &MemallocScope) -> MemallocGuard<'_> {
+    scope.save(ScopeKind::NoFs)
+}
+
+/// Linux `memalloc_noio_save`: until the guard drops, allocations lose `__GFP_IO`
+/// and `__GFP_FS`.
+pub fn memalloc_noio_save(scope: &MemallocScope) -> MemallocGuard<'_> {
+    scope.save(ScopeKind::NoIo)
+}
+
+/// Linux `memalloc_noreclaim_save`: marks the task as being in reclaim; its
+/// allocations never enter direct reclaim (no recursion from shrinkers).
+pub fn memalloc_noreclaim_save(scope: &MemallocScope) -> MemallocGuard<'_> {
+    scope.save(ScopeKind::NoReclaim)
+}
+
+/// Linux `current_gfp_context(flags)`.
+pub fn current_gfp_context(scope: &MemallocScope, gfp: Gfp) -> Gfp {
+    scope.current_gfp_context(gfp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gfp::*;
+
+    #[test]
+    fn sched_mm_nofs_strips_fs_only() {
+        let s = MemallocScope::new();
+        assert_eq!(s.current_gfp_context(GFP_KERNEL), GFP_KERNEL);
+        let g = memalloc_nofs_save(&s);
+        assert_eq!(s.current_gfp_context(GFP_KERNEL), GFP_NOFS);
+        assert_eq!(current_gfp_context(&s, GFP_KERNEL | __GFP_ZERO), GFP_NOFS | __GFP_ZERO);
+        assert_eq!(s.flags(), PF_MEMALLOC_NOFS);
+        drop(g);
+        assert_eq!(s.current_gfp_context(GFP_KERNEL), GFP_KERNEL);
+        assert_eq!(s.flags(), 0);
+    }
+
+    #[test]
+    fn sched_mm_noio_strips_io_and_fs() {
+        let s = MemallocScope::new();
+        let _g = memalloc_noio_save(&s);
+        assert_eq!(s.current_gfp_context(GFP_KERNEL), GFP_NOIO);
+        assert_eq!(s.current_gfp_context(GFP_NOFS), GFP_NOIO);
+        // Atomic flags carry nothing to strip and keep their reserve bit.
+        assert_eq!(s.current_gfp_context(GFP_ATOMIC), GFP_ATOMIC);
+    }
+
+    #[test]
+    fn sched_mm_lifo_nesting_restores_each_level() {
+        let s = MemallocScope::new();
+        let a = memalloc_nofs_save(&s);
+        {
+            let b = memalloc_noio_save(&s);
+            assert_eq!(s.current_gfp_context(GFP_KERNEL), GFP_NOIO);
+            {
+                let _c = memalloc_nofs_save(&s);
+                assert_eq!(s.depth(ScopeKind::NoFs), 2);
+                assert_eq!(s.current_gfp_context(GFP_KERNEL), GFP_NOIO);
+            }
+            assert_eq!(s.current_gfp_context(GFP_KERNEL), GFP_NOIO);
+            drop(b);
+        }
+        assert_eq!(s.current_gfp_context(GFP_KERNEL), GFP_NOFS);
+        drop(a);
+        assert_eq!(s.current_gfp_context(GFP_KERNEL), GFP_KERNEL);
+    }
+
+    #[test]
+    fn sched_mm_out_of_order_drop_keeps_inner_scope() {
+        // Linux's bit save/restore would clear NOFS when `outer` is restored first.
+        let s = MemallocScope::new();
+        let outer = memalloc_nofs_save(&s);
+        let inner = memalloc_nofs_save(&s);
+        drop(outer);
+        assert_eq!(s.current_gfp_context(GFP_KERNEL), GFP_NOFS, "inner scope still alive");
+        drop(inner);
+        assert_eq!(s.current_gfp_context(GFP_KERNEL), GFP_KERNEL);
+
+        let io = memalloc_noio_save(&s);
+        let fs = memalloc_nofs_save(&s);
+        drop(io);
+        assert_eq!(s.current_gfp_context(GFP_KERNEL), GFP_NOFS);
+        drop(fs);
+        assert_eq!(s.flags(), 0);
+    }
+
+    #[test]
+    fn sched_mm_saturated_counter_stays_balanced() {
+        let s = MemallocScope::new();
+        let guards: std::vec::Vec<_> = (0..FIELD_MAX + 5).map(|_| memalloc_nofs_save(&s)).collect();
+        assert_eq!(s.depth(ScopeKind::NoFs), FIELD_MAX);
+        assert_eq!(s.depth(ScopeKind::NoIo), 0, "no carry into the next counter");
+        drop(guards);
+        assert_eq!(s.depth(ScopeKind::NoFs), 0);
+        assert_eq!(s.flags(), 0);
+    }
+
+    #[test]
+    fn sched_mm_save_for_gfp_mirrors_caller_flags() {
+        let s = MemallocScope::new();
+        for (gfp, expect) in [
+            (GFP_KERNEL, GFP_KERNEL),
+            (GFP_NOFS, GFP_NOFS),
+            (GFP_NOIO, GFP_NOIO),
+            (GFP_NOWAIT, GFP_NOWAIT),
+            (GFP_ATOMIC, GFP_NOWAIT),
+        ] {
+            let g = s.save_for_gfp(gfp);
+            // What the global allocator (which only knows GFP_KERNEL) would use.
+            assert_eq!(s.current_gfp_context(GFP_KERNEL), expect, "{gfp:?}");
+            drop(g);
+            assert_eq!(s.flags(), 0);
+        }
+        let _r = memalloc_noreclaim_save(&s);
+        assert!(s.in_reclaim());
+        assert_eq!(s.flags(), PF_MEMALLOC);
+        assert!(!gfpflags_allow_blocking(s.current_gfp_context(GFP_KERNEL)));
+    }
+}
