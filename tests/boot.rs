@@ -135,6 +135,10 @@ fn console_shows_allocator_state_in_linux_formats() {
         step("mm> ", "ptstat\n"),
         step("mm> ", "ptdump 0xffffffff80000000\n"),
         step("mm> ", "ptdump 0x8000000000000\n"),
+        step("mm> ", "vmallocinfo\n"),
+        step("mm> ", "drop_caches 3\n"),
+        step("mm> ", "drop_caches 6\n"),
+        step("mm> ", "drop_caches 9\n"),
         step("mm> ", "poweroff\n"),
     ];
     let run = boot(Options { timeout: Some(Duration::from_secs(120)), ..Options::default() }, Some(script));
@@ -149,6 +153,11 @@ fn console_shows_allocator_state_in_linux_formats() {
     assert!(run.output.contains("PageTables:"));
     assert!(run.output.contains("PML4[511] = "), "ptdump of the kernel image missing");
     assert!(run.output.contains("ptdump: need a canonical virtual address"), "non-canonical address accepted");
+    assert!(run.output.contains("VmallocUsed:"), "vmallocinfo summary missing");
+    // drop_caches logs who asked and the value, unless bit 4 is set.
+    assert_eq!(run.output.matches("console (1): drop_caches: 3").count(), 1);
+    assert_eq!(run.output.matches(": drop_caches: 6").count(), 0, "bit 4 must silence the log line");
+    assert!(run.output.contains("drop_caches: invalid value 9"));
 }
 
 #[test]

@@ -21,7 +21,7 @@ pub struct Command {
 }
 
 /// Every command table; subsystems add theirs here.
-pub const COMMAND_SETS: &[&[Command]] = &[COMMANDS, crate::page_alloc::COMMANDS, crate::pgtable::COMMANDS, crate::vmalloc::COMMANDS, crate::sysctl::COMMANDS];
+pub const COMMAND_SETS: &[&[Command]] = &[COMMANDS, crate::page_alloc::COMMANDS, crate::pgtable::COMMANDS, crate::vmalloc::COMMANDS, crate::shrinker::COMMANDS, crate::sysctl::COMMANDS];
 
 pub const COMMANDS: &[Command] = &[
     Command { name: "help", args: "", help: "list the commands", run: cmd_help },

@@ -29,6 +29,7 @@ pub const SUITES: &[&[KTest]] = &[
     crate::page_alloc_ktests::KTESTS,
     crate::vm_ktests::KTESTS,
     crate::vmalloc_ktests::KTESTS,
+    crate::shrinker_ktests::KTESTS,
     crate::sync::KTESTS,
     crate::serial::KTESTS,
     crate::arch::x86_64::gdt::KTESTS,

@@ -26,6 +26,8 @@ mod page_alloc;
 mod page_alloc_ktests;
 mod printk;
 mod serial;
+mod shrinker;
+mod shrinker_ktests;
 mod sysctl;
 mod sync;
 mod time;

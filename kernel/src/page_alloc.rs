@@ -81,6 +81,10 @@ impl AllocHooks for KernelHooks {
     fn bad_page(&self, pfn: Pfn, reason: &'static str) {
         log::error!("BUG: Bad page state: {}: {}", pfn, reason);
     }
+
+    fn direct_reclaim(&self, gfp: Gfp, order: usize) -> u64 {
+        crate::shrinker::direct_reclaim(gfp, order)
+    }
 }
 
 pub type KernelPageAlloc = PageAlloc<'static, KernelPlatform>;

@@ -1,0 +1,68 @@
+//! Memory reclaim: the kernel's shrinker registry (Linux `mm/shrinker.c`),
+//! called by the page allocator's direct reclaim with the allocation's GFP
+//! flags narrowed by the current `memalloc_nofs/noio` scope, and the
+//! `drop_caches N` console command that logs who asked (the 2013 patch).
+//!
+//! Rules: an FS shrinker runs only for allocations with `__GFP_FS`, an IO
+//! shrinker only with `__GFP_IO` (`GFP_NOIO` implies no FS). Reclaim runs
+//! inside a no-reclaim scope, so a shrinker's own allocations never recurse.
+
+use mm::gfp::Gfp;
+use mm::sched_mm::ScopeKind;
+use mm::shrinker::{Shrinker, ShrinkerId, ShrinkerRegistry};
+
+use crate::page_alloc::KernelPlatform;
+use crate::vmalloc::MEMALLOC_SCOPE;
+
+pub static SHRINKERS: ShrinkerRegistry<'static, KernelPlatform> = ShrinkerRegistry::new();
+
+/// Registers a cache's shrinker for the life of the kernel.
+pub fn register(shrinker: &'static dyn Shrinker) -> Option<ShrinkerId> {
+    match SHRINKERS.register(shrinker) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            log::error!("shrinker {}: cannot register: {:?}", shrinker.name(), e);
+            None
+        }
+    }
+}
+
+/// The page allocator's direct-reclaim hook.
+pub fn direct_reclaim(gfp: Gfp, order: usize) -> u64 {
+    if MEMALLOC_SCOPE.in_reclaim() {
+        return 0;
+    }
+    let gfp = MEMALLOC_SCOPE.current_gfp_context(gfp);
+    let _no_recursion = MEMALLOC_SCOPE.save(ScopeKind::NoReclaim);
+    SHRINKERS.direct_reclaim(gfp, order)
+}
+
+pub const COMMANDS: &[crate::console::Command] = &[
+    crate::console::Command {
+        name: "drop_caches",
+        args: "N",
+        help: "1 page cache, 2 slab objects, 3 both; +4 silences the log line",
+        run: cmd_drop_caches,
+    },
+    crate::console::Command { name: "shrinkers", args: "", help: "registered shrinkers and their counts", run: cmd_shrinkers },
+];
+
+fn cmd_drop_caches(args: &str) {
+    let Ok(value) = args.trim().parse::<u32>() else {
+        return crate::println!("drop_caches: need a number 1-7 (1 page cache, 2 slab, 3 both, +4 quiet)");
+    };
+    match SHRINKERS.drop_caches(value, "console (1)") {
+        Ok(report) => {
+            if let Some(line) = &report.log {
+                log::info!("{}", line);
+            }
+            crate::println!("drop_caches: {} objects freed by the shrinkers", report.slab_freed);
+        }
+        Err(_) => crate::println!("drop_caches: invalid value {} (1-7)", value),
+    }
+}
+
+fn cmd_shrinkers(_: &str) {
+    let _ = SHRINKERS.shrinker_info(&mut crate::serial::Writer);
+    let _ = SHRINKERS.vmstat(&mut crate::serial::Writer);
+}
