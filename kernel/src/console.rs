@@ -97,7 +97,7 @@ fn read_line(line: &mut String) {
 fn cmd_help(_: &str) {
     for c in all_commands() {
         let usage = if c.args.is_empty() { String::from(c.name) } else { alloc::format!("{} {}", c.name, c.args) };
-        println!("  {:<18} {}", usage, c.help);
+        println!("  {:<28} {}", usage, c.help);
     }
 }
 
