@@ -38,6 +38,10 @@ pub struct KernelPlatform;
 
 impl Platform for KernelPlatform {
     type IrqState = bool;
+    /// One CPU, interrupts really off while a per-CPU list is held: its lists
+    /// are touched only by itself (or an NMI on it), so a plain busy flag
+    /// protects them (Linux `local_lock`), no `lock`-prefixed atomics.
+    const CPU_LOCAL: bool = true;
     #[inline]
     fn irq_save() -> bool {
         cpu::local_irq_save()

@@ -18,6 +18,25 @@ use mm::sync::HostPlatform;
 
 type Alloc = PageAlloc<'static, HostPlatform>;
 
+/// The kernel's configuration on the host: one CPU whose per-CPU lists are
+/// protected by a plain flag (`CPU_LOCAL`, Linux `local_lock`) instead of an
+/// atomic lock. Sound here because the benchmark is single-threaded (the promise
+/// of `Platform::CPU_LOCAL`: only this "CPU" touches its lists). Interrupt
+/// disabling is a no-op on the host (the kernel pays `pushf; cli` / `popf`).
+struct CpuLocal;
+impl mm::sync::Platform for CpuLocal {
+    type IrqState = ();
+    #[inline(always)]
+    fn irq_save() {}
+    #[inline(always)]
+    fn irq_restore(_: ()) {}
+    const CPU_LOCAL: bool = true;
+}
+
+fn new_alloc_local(nr: u64) -> PageAlloc<'static, CpuLocal> {
+    PageAlloc::new(metas(nr), Pfn(0), &[Pfn(0)..Pfn(nr)], &NoPhysMem, &NoHooks, AllocConfig { min_free_kbytes: Some(0), ..AllocConfig::default() }).unwrap()
+}
+
 #[inline(always)]
 fn rdtsc() -> u64 {
     #[allow(unused_unsafe)]
@@ -123,6 +142,14 @@ fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     let run = |group: &str| filter.as_deref().is_none_or(|f| group.contains(f));
     let mut rows: Vec<(String, String)> = Vec::new();
+    if filter.as_deref() == Some("profile-pair-local") {
+        let a = Box::leak(Box::new(new_alloc_local(65536)));
+        for _ in 0..100_000_000 {
+            let p = a.alloc_pages(GFP_KERNEL, 0).unwrap();
+            a.free_pages(black_box(p));
+        }
+        return;
+    }
     if filter.as_deref() == Some("profile-pair") {
         // For `perf stat` / `perf record`: only our fast-path pair, 10^8 times.
         let a = Box::leak(Box::new(new_alloc(65536)));
@@ -189,12 +216,30 @@ fn main() {
             PAIRS,
         );
         keep.into_iter().for_each(|p| a.free_pages(p));
+        // The same with the CPU-local (flag-protected) per-CPU lists.
+        let l = Box::leak(Box::new(new_alloc_local(65536)));
+        let mut held_l: Vec<Pages> = (0..4096).map(|_| l.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
+        let mut keep_l = Vec::new();
+        for (i, p) in held_l.drain(..).enumerate() {
+            if i % 2 == 0 { l.free_pages(p) } else { keep_l.push(p) }
+        }
+        let local_frag = pair_cycles(
+            || {
+                let p = l.alloc_pages(GFP_KERNEL, 0).unwrap();
+                l.free_pages(black_box(p));
+            },
+            SAMPLES,
+            PAIRS,
+        );
+        keep_l.into_iter().for_each(|p| l.free_pages(p));
         rows.push(("order-0 alloc+free pair, pcp fast path, fresh (median cycles)".into(), format!("{ours:.1}")));
         rows.push(("same, after 4096-page fragmentation (median cycles)".into(), format!("{ours_frag:.1}")));
         rows.push(("FrameAllocator alloc(1)+dealloc, after the same fragmentation (median cycles)".into(), format!("{peer:.1}")));
         rows.push(("FrameAllocator alloc(1)+dealloc, fresh 65536-frame block (median cycles)".into(), format!("{peer_fresh:.1}")));
         rows.push(("ratio FrameAllocator / ours, both fragmented (same run)".into(), format!("{:.1}x", peer / ours_frag)));
         rows.push(("ratio FrameAllocator / ours, both fresh (same run)".into(), format!("{:.1}x", peer_fresh / ours)));
+        rows.push(("order-0 pair, CPU-local pcp flag (no lock prefix), after the same fragmentation (median cycles)".into(), format!("{local_frag:.1}")));
+        rows.push(("ratio FrameAllocator / ours CPU-local, both fragmented (same run)".into(), format!("{:.1}x", peer / local_frag)));
     }
 
     // 2. free 256 Ki order-0 pages in random order (with merging), ns per page.

@@ -385,6 +385,11 @@ impl PageMeta {
     pub(crate) fn block_migratetype(&self) -> MigrateType {
         MigrateType::from_bits(self.pageblock.load(Relaxed))
     }
+    /// The raw block type (`MigrateType as u32`), for the free fast path.
+    #[inline(always)]
+    pub(crate) fn block_migratetype_raw(&self) -> u32 {
+        self.pageblock.load(Relaxed)
+    }
     #[inline]
     pub(crate) fn set_block_migratetype(&self, mt: MigrateType) {
         self.pageblock.store(mt as u32, Relaxed)
@@ -400,6 +405,10 @@ impl PageMeta {
     #[inline(always)]
     pub(crate) fn free_ok(&self, order: usize) -> bool {
         let f = self.flags.load(Relaxed);
+        // Common case first: plain `Allocated` of this order (no owner counter).
+        if f & (KIND_MASK | ORDER_MASK) == Kind::Allocated as u32 | (order as u32) << ORDER_SHIFT {
+            return true;
+        }
         let kind = Kind::from_bits(f);
         kind.is_owned()
             && ((f & ORDER_MASK) >> ORDER_SHIFT) as usize == order

@@ -30,7 +30,7 @@ use crate::page::{Kind, MovableOpsId, NONE, PageMeta};
 use crate::pageblock::{
     MIGRATE_TYPES, MigrateType, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER, fallbacks, pageblock_start_pfn,
 };
-use crate::pcp::PerCpuPages;
+use crate::pcp::PcpSlot;
 use crate::sync::{HostPlatform, Platform, SpinGuard, SpinLock};
 
 /// Largest order (Linux `MAX_PAGE_ORDER`): 2^10 pages = 4 MiB.
@@ -116,12 +116,24 @@ pub trait AllocHooks: Sync {
     fn warn_alloc(&self, _gfp: Gfp, _order: usize, _err: AllocError) {}
     /// A free found inconsistent metadata (Linux `bad_page`); the block is leaked.
     fn bad_page(&self, _pfn: Pfn, _reason: &'static str) {}
-    /// Direct reclaim (shrinkers, later): try to free memory; returns pages freed.
-    /// Only called when the caller's GFP flags allow blocking.
+    /// Direct reclaim (the kernel's shrinker registry): try to free memory; returns
+    /// pages freed (0 = no progress). Only called when the caller's GFP flags allow
+    /// direct reclaim (`__GFP_DIRECT_RECLAIM`); the implementation must honour
+    /// `__GFP_FS` / `__GFP_IO` in `gfp`. Never called with an allocator lock held.
     fn direct_reclaim(&self, _gfp: Gfp, _order: usize) -> u64 {
         0
     }
+    /// A `__GFP_NOFAIL` allocation has looped `retries` times without success
+    /// (called every [`NOFAIL_STALL_INTERVAL`] retries; Linux warns "page allocation
+    /// stalls" / "loops for long"). It keeps retrying after the call.
+    fn nofail_stall(&self, _gfp: Gfp, _order: usize, _retries: u64) {}
 }
+
+/// Reclaim rounds without progress before a reclaiming allocation gives up
+/// (Linux `MAX_RECLAIM_RETRIES`).
+pub const MAX_RECLAIM_RETRIES: u32 = 16;
+/// `__GFP_NOFAIL` retries between two [`AllocHooks::nofail_stall`] calls.
+pub const NOFAIL_STALL_INTERVAL: u64 = 1000;
 
 /// Hooks that do nothing.
 pub struct NoHooks;
@@ -276,8 +288,10 @@ pub struct Zone<P: Platform> {
     pub(crate) end_pfn: u64,
     pub(crate) managed_pages: u64,
     pub(crate) wmark: [u64; 3],
+    /// `wmark[Low] + 1024`: above it, the fast path needs no other watermark check.
+    pub(crate) fast_mark: u64,
     pub(crate) area: SpinLock<FreeArea, P>,
-    pub(crate) pcp: [SpinLock<PerCpuPages, P>; MAX_CPUS],
+    pub(crate) pcp: [PcpSlot<P>; MAX_CPUS],
     /// Mirror of buddy free pages usable for watermarks (excludes Isolate), read without lock.
     pub(crate) nr_free: AtomicU64,
     /// Head of the lock-free deferred-free stack (metadata index), `NONE` if empty.
@@ -314,6 +328,8 @@ pub struct PageAlloc<'a, P: Platform = HostPlatform> {
     pub(crate) mem: &'a dyn PhysMem,
     pub(crate) hooks: &'a dyn AllocHooks,
     pub(crate) nr_cpus: usize,
+    /// First zone of the default zonelist: Normal if populated, else DMA32.
+    pub(crate) fast_zone: usize,
     pub(crate) group_by_mobility: bool,
     pub(crate) defrag_mode: AtomicBool,
     pub(crate) movable_ops: SpinLock<[Option<&'a dyn MigrateOps>; MAX_MOVABLE_OPS], P>,
@@ -365,8 +381,9 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
             end_pfn: hi.max(lo),
             managed_pages: 0,
             wmark: [0; 3],
+            fast_mark: u64::MAX,
             area: SpinLock::new(FreeArea::new()),
-            pcp: core::array::from_fn(|_| SpinLock::new(PerCpuPages::new())),
+            pcp: core::array::from_fn(|_| PcpSlot::new()),
             nr_free: AtomicU64::new(0),
             deferred_head: AtomicU32::new(NONE),
             nr_deferred: AtomicU64::new(0),
@@ -379,6 +396,7 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
             mem,
             hooks,
             nr_cpus: config.nr_cpus,
+            fast_zone: ZoneType::Dma32 as usize,
             group_by_mobility: config.group_by_mobility,
             defrag_mode: AtomicBool::new(config.defrag_mode),
             movable_ops: SpinLock::new([None; MAX_MOVABLE_OPS]),
@@ -422,6 +440,9 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
                 pfn += 1 << order;
             }
         }
+        if this.zones[ZoneType::Normal as usize].managed_pages != 0 {
+            this.fast_zone = ZoneType::Normal as usize;
+        }
         let total_managed: u64 = this.zones.iter().map(|z| z.managed_pages).sum();
         let min_free_kb = config.min_free_kbytes.unwrap_or_else(|| default_min_free_kbytes(total_managed));
         let min_free_pages = min_free_kb * 1024 / PAGE_SIZE;
@@ -432,10 +453,11 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
             let min = min_free_pages * z.managed_pages / total_managed;
             let delta = (min / 4).max(z.managed_pages * 10 / 10_000);
             z.wmark = [min, min + delta, min + 2 * delta];
+            z.fast_mark = z.wmark[Watermark::Low as usize] + (1 << 10);
             let batch = config.pcp_batch.unwrap_or_else(|| zone_batchsize(z.managed_pages)).max(1);
             let high = (batch * 6).max(4 * PAGEBLOCK_NR_PAGES as u32 / 8);
-            for pcp in &z.pcp {
-                pcp.lock().set_batch_high(batch, high);
+            for slot in &mut z.pcp {
+                slot.lock.get_mut().set_batch_high(batch, high);
             }
         }
         Ok(this)
@@ -446,6 +468,14 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     #[inline(always)]
     pub(crate) fn meta(&self, pfn: u64) -> &PageMeta {
         &self.meta[(pfn - self.base_pfn) as usize]
+    }
+    /// Metadata by index, for indices taken from the allocator's own lists (always
+    /// in bounds: every list entry was made by `idx()` of a described frame).
+    #[inline(always)]
+    pub(crate) fn meta_idx(&self, idx: u32) -> &PageMeta {
+        debug_assert!((idx as usize) < self.meta.len());
+        // SAFETY: see above; list entries are only ever created from in-span pfns.
+        unsafe { self.meta.get_unchecked(idx as usize) }
     }
     #[inline(always)]
     pub(crate) fn idx(&self, pfn: u64) -> u32 {
@@ -1002,18 +1032,25 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         if order > PCP_MAX_ORDER {
             return None;
         }
-        let zi = if gfp.contains(Gfp::DMA32) || self.zones[ZoneType::Normal as usize].managed_pages == 0 {
-            ZoneType::Dma32 as usize
-        } else {
-            ZoneType::Normal as usize
-        };
+        let zi = if gfp.contains(Gfp::DMA32) { ZoneType::Dma32 as usize } else { self.fast_zone };
         let z = &self.zones[zi];
-        if z.nr_free.load(Relaxed) <= z.wmark[Watermark::Low as usize] + (1 << 10) {
+        if z.nr_free.load(Relaxed) <= z.fast_mark {
             return None;
         }
         let real_mt = gfp_migratetype(gfp);
-        let pfn = self.pcp_pop(z, order, self.list_mt(real_mt))?;
-        self.prep_new_page(pfn, order, gfp, real_mt);
+        let list_mt = self.list_mt(real_mt);
+        let pfn = self.pcp_pop(z, order, list_mt)?;
+        if list_mt == real_mt {
+            // The list is the block's type (as of the free): no pollution check,
+            // as Linux's pcp trusts its list type. Only the state and zeroing.
+            self.meta_idx(self.idx(pfn)).prep_allocated(order, real_mt);
+            if gfp.contains(Gfp::ZERO) {
+                // SAFETY: the block was just taken off the per-CPU list; nobody else owns it.
+                unsafe { self.mem.zero_frames(Pfn(pfn), 1 << order) };
+            }
+        } else {
+            self.prep_new_page(pfn, order, gfp, real_mt);
+        }
         Some(pfn)
     }
 
@@ -1032,8 +1069,22 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     }
 
     /// Linux `__alloc_pages_slowpath`, without kswapd: min watermark, reserves,
-    /// direct compaction, the reclaim hook, draining per-CPU lists, then the
-    /// fragmenting fallbacks that defrag mode holds back, then `__GFP_NOFAIL` reserves.
+    /// direct compaction, then the reclaim/retry loop:
+    ///
+    /// * no `__GFP_DIRECT_RECLAIM` (`GFP_NOWAIT`, `GFP_ATOMIC`): never reclaims or
+    ///   waits; after the reserves it may use (ATOMIC: below `min`) it fails;
+    /// * reclaim allowed (`GFP_KERNEL`, `GFP_NOFS`, `GFP_NOIO`, ...): each round calls
+    ///   `AllocHooks::direct_reclaim(gfp, order)`, retries, drains the per-CPU lists,
+    ///   retries; it goes on while reclaim makes progress, at most
+    ///   [`MAX_RECLAIM_RETRIES`] rounds (Linux `should_reclaim_retry`);
+    /// * `__GFP_NORETRY`: one reclaim round, then fail;
+    /// * `__GFP_NOFAIL` (with reclaim): never fails — loops reclaim + drain + retry
+    ///   (also with the reserves) until it succeeds, calling `AllocHooks::nofail_stall`
+    ///   every [`NOFAIL_STALL_INTERVAL`] retries. Without reclaim, NOFAIL is not
+    ///   supported by Linux either: a few tries with the reserves, then it fails.
+    ///
+    /// The fragmenting fallbacks that defrag mode holds back, and the release of the
+    /// high-atomic reserve, are tried before a reclaiming caller gives up.
     fn __alloc_pages_slowpath(&self, gfp: Gfp, order: usize, real_mt: MigrateType) -> Result<u64, AllocError> {
         self.events.allocstall.fetch_add(1, Relaxed);
         let defrag = self.defrag_mode.load(Relaxed);
@@ -1045,51 +1096,80 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         if let Some(p) = try_get(flags) {
             return Ok(p);
         }
-        if gfpflags_allow_blocking(gfp) {
-            // Direct compaction: for costly orders (as Linux), and in defrag mode
-            // before any fragmenting fallback.
-            if order > PCP_MAX_ORDER || defrag {
-                for _ in 0..2 {
-                    if !self.compact_for_allocation(gfp) {
-                        break;
-                    }
-                    if let Some(p) = try_get(flags) {
+        // Last resorts before failing: fragmenting fallbacks (defrag mode), then the
+        // high-atomic reserve.
+        let last_resort = |flags: &mut u32| {
+            if *flags & ALLOC_NOFRAGMENT != 0 {
+                *flags &= !ALLOC_NOFRAGMENT;
+                if let Some(p) = try_get(*flags) {
+                    return Some(p);
+                }
+            }
+            if self.unreserve_highatomic_pageblock(real_mt) {
+                return try_get(*flags);
+            }
+            None
+        };
+        if !gfpflags_allow_blocking(gfp) {
+            if let Some(p) = last_resort(&mut flags) {
+                return Ok(p);
+            }
+            if gfp.contains(Gfp::NOFAIL) {
+                for _ in 0..4 {
+                    if let Some(p) = try_get(flags | ALLOC_MIN_RESERVE | ALLOC_NO_WATERMARKS) {
                         return Ok(p);
                     }
                 }
             }
-            if self.hooks.direct_reclaim(gfp, order) > 0 {
+            return Err(self.alloc_failed(gfp, order, AllocError::NoMemory));
+        }
+        // Direct compaction: for costly orders (as Linux), and in defrag mode before
+        // any fragmenting fallback.
+        if order > PCP_MAX_ORDER || defrag {
+            for _ in 0..2 {
+                if !self.compact_for_allocation(gfp) {
+                    break;
+                }
                 if let Some(p) = try_get(flags) {
                     return Ok(p);
                 }
+            }
+        }
+        let nofail = gfp.contains(Gfp::NOFAIL);
+        let mut rounds = 0u32;
+        let mut retries = 0u64;
+        loop {
+            let progress = self.hooks.direct_reclaim(gfp, order);
+            if let Some(p) = try_get(flags) {
+                return Ok(p);
             }
             self.drain_all_pages();
             if let Some(p) = try_get(flags) {
                 return Ok(p);
             }
-        }
-        // Last resort before failing: fragmenting fallbacks (defrag mode).
-        if flags & ALLOC_NOFRAGMENT != 0 {
-            flags &= !ALLOC_NOFRAGMENT;
-            if let Some(p) = try_get(flags) {
-                return Ok(p);
-            }
-        }
-        if self.unreserve_highatomic_pageblock(real_mt) {
-            if let Some(p) = try_get(flags) {
-                return Ok(p);
-            }
-        }
-        if gfp.contains(Gfp::NOFAIL) {
-            // Linux retries forever; with no reclaim to wait for we take the reserves
-            // and, failing that, report the failure instead of hanging.
-            for _ in 0..4 {
+            rounds += 1;
+            if nofail {
+                if let Some(p) = last_resort(&mut flags) {
+                    return Ok(p);
+                }
+                // No OOM killer to wait for: NOFAIL may take the reserves (Linux:
+                // `ALLOC_MIN_RESERVE`), then keeps reclaiming.
                 if let Some(p) = try_get(flags | ALLOC_MIN_RESERVE | ALLOC_NO_WATERMARKS) {
                     return Ok(p);
                 }
-                self.drain_all_pages();
-                self.hooks.direct_reclaim(gfp, order);
+                retries += 1;
+                if retries % NOFAIL_STALL_INTERVAL == 0 {
+                    self.hooks.nofail_stall(gfp, order, retries);
+                }
+                core::hint::spin_loop();
+                continue;
             }
+            if gfp.contains(Gfp::NORETRY) || progress == 0 || rounds >= MAX_RECLAIM_RETRIES {
+                break;
+            }
+        }
+        if let Some(p) = last_resort(&mut flags) {
+            return Ok(p);
         }
         Err(self.alloc_failed(gfp, order, AllocError::NoMemory))
     }
@@ -1130,8 +1210,11 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     fn free_pages_prepare(&self, pages: Pages, claim: bool) -> Option<(u64, usize)> {
         let (pfn, order) = (pages.pfn.0, pages.order());
         core::mem::forget(pages);
-        if self.in_span(pfn) && self.in_span(pfn + (1 << order) - 1) {
-            let m = self.meta(pfn);
+        let i = pfn.wrapping_sub(self.base_pfn);
+        let len = self.meta.len() as u64;
+        if i < len && (1u64 << order) <= len - i {
+            // SAFETY: `i < len` just checked.
+            let m = unsafe { self.meta.get_unchecked(i as usize) };
             if m.free_ok(order) && (!claim || m.take_owned(Kind::Tail).is_some()) {
                 return Some((pfn, order));
             }

@@ -10,24 +10,34 @@
 use alloc::vec::Vec;
 
 use crate::page_alloc::{FreeArea, PageAlloc};
-use crate::pcp::PerCpuPages;
+use crate::pcp::PcpGuard;
 use crate::sync::{Platform, SpinGuard};
 
-/// Every lock of one CPU's view of the allocator; released on drop.
+/// Every lock of one CPU's view of the allocator; released on drop, in the
+/// reverse order of taking them (fields drop in declaration order), so each
+/// guard restores the interrupt state saved when it was taken.
 #[must_use = "the locks are released when this guard is dropped"]
 pub struct HeldLocks<'l, P: Platform> {
-    _pcp: Vec<SpinGuard<'l, PerCpuPages, P>>,
     _zones: Vec<SpinGuard<'l, FreeArea, P>>,
+    _pcp: Vec<PcpGuard<'l, P>>,
 }
 
 impl<'a, P: Platform> PageAlloc<'a, P> {
     /// Takes the per-CPU list lock of `cpu` and the zone lock of every zone.
-    /// Any normal allocation on this CPU deadlocks while the guard lives; only
-    /// the `_nolock` paths may run.
+    /// Any normal allocation on this CPU deadlocks while the guard lives (on a
+    /// CPU-local platform it panics instead); only the `_nolock` paths may run.
+    ///
+    /// On a [`Platform::CPU_LOCAL`] platform only the current CPU's lists may be
+    /// held (the per-CPU flag is never written by another CPU): `cpu` must be the
+    /// current CPU, or this panics.
     pub fn hold_locks(&self, cpu: usize) -> HeldLocks<'_, P> {
         let cpu = cpu.min(self.nr_cpus - 1);
-        let pcp = self.zones.iter().map(|z| z.pcp[cpu].lock()).collect();
+        let pcp = self
+            .zones
+            .iter()
+            .map(|z| self.pcp_lock_cpu(z, cpu).expect("hold_locks: on a CPU-local platform, only the current CPU's lists"))
+            .collect();
         let zones = self.zones.iter().map(|z| z.area.lock()).collect();
-        HeldLocks { _pcp: pcp, _zones: zones }
+        HeldLocks { _zones: zones, _pcp: pcp }
     }
 }

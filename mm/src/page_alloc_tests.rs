@@ -222,7 +222,7 @@ fn pcp_batches_and_drains() {
         a.free_pages(p);
     }
     let s = a.stats();
-    assert!(s.zones[0].pcp <= a.zones[0].pcp[0].lock().high as u64);
+    assert!(s.zones[0].pcp <= a.pcp_lock_cpu(&a.zones[0], 0).unwrap().1.high as u64);
     check(&a);
     a.drain_pages(0);
     assert_eq!(a.stats().zones[0].pcp, 0);
@@ -378,7 +378,7 @@ fn nmi_while_locks_held_defers_and_accounts() {
     let z = &a.zones[0];
     {
         // The "interrupted" context holds the per-CPU and zone locks.
-        let _pcp = z.pcp[0].lock();
+        let _pcp = a.pcp_lock_cpu(z, 0).unwrap();
         let _zone = z.area.lock();
         // The "NMI": allocation fails at once, frees are deferred.
         assert!(a.try_alloc_pages(NUMA_NO_NODE, 0).is_none());
@@ -405,7 +405,7 @@ fn try_alloc_pages_uses_pcp_or_zone_when_free() {
     assert!(mem.all_equal(p.pfn(), 4, 0), "zeroed");
     // Only the per-CPU lock held: the zone path is used.
     let q = {
-        let _pcp = a.zones[0].pcp[0].lock();
+        let _pcp = a.pcp_lock_cpu(&a.zones[0], 0).unwrap();
         a.try_alloc_pages(0, 0).unwrap()
     };
     // Only the zone lock held: the per-CPU list still serves (it was refilled above).
@@ -841,4 +841,305 @@ fn pipelined_bulk_free_merges_everything() {
         }
         assert_restored(&a);
     }
+}
+
+// ------------------------------------------------------ GFP retry semantics
+
+/// Hooks with a fake reclaimable "cache" of pages: `direct_reclaim` frees up to
+/// `per_call` of them, but only from call number `free_from_call` on (earlier
+/// calls report no progress unless `fake_progress`, which claims progress
+/// without freeing anything).
+struct CacheHooks {
+    alloc: std::sync::OnceLock<&'static PageAlloc<'static>>,
+    cache: Mutex<Vec<Pages>>,
+    calls: AtomicU64,
+    gfps: Mutex<Vec<Gfp>>,
+    stalls: Mutex<Vec<u64>>,
+    free_from_call: u64,
+    per_call: usize,
+    fake_progress: AtomicBool,
+}
+impl AllocHooks for CacheHooks {
+    fn direct_reclaim(&self, gfp: Gfp, _order: usize) -> u64 {
+        let call = self.calls.fetch_add(1, Relaxed) + 1;
+        self.gfps.lock().unwrap().push(gfp);
+        if call < self.free_from_call {
+            return self.fake_progress.load(Relaxed) as u64;
+        }
+        let a = self.alloc.get().unwrap();
+        let mut freed = 0;
+        for _ in 0..self.per_call {
+            let Some(p) = self.cache.lock().unwrap().pop() else { break };
+            freed += p.nr_pages();
+            a.free_pages(p);
+        }
+        if freed == 0 { self.fake_progress.load(Relaxed) as u64 } else { freed }
+    }
+    fn nofail_stall(&self, _gfp: Gfp, _order: usize, retries: u64) {
+        self.stalls.lock().unwrap().push(retries);
+    }
+}
+
+/// An allocator with every page allocated: `cached` of them in the hooks' cache,
+/// the rest returned as "held" pages.
+fn under_pressure(cached: usize, free_from_call: u64, fake_progress: bool) -> (&'static PageAlloc<'static>, &'static CacheHooks, Vec<Pages>) {
+    let hooks = leak(CacheHooks {
+        alloc: std::sync::OnceLock::new(),
+        cache: Mutex::new(Vec::new()),
+        calls: AtomicU64::new(0),
+        gfps: Mutex::new(Vec::new()),
+        stalls: Mutex::new(Vec::new()),
+        free_from_call,
+        per_call: 8,
+        fake_progress: AtomicBool::new(false),
+    });
+    let a: &'static PageAlloc<'static> =
+        leak(PageAlloc::<HostPlatform>::new(metas(1024), Pfn(0), &[Pfn(0)..Pfn(1024)], &NoPhysMem, hooks, cfg()).unwrap());
+    hooks.alloc.set(a).ok().unwrap();
+    let mut held = Vec::new();
+    while let Ok(p) = a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 0) {
+        held.push(p);
+    }
+    assert_eq!(held.len(), 1024);
+    hooks.cache.lock().unwrap().extend(held.drain(..cached));
+    // Reset the counters of the fill (its last allocation reclaimed nothing).
+    hooks.calls.store(0, Relaxed);
+    hooks.gfps.lock().unwrap().clear();
+    hooks.fake_progress.store(fake_progress, Relaxed);
+    (a, hooks, held)
+}
+
+fn release(a: &PageAlloc<'_>, hooks: &CacheHooks, held: Vec<Pages>, got: impl IntoIterator<Item = Pages>) {
+    for p in held.into_iter().chain(got).chain(hooks.cache.lock().unwrap().drain(..)) {
+        a.free_pages(p);
+    }
+    assert_restored(a);
+}
+
+#[test]
+fn gfp_kernel_reclaims_under_pressure_and_succeeds() {
+    let (a, hooks, held) = under_pressure(16, 1, false);
+    let p = a.alloc_pages(GFP_KERNEL, 0).expect("reclaim freed cache pages");
+    assert!(hooks.calls.load(Relaxed) >= 1);
+    assert!(hooks.gfps.lock().unwrap().iter().all(|&g| g == GFP_KERNEL), "the hook sees the caller's flags");
+    // NOFS callers reach the hook with __GFP_FS cleared (the registry skips FS shrinkers).
+    // (8 freed: 7 left after `p`; the 8th NOFS allocation needs reclaim again.)
+    let qs: Vec<Pages> = (0..8).map(|_| a.alloc_pages(GFP_NOFS, 0).unwrap()).collect();
+    assert_eq!(*hooks.gfps.lock().unwrap().last().unwrap(), GFP_NOFS);
+    release(a, hooks, held, qs.into_iter().chain([p]));
+}
+
+#[test]
+fn gfp_nowait_and_atomic_fail_fast_without_reclaim() {
+    let (a, hooks, held) = under_pressure(16, 1, false);
+    assert_eq!(a.alloc_pages(GFP_NOWAIT | __GFP_NOWARN, 0).err(), Some(AllocError::NoMemory));
+    assert_eq!(a.alloc_pages(GFP_ATOMIC | __GFP_NOWARN, 0).err(), Some(AllocError::NoMemory));
+    assert_eq!(hooks.calls.load(Relaxed), 0, "no direct reclaim for non-blocking requests");
+    release(a, hooks, held, []);
+}
+
+#[test]
+fn gfp_noretry_reclaims_at_most_once() {
+    // Reclaim "makes progress" but frees nothing: GFP_KERNEL retries up to the
+    // bound, NORETRY exactly once.
+    let (a, hooks, held) = under_pressure(0, 1, true);
+    assert!(a.alloc_pages(GFP_KERNEL | __GFP_NORETRY | __GFP_NOWARN, 0).is_err());
+    assert_eq!(hooks.calls.load(Relaxed), 1);
+    hooks.calls.store(0, Relaxed);
+    assert!(a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 0).is_err());
+    assert_eq!(hooks.calls.load(Relaxed), MAX_RECLAIM_RETRIES as u64, "bounded retries while progress is reported");
+    release(a, hooks, held, []);
+}
+
+#[test]
+fn gfp_kernel_gives_up_without_progress() {
+    // Reclaim would free only from its 5th call: GFP_KERNEL stops at the first
+    // round without progress.
+    let (a, hooks, held) = under_pressure(16, 5, false);
+    assert!(a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 0).is_err());
+    assert_eq!(hooks.calls.load(Relaxed), 1);
+    release(a, hooks, held, []);
+}
+
+#[test]
+fn gfp_nofail_loops_until_reclaim_frees() {
+    let (a, hooks, held) = under_pressure(16, 5, false);
+    let p = a.alloc_pages(GFP_KERNEL | __GFP_NOFAIL, 0).expect("NOFAIL never fails");
+    assert_eq!(hooks.calls.load(Relaxed), 5);
+    assert!(hooks.stalls.lock().unwrap().is_empty());
+    release(a, hooks, held, [p]);
+    // Long loops are reported every NOFAIL_STALL_INTERVAL retries.
+    let (a, hooks, held) = under_pressure(16, 2 * NOFAIL_STALL_INTERVAL + 1, false);
+    let p = a.alloc_pages(GFP_KERNEL | __GFP_NOFAIL, 0).unwrap();
+    assert_eq!(*hooks.stalls.lock().unwrap(), [NOFAIL_STALL_INTERVAL, 2 * NOFAIL_STALL_INTERVAL]);
+    release(a, hooks, held, [p]);
+}
+
+// ------------------------------------------- CPU-local per-CPU list protection
+
+std::thread_local! {
+    static LOCAL_CPU: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+/// A platform that keeps the `CPU_LOCAL` promise on the host: each test thread
+/// sets its own cpu id, and no two threads use the same id at the same time.
+struct LocalCpuPlatform;
+impl Platform for LocalCpuPlatform {
+    type IrqState = ();
+    fn irq_save() {}
+    fn irq_restore(_: ()) {}
+    fn cpu_id() -> usize {
+        LOCAL_CPU.with(|c| c.get())
+    }
+    const CPU_LOCAL: bool = true;
+}
+
+fn local_alloc(nr: u64, nr_cpus: usize) -> &'static PageAlloc<'static, LocalCpuPlatform> {
+    leak(PageAlloc::<LocalCpuPlatform>::new(metas(nr), Pfn(0), &[Pfn(0)..Pfn(nr)], &NoPhysMem, leak(NoHooks), AllocConfig { nr_cpus, ..cfg() }).unwrap())
+}
+
+#[test]
+fn cpu_local_pcp_fast_path_and_nmi_on_held_lists() {
+    let a = local_alloc(2048, 1);
+    let pages: Vec<Pages> = (0..100).map(|_| a.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
+    for p in pages {
+        a.free_pages(p);
+    }
+    assert!(a.stats().zones[0].pcp > 0);
+    let q = a.alloc_pages(GFP_KERNEL, 0).unwrap();
+    {
+        // The interrupted context holds the lists' flag and the zone lock; the "NMI"
+        // sees the flag (same CPU), fails its allocation and defers its free.
+        let _held = a.hold_locks(0);
+        assert!(a.zones[0].pcp[0].lock.is_locked());
+        assert!(a.try_alloc_pages(NUMA_NO_NODE, 0).is_none());
+        a.free_pages_nolock(q);
+        assert_eq!(a.zones[0].nr_deferred.load(Relaxed), 1);
+    }
+    assert!(!a.zones[0].pcp[0].lock.is_locked());
+    a.drain_all_pages();
+    a.drain_deferred_frees();
+    let rep = a.check_consistency().unwrap();
+    assert_eq!((rep.allocated, rep.free), (0, 2048));
+}
+
+#[test]
+#[should_panic(expected = "current CPU")]
+fn cpu_local_hold_locks_of_another_cpu_panics() {
+    let a = local_alloc(1024, 2);
+    let _held = a.hold_locks(1); // this thread is CPU 0
+}
+
+#[test]
+fn cpu_local_remote_drain_is_a_request_done_by_the_owner() {
+    let a = local_alloc(4096, 2);
+    let pages: Vec<Pages> = (0..64).map(|_| a.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
+    // "CPU 1" frees them onto its own lists.
+    let pfns: Vec<(u64, usize)> = pages.into_iter().map(|p| (p.leak().0, 0)).collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            LOCAL_CPU.with(|c| c.set(1));
+            for &(pfn, order) in &pfns {
+                // SAFETY: leaked above, freed once.
+                a.free_pages(unsafe { Pages::from_raw(Pfn(pfn), order) });
+            }
+        });
+    });
+    let on_cpu1 = a.zones[0].pcp[1].count.load(Relaxed);
+    assert_eq!(on_cpu1, 64);
+    // CPU 0 cannot touch CPU 1's lists: the drain is only requested.
+    a.drain_all_pages();
+    assert_eq!(a.zones[0].pcp[1].count.load(Relaxed), 64);
+    assert!(a.zones[0].pcp[1].drain_req.load(Relaxed));
+    let rep = a.check_consistency().unwrap(); // trusts CPU 1's counter
+    assert_eq!(rep.pcp, 64);
+    // CPU 1's next allocation misses the fast path and drains first.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            LOCAL_CPU.with(|c| c.set(1));
+            let p = a.alloc_pages(GFP_KERNEL, 0).unwrap();
+            assert!(!a.zones[0].pcp[1].drain_req.load(Relaxed));
+            a.free_pages(p);
+            a.drain_pages(1);
+            assert_eq!(a.zones[0].pcp[1].count.load(Relaxed), 0);
+        });
+    });
+    let rep = a.check_consistency().unwrap();
+    assert_eq!((rep.allocated, rep.pcp), (0, 0));
+}
+
+#[test]
+fn cpu_local_cpu_without_lists_uses_the_buddy() {
+    let a = local_alloc(1024, 1);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            LOCAL_CPU.with(|c| c.set(5)); // >= nr_cpus: no per-CPU lists
+            let p = a.alloc_pages(GFP_KERNEL, 0).unwrap();
+            a.free_pages(p);
+            assert!(a.try_alloc_pages(0, 0).is_some_and(|p| {
+                a.free_pages_nolock(p);
+                true
+            }));
+        });
+    });
+    let rep = a.check_consistency().unwrap();
+    assert_eq!((rep.allocated, rep.pcp), (0, 0));
+}
+
+#[test]
+fn cpu_local_two_cpus_hammer_own_lists_and_cross_free() {
+    // Two "CPUs" (threads with distinct ids) allocate on their own lists and free
+    // each other's pages (onto the freeing CPU's lists); the slow paths (refill,
+    // trim, drain requests from the other CPU) run concurrently with the zone lock.
+    let a = local_alloc(8192, 2);
+    let (tx0, rx1) = std::sync::mpsc::channel::<(u64, usize)>();
+    let (tx1, rx0) = std::sync::mpsc::channel::<(u64, usize)>();
+    std::thread::scope(|s| {
+        for (cpu, tx, rx) in [(0usize, tx0, rx0), (1, tx1, rx1)] {
+            s.spawn(move || {
+                LOCAL_CPU.with(|c| c.set(cpu));
+                let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ cpu as u64;
+                let mut mine = Vec::new();
+                for i in 0..20_000u32 {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let order = [0, 0, 0, 1, 3][(rng % 5) as usize];
+                    if let Ok(p) = a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, order) {
+                        mine.push(p);
+                    }
+                    if mine.len() > 64 || rng & 1 == 0 {
+                        if let Some(p) = mine.pop() {
+                            if rng & 2 == 0 {
+                                let o = p.order();
+                                let _ = tx.send((p.leak().0, o));
+                            } else {
+                                a.free_pages(p);
+                            }
+                        }
+                    }
+                    while let Ok((pfn, o)) = rx.try_recv() {
+                        // SAFETY: sent once by the other CPU after leaking it.
+                        a.free_pages(unsafe { Pages::from_raw(Pfn(pfn), o) });
+                    }
+                    if i % 5000 == 0 {
+                        a.drain_all_pages(); // own lists now, a request for the other
+                    }
+                }
+                drop(tx);
+                for p in mine {
+                    a.free_pages(p);
+                }
+                // Wait for the other CPU's last pages, then drain our own lists.
+                for (pfn, o) in rx {
+                    // SAFETY: as above.
+                    a.free_pages(unsafe { Pages::from_raw(Pfn(pfn), o) });
+                }
+                a.drain_pages(cpu);
+            });
+        }
+    });
+    a.drain_deferred_frees();
+    let rep = a.check_consistency().unwrap();
+    assert_eq!((rep.allocated, rep.pcp, rep.free), (0, 0, 8192));
 }

@@ -350,7 +350,9 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     pub fn check_consistency(&self) -> Result<ConsistencyReport, ConsistencyError> {
         let mut rep = ConsistencyReport::default();
         for (zi, z) in self.zones.iter().enumerate() {
-            let pcps: alloc::vec::Vec<_> = z.pcp[..self.nr_cpus].iter().map(|l| l.lock()).collect();
+            // On CPU-local platforms only this CPU's lists may be walked (`None` for the
+            // others: their counters are trusted, and the frame scan below can race with them).
+            let pcps: alloc::vec::Vec<_> = (0..self.nr_cpus).map(|cpu| (cpu, self.pcp_lock_cpu(z, cpu))).collect();
             let a = z.area.lock();
             let mismatch = |counter| ConsistencyError::CountMismatch { zone: zi, counter };
             // Buddy free lists.
@@ -388,11 +390,15 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
             }
             // Per-CPU lists.
             let mut pcp_pages = 0;
-            for pcp in &pcps {
+            for (cpu, locked) in &pcps {
+                let Some((slot, pcp)) = locked else {
+                    pcp_pages += z.pcp[*cpu].count.load(Relaxed) as u64;
+                    continue;
+                };
                 let mut cpu_pages = 0;
                 for pi in 0..NR_PCP_LISTS {
                     let order = pi / crate::pageblock::MIGRATE_PCPTYPES;
-                    let (mut idx, mut n) = (pcp.lists[pi], 0);
+                    let (mut idx, mut n) = (pcp.lists[pi], 0usize);
                     while idx != NONE {
                         let m = &self.meta[idx as usize];
                         if m.kind() != Kind::Pcp || m.order() != order {
@@ -401,12 +407,12 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
                         n += 1;
                         cpu_pages += 1 << order;
                         idx = m.next();
-                    }
-                    if n != pcp.list_len[pi] {
-                        return Err(mismatch(Counter::PcpListLength));
+                        if n > self.meta.len() {
+                            return Err(mismatch(Counter::PcpListLength)); // a cycle
+                        }
                     }
                 }
-                if cpu_pages != pcp.count as u64 {
+                if cpu_pages != slot.count.load(Relaxed) as u64 {
                     return Err(mismatch(Counter::PcpCount));
                 }
                 pcp_pages += cpu_pages;
