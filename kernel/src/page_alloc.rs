@@ -89,6 +89,10 @@ impl AllocHooks for KernelHooks {
     fn direct_reclaim(&self, gfp: Gfp, order: usize) -> u64 {
         crate::shrinker::direct_reclaim(gfp, order)
     }
+
+    fn nofail_stall(&self, gfp: Gfp, order: usize, retries: u64) {
+        log::warn!("page allocation loops for long: order:{}, mode:{:?}, {} retries (__GFP_NOFAIL keeps trying)", order, gfp, retries);
+    }
 }
 
 pub type KernelPageAlloc = PageAlloc<'static, KernelPlatform>;
