@@ -308,6 +308,7 @@ fn bad_frees_are_reported_not_fatal() {
     assert_eq!(hooks.bad.lock().unwrap().len(), 4);
     assert_eq!(check(&a).allocated, 1, "leaked, never reused");
     a.page(qpfn).unwrap().pt_add_entries(-1).unwrap();
+    // SAFETY: the refused free leaked the block; this is its only handle.
     a.free_pages(unsafe { Pages::from_raw(qpfn, 0) });
     assert_restored(&a);
 }
