@@ -21,7 +21,7 @@ pub struct Command {
 }
 
 /// Every command table; subsystems add theirs here.
-pub const COMMAND_SETS: &[&[Command]] = &[COMMANDS, crate::page_alloc::COMMANDS, crate::pgtable::COMMANDS, crate::vmalloc::COMMANDS, crate::shrinker::COMMANDS, crate::sysctl::COMMANDS];
+pub const COMMAND_SETS: &[&[Command]] = &[COMMANDS, crate::page_alloc::COMMANDS, crate::pgtable::COMMANDS, crate::vmalloc::COMMANDS, crate::shrinker::COMMANDS, crate::slab::COMMANDS, crate::sysctl::COMMANDS];
 
 pub const COMMANDS: &[Command] = &[
     Command { name: "help", args: "", help: "list the commands", run: cmd_help },
@@ -113,6 +113,7 @@ fn cmd_meminfo(_: &str) {
     let (heap_used, heap_free) = crate::heap::usage();
     let memmap_kb = crate::page_alloc::metadata_frames_range().count() as u64 * mm::addr::PAGE_SIZE / 1024;
     let line = |name: &str, kb: u64| println!("{:<16}{:>8} kB", name, kb);
+    line("Slab:", crate::slab::KMALLOC.stats().nr_slab_pages * mm::addr::PAGE_SIZE / 1024);
     line("StructPages:", memmap_kb);
     line("Bootloader:", boot / 1024);
     line("KernelImage:", facts.kernel_len / 1024);

@@ -1,9 +1,11 @@
 //! The early kernel heap: a fixed 4 MiB region in `.bss` managed by
 //! `linked_list_allocator`, so `alloc` (Box, Vec, String) works from the first
-//! line of `kernel_main`. A later stage replaces it with the slab `kmalloc`
-//! on top of the page allocator; this stays as the early-boot heap.
+//! line of `kernel_main`. Once the page allocator is up, the
+//! `#[global_allocator]` (`slab.rs`) serves new allocations from `kmalloc`
+//! and the page allocator; blocks allocated here before that are still freed
+//! here ([`owns`]).
 
-use core::alloc::{GlobalAlloc, Layout};
+use core::alloc::Layout;
 use core::ptr::{addr_of_mut, NonNull};
 
 use linked_list_allocator::Heap;
@@ -17,24 +19,28 @@ struct HeapArea(#[allow(dead_code)] [u8; EARLY_HEAP_SIZE]); // used through its 
 
 static mut EARLY_HEAP_AREA: HeapArea = HeapArea([0; EARLY_HEAP_SIZE]);
 
-struct EarlyHeap(IrqSpinlock<Heap>);
+static HEAP: IrqSpinlock<Heap> = IrqSpinlock::new(Heap::empty());
 
-#[global_allocator]
-static HEAP: EarlyHeap = EarlyHeap(IrqSpinlock::new(Heap::empty()));
+/// Allocates from the early heap (null when it is exhausted).
+pub fn alloc(layout: Layout) -> *mut u8 {
+    HEAP.lock().allocate_first_fit(layout).map_or(core::ptr::null_mut(), |p| p.as_ptr())
+}
 
-// SAFETY: allocations come from the heap's own free list under its lock;
-// `dealloc` gets back only pointers that `alloc` handed out (GlobalAlloc contract).
-unsafe impl GlobalAlloc for EarlyHeap {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.0.lock().allocate_first_fit(layout).map_or(core::ptr::null_mut(), |p| p.as_ptr())
+/// Frees an early-heap block.
+///
+/// # Safety
+/// `ptr` came from [`alloc`] with the same `layout` and is not used again.
+pub unsafe fn dealloc(ptr: *mut u8, layout: Layout) {
+    if let Some(ptr) = NonNull::new(ptr) {
+        // SAFETY: per the contract, `ptr` is a live block of this heap with `layout`.
+        unsafe { HEAP.lock().deallocate(ptr, layout) }
     }
+}
 
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if let Some(ptr) = NonNull::new(ptr) {
-            // SAFETY: per the GlobalAlloc contract `ptr` came from `alloc` with `layout`.
-            unsafe { self.0.lock().deallocate(ptr, layout) }
-        }
-    }
+/// Whether `ptr` lies in the early heap's area.
+pub fn owns(ptr: *mut u8) -> bool {
+    let start = addr_of_mut!(EARLY_HEAP_AREA) as usize;
+    (start..start + EARLY_HEAP_SIZE).contains(&(ptr as usize))
 }
 
 /// Hands the `.bss` area to the allocator. Must run once, before any allocation.
@@ -43,13 +49,13 @@ pub fn init() {
     // used by nothing else, so the heap owns it exclusively from now on.
     unsafe {
         let start = addr_of_mut!(EARLY_HEAP_AREA) as *mut u8;
-        HEAP.0.lock().init(start, EARLY_HEAP_SIZE);
+        HEAP.lock().init(start, EARLY_HEAP_SIZE);
     }
 }
 
 /// (used, free) bytes of the early heap.
 pub fn usage() -> (usize, usize) {
-    let heap = HEAP.0.lock();
+    let heap = HEAP.lock();
     (heap.used(), heap.free())
 }
 
@@ -74,13 +80,15 @@ fn heap_box_vec_and_string() -> crate::ktest::KResult {
 }
 
 fn heap_reuses_freed_memory() -> crate::ktest::KResult {
-    let (used_before, _) = usage();
-    for _ in 0..1000 {
+    // Small (slab) and large (page allocator) blocks: after freeing, the free
+    // page count is back where it was.
+    let free_before = crate::slab::nr_free_pages_settled();
+    for i in 0..1000 {
         let v = alloc::vec![0u8; 64 * 1024];
-        crate::kassert_eq!(v.len(), 64 * 1024);
+        let w = alloc::vec![1u8; 8 + i % 500];
+        crate::kassert_eq!(v.len() + w.len(), 64 * 1024 + 8 + i % 500);
     }
-    let (used_after, _) = usage();
-    crate::kassert_eq!(used_before, used_after);
+    crate::kassert_eq!(crate::slab::nr_free_pages_settled(), free_before);
     Ok(())
 }
 

@@ -26,6 +26,7 @@ use crate::println;
 pub const SUITES: &[&[KTest]] = &[
     crate::memmap::KTESTS,
     crate::heap::KTESTS,
+    crate::slab::KTESTS,
     crate::page_alloc_ktests::KTESTS,
     crate::vm_ktests::KTESTS,
     crate::vmalloc_ktests::KTESTS,

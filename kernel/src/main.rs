@@ -27,6 +27,7 @@ mod page_alloc_ktests;
 mod printk;
 mod serial;
 mod shrinker;
+mod slab;
 mod shrinker_ktests;
 mod sysctl;
 mod sync;
@@ -109,6 +110,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     if let Err(e) = vmalloc::init() {
         panic!("cannot set up the kernel page tables: {}", e);
     }
+    slab::init();
     apic::init(facts.physical_memory_offset);
 
     if let Some(test) = cmdline.selftest {

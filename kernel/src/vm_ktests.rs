@@ -47,7 +47,7 @@ fn teardown() {
 
 fn first_touch_maps_zeroed_pages_on_demand() -> KResult {
     const BASE: u64 = 0x4000_0000;
-    let free_before = page_alloc().stats().free();
+    let free_before = crate::slab::nr_free_pages_settled();
     activate_with_vma(BASE, 16 * PAGE_SIZE, VmFlags::NOHUGEPAGE)?;
     let faults = crate::fault::RESOLVED_FAULTS.load(core::sync::atomic::Ordering::Relaxed);
     let mut ok = true;
@@ -69,14 +69,14 @@ fn first_touch_maps_zeroed_pages_on_demand() -> KResult {
     kassert!(ok, "pages not zero on first read or lost their data");
     kassert_eq!(new_faults, 16);
     kassert!(matches!(mapped, Some(Some(t)) if t.level == Level::Pte), "page not mapped at PTE level: {:?}", mapped);
-    kassert_eq!(page_alloc().stats().free(), free_before);
+    kassert_eq!(crate::slab::nr_free_pages_settled(), free_before);
     Ok(())
 }
 
 fn invlpg_makes_a_remap_visible() -> KResult {
     const VA: u64 = 0x5000_0000;
     let a = page_alloc();
-    let free_before = a.stats().free();
+    let free_before = crate::slab::nr_free_pages_settled();
     // Two frames with different contents, mapped in turn at the same address.
     let frames = [a.alloc_pages(GFP_KERNEL, 0).map_err(|e| err("alloc", e))?, a.alloc_pages(GFP_KERNEL, 0).map_err(|e| err("alloc", e))?];
     for (i, f) in frames.iter().enumerate() {
@@ -116,14 +116,13 @@ fn invlpg_makes_a_remap_visible() -> KResult {
         a.free_pages(f);
     }
     kassert_eq!(seen, [0xaaaa_0000, 0xaaaa_0001]);
-    kassert_eq!(a.stats().free(), free_before);
+    kassert_eq!(crate::slab::nr_free_pages_settled(), free_before);
     Ok(())
 }
 
 fn thp_fault_maps_2mib_and_dontneed_splits_it() -> KResult {
     const BASE: u64 = 0x6000_0000; // 2 MiB aligned
-    let a = page_alloc();
-    let free_before = a.stats().free();
+    let free_before = crate::slab::nr_free_pages_settled();
     let thps_before = PGTABLE_CTL.nr_anon_thps();
     activate_with_vma(BASE, 2 * PMD_SIZE, VmFlags::HUGEPAGE)?;
     // SAFETY: inside the writable VMA of the current address space.
@@ -159,13 +158,12 @@ fn thp_fault_maps_2mib_and_dontneed_splits_it() -> KResult {
     kassert!(kept, "sub-pages lost data in the split");
     kassert_eq!(dropped, 0);
     kassert_eq!(PGTABLE_CTL.nr_anon_thps(), thps_before);
-    kassert_eq!(a.stats().free(), free_before);
+    kassert_eq!(crate::slab::nr_free_pages_settled(), free_before);
     Ok(())
 }
 
 fn unmapping_everything_returns_page_tables_to_the_allocator() -> KResult {
-    let a = page_alloc();
-    let free_before = a.stats().free();
+    let free_before = crate::slab::nr_free_pages_settled();
     let tables_before = PGTABLE_CTL.nr_pagetable_pages();
     // One page in each of several PUD/PMD slots: every level gets tables.
     let addrs: [u64; 4] = [0x1_0000_0000, 0x1_4020_0000, 0x80_0000_0000, 0x7f00_0000_0000];
@@ -198,7 +196,7 @@ fn unmapping_everything_returns_page_tables_to_the_allocator() -> KResult {
     kassert_eq!(pte_left, 0);
     kassert_eq!(tables_after_unmap, tables_before + 1); // only the root is left
     kassert_eq!(PGTABLE_CTL.nr_pagetable_pages(), tables_before);
-    kassert_eq!(a.stats().free(), free_before);
+    kassert_eq!(crate::slab::nr_free_pages_settled(), free_before);
     Ok(())
 }
 
@@ -260,8 +258,7 @@ pub fn pt_reclaim_run(iterations: u64, reclaim: bool) -> Result<PtReclaimRun, cr
 }
 
 fn pt_reclaim_experiment_keeps_page_tables_flat() -> KResult {
-    let a = page_alloc();
-    let free_before = a.stats().free();
+    let free_before = crate::slab::nr_free_pages_settled();
     let iterations = crate::pgtable::PT_RECLAIM_TEST_ITERATIONS;
     let on = pt_reclaim_run(iterations, true)?;
     let off = pt_reclaim_run(iterations.min(256), false)?;
@@ -273,6 +270,6 @@ fn pt_reclaim_experiment_keeps_page_tables_flat() -> KResult {
     kassert!(on.pt_bytes_after <= on.pt_bytes_before + 32 * 1024, "page tables grew by {} bytes", on.pt_bytes_after - on.pt_bytes_before);
     // Without reclaim every iteration leaves its PTE table behind.
     kassert!(off.pt_bytes_after >= off.pt_bytes_before + off.iterations * PAGE_SIZE, "reclaim-off run freed tables");
-    kassert_eq!(a.stats().free(), free_before);
+    kassert_eq!(crate::slab::nr_free_pages_settled(), free_before);
     Ok(())
 }

@@ -29,6 +29,7 @@ pub mod pgtable;
 pub mod fault;
 pub mod pt_reclaim;
 pub mod tlb;
+pub mod slab;
 
 pub mod overflow;
 pub mod sched_mm;

@@ -7,19 +7,30 @@
 //! an NMI on top of an allocator that "holds its locks" — the situation
 //! `try_alloc_pages()` / `free_pages_nolock()` exist for.
 
-use alloc::vec::Vec;
-
-use crate::page_alloc::{FreeArea, PageAlloc};
+use crate::page_alloc::{FreeArea, PageAlloc, NR_ZONES};
 use crate::pcp::PcpGuard;
 use crate::sync::{Platform, SpinGuard};
 
-/// Every lock of one CPU's view of the allocator; released on drop, in the
-/// reverse order of taking them (fields drop in declaration order), so each
-/// guard restores the interrupt state saved when it was taken.
+/// Every lock of one CPU's view of the allocator, in fixed arrays (taking the
+/// locks must not allocate: the kernel heap would need the very locks held).
+/// Released on drop in the reverse order of taking them, so each guard
+/// restores the interrupt state saved when it was taken and interrupts come
+/// back on only when the outermost lock goes.
 #[must_use = "the locks are released when this guard is dropped"]
 pub struct HeldLocks<'l, P: Platform> {
-    _zones: Vec<SpinGuard<'l, FreeArea, P>>,
-    _pcp: Vec<PcpGuard<'l, P>>,
+    pcp: [Option<PcpGuard<'l, P>>; NR_ZONES],
+    zones: [Option<SpinGuard<'l, FreeArea, P>>; NR_ZONES],
+}
+
+impl<P: Platform> Drop for HeldLocks<'_, P> {
+    fn drop(&mut self) {
+        for zone in self.zones.iter_mut().rev() {
+            drop(zone.take());
+        }
+        for pcp in self.pcp.iter_mut().rev() {
+            drop(pcp.take());
+        }
+    }
 }
 
 impl<'a, P: Platform> PageAlloc<'a, P> {
@@ -32,12 +43,14 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     /// current CPU, or this panics.
     pub fn hold_locks(&self, cpu: usize) -> HeldLocks<'_, P> {
         let cpu = cpu.min(self.nr_cpus - 1);
-        let pcp = self
-            .zones
-            .iter()
-            .map(|z| self.pcp_lock_cpu(z, cpu).expect("hold_locks: on a CPU-local platform, only the current CPU's lists"))
-            .collect();
-        let zones = self.zones.iter().map(|z| z.area.lock()).collect();
-        HeldLocks { _zones: zones, _pcp: pcp }
+        let mut held = HeldLocks { pcp: [const { None }; NR_ZONES], zones: [const { None }; NR_ZONES] };
+        for (slot, z) in held.pcp.iter_mut().zip(&self.zones) {
+            let guard = self.pcp_lock_cpu(z, cpu);
+            *slot = Some(guard.expect("hold_locks: on a CPU-local platform, only the current CPU's lists"));
+        }
+        for (slot, z) in held.zones.iter_mut().zip(&self.zones) {
+            *slot = Some(z.area.lock());
+        }
+        held
     }
 }

@@ -1,0 +1,235 @@
+//! `kmalloc` in the kernel and the `#[global_allocator]`.
+//!
+//! The `mm::slab` caches (8 B .. 8 KiB) are instantiated over the page
+//! allocator and the direct map. The global allocator ([`KernelHeap`]) sends
+//! `Box`/`Vec`/`String` allocations to:
+//!
+//! - the early `.bss` heap until the page allocator is up (and frees blocks
+//!   from there back to it);
+//! - `kmalloc` for sizes up to 8 KiB;
+//! - the page allocator for larger blocks (up to 4 MiB, order 10).
+//!
+//! Every allocation uses `GFP_KERNEL` narrowed by the current
+//! `memalloc_nofs/noio` scope, which is how vmalloc's bookkeeping honours its
+//! caller's flags. Empty slabs are given back by the slab shrinker.
+//!
+//! Linux counterparts: `mm/slub.c` (`kmalloc`, `kfree`), `kmalloc_large`,
+//! `/proc/slabinfo`.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use mm::addr::{Pfn, PAGE_SHIFT, PAGE_SIZE};
+use mm::gfp::{Gfp, GFP_KERNEL};
+use mm::page::PageMeta;
+use mm::page_alloc::{AllocError, Pages, MAX_ORDER};
+use mm::shrinker::{ShrinkControl, Shrinker};
+use mm::slab::{DirectMap, Kmalloc, SlabConfig, SlabPageProvider, KMALLOC_MAX_CACHE_SIZE};
+
+use crate::memmap;
+use crate::page_alloc::{page_alloc, KernelPlatform};
+use crate::vmalloc::MEMALLOC_SCOPE;
+
+/// Slab pages come from the kernel's page allocator.
+pub struct SlabPages;
+
+impl SlabPageProvider for SlabPages {
+    fn alloc_slab_pages(&self, gfp: Gfp, order: usize) -> Result<Pages, AllocError> {
+        page_alloc().alloc_pages(gfp, order)
+    }
+    fn free_slab_pages(&self, pages: Pages) {
+        page_alloc().free_pages(pages)
+    }
+    fn slab_page(&self, pfn: Pfn) -> Option<&PageMeta> {
+        page_alloc().page(pfn)
+    }
+}
+
+/// Frames through the kernel's direct map.
+pub struct KernelDirectMap;
+
+// SAFETY: the direct map maps every physical frame at `offset + phys`
+// (contiguous, so aligned blocks stay aligned), for the kernel's lifetime;
+// `virt_to_pfn` is its inverse and rejects addresses outside the frames the
+// page allocator describes.
+unsafe impl DirectMap for KernelDirectMap {
+    fn pfn_to_virt(&self, pfn: Pfn) -> *mut u8 {
+        memmap::phys_to_virt(pfn.phys_addr())
+    }
+    fn virt_to_pfn(&self, addr: usize) -> Option<Pfn> {
+        let offset = memmap::facts().physical_memory_offset as usize;
+        let pfn = Pfn((addr.checked_sub(offset)? >> PAGE_SHIFT) as u64);
+        page_alloc().page(pfn).map(|_| pfn)
+    }
+}
+
+static SLAB_PAGES: SlabPages = SlabPages;
+static DIRECT_MAP: KernelDirectMap = KernelDirectMap;
+
+/// The kernel's kmalloc caches.
+pub static KMALLOC: Kmalloc<'static, SlabPages, KernelDirectMap, KernelPlatform> =
+    Kmalloc::new(&SLAB_PAGES, &DIRECT_MAP, SlabConfig { init_on_alloc: false, init_on_free: false });
+
+/// Set once the page allocator can serve the global allocator.
+static READY: AtomicBool = AtomicBool::new(false);
+
+/// Gives empty slabs back to the page allocator under memory pressure.
+struct SlabShrinker;
+
+impl Shrinker for SlabShrinker {
+    fn name(&self) -> &str {
+        "kmalloc-slabs"
+    }
+    fn count_objects(&self, _: &ShrinkControl) -> u64 {
+        KMALLOC.count_reclaimable()
+    }
+    fn scan_objects(&self, _: &mut ShrinkControl) -> u64 {
+        KMALLOC.shrink()
+    }
+}
+
+static SLAB_SHRINKER: SlabShrinker = SlabShrinker;
+
+/// Switches the global allocator to kmalloc and registers the slab shrinker.
+pub fn init() {
+    crate::shrinker::register(&SLAB_SHRINKER);
+    READY.store(true, Ordering::SeqCst);
+    log::info!("slab: kmalloc caches 8 B .. {} KiB now serve the kernel heap", KMALLOC_MAX_CACHE_SIZE / 1024);
+}
+
+fn is_kmalloc_layout(layout: Layout) -> bool {
+    layout.size() <= KMALLOC_MAX_CACHE_SIZE && layout.align() <= PAGE_SIZE as usize
+}
+
+/// Page order of a large block.
+fn large_order(size: usize) -> usize {
+    let pages = size.div_ceil(PAGE_SIZE as usize).max(1);
+    pages.next_power_of_two().trailing_zeros() as usize
+}
+
+/// The kernel's `#[global_allocator]`.
+pub struct KernelHeap;
+
+#[global_allocator]
+static HEAP: KernelHeap = KernelHeap;
+
+// SAFETY: each block comes from exactly one backing allocator and goes back
+// to the same one: early-heap blocks are recognised by address, the rest by
+// their layout (small: kmalloc, which finds the slab from the address; large:
+// the page-allocator block of the layout's order at that address).
+unsafe impl GlobalAlloc for KernelHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if !READY.load(Ordering::Acquire) {
+            return crate::heap::alloc(layout);
+        }
+        let gfp = MEMALLOC_SCOPE.current_gfp_context(GFP_KERNEL);
+        if is_kmalloc_layout(layout) {
+            return KMALLOC.kmalloc_layout(layout, gfp).map_or(core::ptr::null_mut(), |p| p.as_ptr());
+        }
+        let order = large_order(layout.size());
+        if order > MAX_ORDER || layout.align() > (PAGE_SIZE as usize) << order {
+            return core::ptr::null_mut();
+        }
+        match page_alloc().alloc_pages(gfp, order) {
+            Ok(pages) => memmap::phys_to_virt(pages.leak().phys_addr()),
+            Err(_) => core::ptr::null_mut(),
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if crate::heap::owns(ptr) {
+            // SAFETY: an early-heap block, handed out with this layout.
+            return unsafe { crate::heap::dealloc(ptr, layout) };
+        }
+        if is_kmalloc_layout(layout) {
+            if let Some(p) = core::ptr::NonNull::new(ptr) {
+                if let Err(e) = KMALLOC.kfree(p) {
+                    log::error!("kfree({:p}): {:?}", ptr, e);
+                }
+            }
+            return;
+        }
+        let Some(pfn) = DIRECT_MAP.virt_to_pfn(ptr as usize) else {
+            return log::error!("dealloc({:p}): not a kernel heap address", ptr);
+        };
+        // SAFETY: `alloc` leaked exactly this block (pfn, order of the layout).
+        page_alloc().free_pages(unsafe { Pages::from_raw(pfn, large_order(layout.size())) });
+    }
+}
+
+/// Free pages once the slab caches have given back their empty slabs: the
+/// number tests compare before and after (kernel heap objects allocated and
+/// freed in between may otherwise leave an empty slab cached).
+pub fn nr_free_pages_settled() -> u64 {
+    let _ = KMALLOC.shrink();
+    page_alloc().stats().free()
+}
+
+pub const COMMANDS: &[crate::console::Command] = &[crate::console::Command {
+    name: "slabinfo",
+    args: "",
+    help: "kmalloc caches, like /proc/slabinfo",
+    run: |_| {
+        let _ = KMALLOC.slabinfo(&mut crate::serial::Writer);
+    },
+}];
+
+pub const KTESTS: &[crate::ktest::KTest] = &[
+    crate::ktest!(kmalloc_serves_every_size_class_from_real_pages),
+    crate::ktest!(kfree_refuses_double_and_foreign_frees),
+    crate::ktest!(slab_shrinker_returns_empty_slabs),
+];
+
+fn kmalloc_serves_every_size_class_from_real_pages() -> crate::ktest::KResult {
+    let mut ptrs = alloc::vec::Vec::new();
+    for size in [8usize, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192] {
+        let p = KMALLOC.kmalloc(size, GFP_KERNEL).map_err(|_| "kmalloc failed")?;
+        // SAFETY: a fresh object of `size` bytes.
+        unsafe { core::ptr::write_bytes(p.as_ptr(), size as u8, size) };
+        ptrs.push((p, size));
+    }
+    let mut ok = true;
+    for &(p, size) in &ptrs {
+        // SAFETY: still allocated, `size` bytes.
+        ok &= unsafe { core::slice::from_raw_parts(p.as_ptr(), size) }.iter().all(|&b| b == size as u8);
+        ok &= (p.as_ptr() as usize) % size.next_power_of_two().min(64) == 0 || size == 96 || size == 192;
+        ok &= KMALLOC.kfree(p).is_ok();
+    }
+    crate::kassert!(ok, "object contents, alignment or kfree wrong");
+    crate::kassert!(matches!(KMALLOC.kmalloc(8193, GFP_KERNEL), Err(mm::slab::KmallocError::TooLarge)), "8193 B accepted");
+    Ok(())
+}
+
+fn kfree_refuses_double_and_foreign_frees() -> crate::ktest::KResult {
+    let before = KMALLOC.stats();
+    let p = KMALLOC.kmalloc(64, GFP_KERNEL).map_err(|_| "kmalloc")?;
+    crate::kassert!(KMALLOC.kfree(p).is_ok(), "first kfree refused");
+    crate::kassert!(KMALLOC.kfree(p).is_err(), "double free accepted");
+    let q = KMALLOC.kmalloc(64, GFP_KERNEL).map_err(|_| "kmalloc")?;
+    // SAFETY: only the address is formed; kfree must refuse it without touching memory.
+    let inside = unsafe { core::ptr::NonNull::new_unchecked(q.as_ptr().add(8)) };
+    crate::kassert!(KMALLOC.kfree(inside).is_err(), "misaligned free accepted");
+    crate::kassert!(KMALLOC.kfree(q).is_ok(), "kfree refused");
+    let after = KMALLOC.stats();
+    crate::kassert_eq!(after.double_frees, before.double_frees + 1);
+    crate::kassert_eq!(after.invalid_frees, before.invalid_frees + 1);
+    Ok(())
+}
+
+fn slab_shrinker_returns_empty_slabs() -> crate::ktest::KResult {
+    let _ = KMALLOC.shrink();
+    let free0 = crate::slab::nr_free_pages_settled();
+    let mut objs = alloc::vec::Vec::new();
+    for _ in 0..2000 {
+        objs.push(KMALLOC.kmalloc(512, GFP_KERNEL).map_err(|_| "kmalloc")?);
+    }
+    let held = free0 - crate::slab::nr_free_pages_settled();
+    for p in objs {
+        let _ = KMALLOC.kfree(p);
+    }
+    let freed = crate::shrinker::SHRINKERS.drop_slab();
+    crate::kassert!(held >= 2000 * 512 / 4096, "2000 objects of 512 B held only {} pages", held);
+    crate::kassert!(freed > 0, "the slab shrinker freed nothing");
+    crate::kassert_eq!(crate::slab::nr_free_pages_settled(), free0);
+    Ok(())
+}

@@ -1,0 +1,519 @@
+//! Host tests of kmalloc: size classes, property test, error detection, sanitization,
+//! GFP pass-through, page-allocator failure, multi-threaded stress.
+
+use super::*;
+use crate::fail_page_alloc::FaultAttr;
+use crate::gfp::*;
+use crate::page_alloc::{AllocConfig, NoHooks, NoPhysMem};
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use std::sync::Mutex;
+
+const NR_PAGES: u64 = 8192; // 32 MiB
+
+type Alloc = PageAlloc<'static, HostPlatform>;
+
+fn leak<T>(v: T) -> &'static T {
+    Box::leak(Box::new(v))
+}
+
+fn page_alloc(nr: u64) -> &'static Alloc {
+    let metas = Box::leak((0..nr).map(|_| PageMeta::new()).collect::<Vec<_>>().into_boxed_slice());
+    let cfg = AllocConfig { min_free_kbytes: Some(0), pcp_batch: Some(15), ..AllocConfig::default() };
+    leak(PageAlloc::new(metas, Pfn(0), &[Pfn(0)..Pfn(nr)], &NoPhysMem, &NoHooks, cfg).unwrap())
+}
+
+fn arena(nr: u64) -> &'static ArenaDirectMap {
+    leak(ArenaDirectMap::new(Pfn(0), nr).unwrap())
+}
+
+/// A page provider that records the flags of every slab allocation.
+struct Recording {
+    inner: &'static Alloc,
+    gfps: Mutex<Vec<(Gfp, usize)>>,
+}
+
+impl SlabPageProvider for Recording {
+    fn alloc_slab_pages(&self, gfp: Gfp, order: usize) -> Result<Pages, AllocError> {
+        self.gfps.lock().unwrap().push((gfp, order));
+        self.inner.alloc_pages(gfp, order)
+    }
+    fn free_slab_pages(&self, pages: Pages) {
+        self.inner.free_pages(pages)
+    }
+    fn slab_page(&self, pfn: Pfn) -> Option<&PageMeta> {
+        self.inner.page(pfn)
+    }
+}
+
+struct Env {
+    pa: &'static Alloc,
+    k: Box<Kmalloc<'static, Alloc, ArenaDirectMap>>,
+    baseline: u64,
+}
+
+fn env(config: SlabConfig) -> Env {
+    let pa = page_alloc(NR_PAGES);
+    let baseline = pa.stats().free();
+    Env { pa, k: Box::new(Kmalloc::new(pa, arena(NR_PAGES), config)), baseline }
+}
+
+impl Env {
+    fn assert_all_returned(&self) {
+        self.k.shrink();
+        assert_eq!(self.k.stats().nr_slab_pages, 0);
+        assert_eq!(self.pa.stats().free(), self.baseline, "every slab page back in the page allocator");
+    }
+}
+
+fn fill(p: NonNull<u8>, len: usize, byte: u8) {
+    // SAFETY: `p` is a live object of at least `len` bytes owned by the test.
+    unsafe { core::ptr::write_bytes(p.as_ptr(), byte, len) }
+}
+
+fn bytes(p: NonNull<u8>, len: usize) -> Vec<u8> {
+    // SAFETY: `p` points into the arena, which stays mapped for the whole test; the
+    // tests read freed objects only while no other thread allocates.
+    unsafe { core::slice::from_raw_parts(p.as_ptr(), len) }.to_vec()
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Linux's alignment guarantee: power-of-two sizes aligned to their size, 96 to 32,
+/// 192 to 64, everything to ARCH_KMALLOC_MINALIGN.
+fn expected_align(class_size: usize) -> usize {
+    1 << class_size.trailing_zeros()
+}
+
+#[test]
+fn kmalloc_index_picks_smallest_class() {
+    assert_eq!(kmalloc_index(0), None);
+    assert_eq!(kmalloc_index(KMALLOC_MAX_CACHE_SIZE + 1), None);
+    assert_eq!(kmalloc_index(usize::MAX), None);
+    for size in 1..=KMALLOC_MAX_CACHE_SIZE {
+        let i = kmalloc_index(size).unwrap();
+        assert!(kmalloc_size(i) >= size, "size {size}");
+        assert!(i == 0 || kmalloc_size(i - 1) < size, "size {size} not in the smallest class");
+    }
+    let sizes: Vec<usize> = (0..NR_KMALLOC_CACHES).map(kmalloc_size).collect();
+    assert_eq!(sizes, [8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192]);
+}
+
+#[test]
+fn each_size_class_alloc_write_free() {
+    let e = env(SlabConfig::default());
+    for i in 0..NR_KMALLOC_CACHES {
+        let size = kmalloc_size(i);
+        let s = &e.k.caches()[i];
+        assert!(s.objs_per_slab() >= 3, "{}", s.name());
+        let n = s.objs_per_slab() * 2 + 1;
+        let objs: Vec<_> = (0..n).map(|_| e.k.kmalloc(size, GFP_KERNEL).unwrap()).collect();
+        for (j, p) in objs.iter().enumerate() {
+            assert_eq!(p.as_ptr() as usize % expected_align(size), 0, "{} misaligned", s.name());
+            assert_eq!(e.k.ksize(*p), Ok(size));
+            fill(*p, size, j as u8);
+        }
+        for (j, p) in objs.iter().enumerate() {
+            assert!(bytes(*p, size).iter().all(|&b| b == j as u8), "{} contents", s.name());
+        }
+        let mut sorted: Vec<usize> = objs.iter().map(|p| p.as_ptr() as usize).collect();
+        sorted.sort();
+        assert!(sorted.windows(2).all(|w| w[1] - w[0] >= size), "{} overlap", s.name());
+        for p in objs {
+            e.k.kfree(p).unwrap();
+        }
+    }
+    e.assert_all_returned();
+}
+
+#[test]
+fn zero_size_and_too_large() {
+    let e = env(SlabConfig::default());
+    assert_eq!(e.k.kmalloc(0, GFP_KERNEL), Ok(ZERO_SIZE_PTR));
+    assert_eq!(e.k.kfree(ZERO_SIZE_PTR), Ok(()));
+    assert_eq!(e.k.ksize(ZERO_SIZE_PTR), Ok(0));
+    assert_eq!(e.k.kmalloc(8193, GFP_KERNEL), Err(KmallocError::TooLarge));
+    assert_eq!(e.k.kmalloc(usize::MAX, GFP_KERNEL), Err(KmallocError::TooLarge));
+    let big_align = Layout::from_size_align(8, 8192).unwrap();
+    assert_eq!(e.k.kmalloc_layout(big_align, GFP_KERNEL), Err(KmallocError::TooLarge));
+    assert_eq!(e.k.stats().nr_slab_pages, 0);
+}
+
+#[test]
+fn layout_alignment_is_honoured() {
+    let e = env(SlabConfig::default());
+    for (size, align) in [(1, 8), (24, 32), (96, 64), (100, 256), (3000, 4096), (8, 1)] {
+        let p = e.k.kmalloc_layout(Layout::from_size_align(size, align).unwrap(), GFP_KERNEL).unwrap();
+        assert_eq!(p.as_ptr() as usize % align, 0, "size {size} align {align}");
+        assert!(e.k.ksize(p).unwrap() >= size);
+        e.k.kfree(p).unwrap();
+    }
+    e.assert_all_returned();
+}
+
+/// Random alloc/free sequences across sizes: no overlap, alignment, contents kept,
+/// and every page back after freeing everything and shrinking.
+#[test]
+fn random_alloc_free_property() {
+    for seed in [1u64, 0xdead_beef, 42, 7777] {
+        let e = env(SlabConfig::default());
+        let mut rng = Rng(seed);
+        let mut live: BTreeMap<usize, (usize, u8)> = BTreeMap::new();
+        for step in 0..20_000 {
+            if live.is_empty() || rng.next() % 100 < 55 {
+                let size = match rng.next() % 4 {
+                    0 => 1 + (rng.next() % 64) as usize,
+                    1 => 1 + (rng.next() % 256) as usize,
+                    2 => 1 + (rng.next() % 2048) as usize,
+                    _ => 1 + (rng.next() % 8192) as usize,
+                };
+                let p = e.k.kmalloc(size, GFP_KERNEL).unwrap();
+                let a = p.as_ptr() as usize;
+                let class = kmalloc_size(kmalloc_index(size).unwrap());
+                assert_eq!(a % expected_align(class).min(4096).max(8), 0, "alignment size {size}");
+                if let Some((&prev, &(plen, _))) = live.range(..=a).next_back() {
+                    assert!(prev + plen <= a, "overlaps previous object");
+                }
+                if let Some((&next, _)) = live.range(a..).next() {
+                    assert!(a + size <= next, "overlaps next object");
+                }
+                let tag = (step % 251) as u8;
+                fill(p, size, tag);
+                live.insert(a, (size, tag));
+            } else {
+                let k = rng.next() as usize % live.len();
+                let (&a, &(size, tag)) = live.iter().nth(k).unwrap();
+                let p = NonNull::new(a as *mut u8).unwrap();
+                assert!(bytes(p, size).iter().all(|&b| b == tag), "contents changed");
+                e.k.kfree(p).unwrap();
+                live.remove(&a);
+            }
+        }
+        for (&a, &(size, tag)) in &live {
+            let p = NonNull::new(a as *mut u8).unwrap();
+            assert!(bytes(p, size).iter().all(|&b| b == tag));
+            e.k.kfree(p).unwrap();
+        }
+        assert_eq!(e.k.stats().double_frees + e.k.stats().invalid_frees, 0);
+        e.assert_all_returned();
+    }
+}
+
+#[test]
+fn double_free_is_detected_on_array_cache_and_in_slab() {
+    let e = env(SlabConfig::default());
+    let p = e.k.kmalloc(32, GFP_KERNEL).unwrap();
+    let q = e.k.kmalloc(32, GFP_KERNEL).unwrap();
+    e.k.kfree(p).unwrap();
+    assert_eq!(e.k.kfree(p), Err(KfreeError::DoubleFree), "object on the per-CPU cache");
+    e.k.drain_cpu_caches();
+    assert_eq!(e.k.kfree(p), Err(KfreeError::DoubleFree), "object back in its slab");
+    assert_eq!(e.k.stats().double_frees, 2);
+    // Nothing was corrupted: the object is handed out once, not twice.
+    let objs: Vec<usize> = (0..200).map(|_| e.k.kmalloc(32, GFP_KERNEL).unwrap().as_ptr() as usize).collect();
+    let mut uniq = objs.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), objs.len(), "an object was handed out twice");
+    for a in objs {
+        e.k.kfree(NonNull::new(a as *mut u8).unwrap()).unwrap();
+    }
+    e.k.kfree(q).unwrap();
+    e.assert_all_returned();
+}
+
+#[test]
+fn never_allocated_object_is_refused() {
+    let e = env(SlabConfig::default());
+    let p = e.k.kmalloc(64, GFP_KERNEL).unwrap();
+    // The neighbour in the same slab was never handed out.
+    let neighbour = NonNull::new((p.as_ptr() as usize + 64 * 10) as *mut u8).unwrap();
+    assert_eq!(e.k.kfree(neighbour), Err(KfreeError::DoubleFree));
+    e.k.kfree(p).unwrap();
+    e.assert_all_returned();
+}
+
+#[test]
+fn invalid_frees_are_refused() {
+    let e = env(SlabConfig::default());
+    let p = e.k.kmalloc(100, GFP_KERNEL).unwrap(); // kmalloc-128
+    let inner = NonNull::new((p.as_ptr() as usize + 8) as *mut u8).unwrap();
+    assert_eq!(e.k.kfree(inner), Err(KfreeError::Misaligned));
+    // The slab descriptor area.
+    let slab = p.as_ptr() as usize & !4095;
+    assert_eq!(e.k.kfree(NonNull::new(slab as *mut u8).unwrap()), Err(KfreeError::Misaligned));
+    // Not in the direct map at all.
+    let mut local = 0u64;
+    assert_eq!(e.k.kfree(NonNull::from(&mut local).cast()), Err(KfreeError::NotSlab));
+    // A page of the page allocator that is not a slab.
+    let pages = e.pa.alloc_pages(GFP_KERNEL, 0).unwrap();
+    let map_addr = e.k.map.pfn_to_virt(pages.pfn()) as usize;
+    assert_eq!(e.k.kfree(NonNull::new((map_addr + 128) as *mut u8).unwrap()), Err(KfreeError::NotSlab));
+    e.pa.free_pages(pages);
+    // A tail page of a multi-page slab, misaligned.
+    let big = e.k.kmalloc(1024, GFP_KERNEL).unwrap();
+    let odd = NonNull::new((big.as_ptr() as usize + 4096 + 24) as *mut u8).unwrap();
+    assert!(matches!(e.k.kfree(odd), Err(KfreeError::Misaligned | KfreeError::NotSlab)));
+    assert_eq!(e.k.stats().invalid_frees, 5);
+    // The object is untouched and still freeable.
+    e.k.kfree(p).unwrap();
+    e.k.kfree(big).unwrap();
+    e.assert_all_returned();
+}
+
+#[test]
+fn objects_in_tail_pages_are_found() {
+    let e = env(SlabConfig::default());
+    // kmalloc-1k uses order-3 slabs: allocate a whole slab, free them all (many are in
+    // tail pages) after a drain so the frees go through virt_to_slab's tail probing.
+    let n = e.k.caches()[kmalloc_index(1024).unwrap()].objs_per_slab();
+    let objs: Vec<_> = (0..n).map(|_| e.k.kmalloc(1000, GFP_KERNEL).unwrap()).collect();
+    let slab_pages: Vec<u64> = objs.iter().map(|p| (p.as_ptr() as usize / 4096) as u64).collect();
+    assert!(slab_pages.iter().any(|&pg| pg % 8 != 0), "some objects live in tail pages");
+    for p in objs {
+        e.k.kfree(p).unwrap();
+    }
+    e.assert_all_returned();
+}
+
+#[test]
+fn init_on_free_zeroes_freed_objects() {
+    let e = env(SlabConfig { init_on_free: true, init_on_alloc: false });
+    let p = e.k.kmalloc(256, GFP_KERNEL).unwrap();
+    fill(p, 256, 0xAB);
+    e.k.kfree(p).unwrap();
+    let b = bytes(p, 256);
+    assert!(b[8..].iter().all(|&x| x == 0), "init_on_free leaves old contents");
+    assert_ne!(&b[..8], &[0xAB; 8], "the first word no longer holds old data");
+    e.assert_all_returned();
+
+    // Off by default: contents after the marker word survive a free.
+    let e = env(SlabConfig::default());
+    let p = e.k.kmalloc(256, GFP_KERNEL).unwrap();
+    fill(p, 256, 0xAB);
+    e.k.kfree(p).unwrap();
+    assert!(bytes(p, 256)[8..].iter().all(|&x| x == 0xAB));
+    e.assert_all_returned();
+}
+
+#[test]
+fn gfp_zero_and_init_on_alloc_zero_objects() {
+    for (config, gfp) in [
+        (SlabConfig::default(), GFP_KERNEL | __GFP_ZERO),
+        (SlabConfig { init_on_alloc: true, init_on_free: false }, GFP_KERNEL),
+    ] {
+        let e = env(config);
+        let p = e.k.kmalloc(512, GFP_KERNEL).unwrap();
+        fill(p, 512, 0xCD);
+        e.k.kfree(p).unwrap();
+        let q = e.k.kmalloc(500, gfp).unwrap();
+        assert_eq!(p, q, "LIFO per-CPU cache hands the same object back");
+        assert!(bytes(q, 512).iter().all(|&x| x == 0));
+        e.k.kfree(q).unwrap();
+        let z = e.k.kzalloc(16, GFP_KERNEL).unwrap();
+        assert!(bytes(z, 16).iter().all(|&x| x == 0));
+        e.k.kfree(z).unwrap();
+        e.assert_all_returned();
+    }
+}
+
+#[test]
+fn gfp_flags_reach_the_page_allocator() {
+    let pa = page_alloc(NR_PAGES);
+    let rec = leak(Recording { inner: pa, gfps: Mutex::new(Vec::new()) });
+    let k = Box::new(Kmalloc::<_, _, HostPlatform>::new(rec, arena(NR_PAGES), SlabConfig::default()));
+    let cases = [(8, GFP_NOFS), (96, GFP_NOIO), (4096, GFP_NOWAIT), (192, GFP_ATOMIC), (64, GFP_KERNEL | __GFP_ZERO)];
+    let mut objs = Vec::new();
+    for (size, gfp) in cases {
+        objs.push(k.kmalloc(size, gfp).unwrap());
+        let (got, order) = *rec.gfps.lock().unwrap().last().unwrap();
+        assert_eq!(got, gfp.difference(__GFP_ZERO), "size {size}");
+        assert_eq!(order, k.caches()[kmalloc_index(size).unwrap()].pages_per_slab().trailing_zeros() as usize);
+    }
+    assert_eq!(rec.gfps.lock().unwrap().len(), cases.len(), "one slab per class");
+    for p in objs {
+        k.kfree(p).unwrap();
+    }
+    k.shrink();
+}
+
+#[test]
+fn page_allocator_failure_returns_error_and_leaks_nothing() {
+    let e = env(SlabConfig::default());
+    e.pa.fail.configure(FaultAttr::every_nth(1));
+    for size in [8, 200, 8192] {
+        assert_eq!(e.k.kmalloc(size, GFP_KERNEL), Err(KmallocError::NoMemory(AllocError::Injected)));
+    }
+    assert_eq!(e.k.stats().nr_slab_pages, 0);
+    assert_eq!(e.pa.stats().free(), e.baseline);
+    e.pa.fail.disable();
+
+    // Random failures in the middle of a workload: errors only, and nothing leaks.
+    e.pa.fail.configure(FaultAttr::random_percent(30, 9));
+    let mut rng = Rng(5);
+    let mut live = Vec::new();
+    let mut failures = 0;
+    for _ in 0..5000 {
+        if live.is_empty() || rng.next() % 2 == 0 {
+            match e.k.kmalloc(1 + (rng.next() % 8192) as usize, GFP_KERNEL) {
+                Ok(p) => live.push(p),
+                Err(err) => {
+                    assert_eq!(err, KmallocError::NoMemory(AllocError::Injected));
+                    failures += 1;
+                }
+            }
+        } else {
+            let i = rng.next() as usize % live.len();
+            e.k.kfree(live.swap_remove(i)).unwrap();
+        }
+    }
+    e.pa.fail.disable();
+    assert!(failures > 0);
+    for p in live {
+        e.k.kfree(p).unwrap();
+    }
+    e.assert_all_returned();
+}
+
+#[test]
+fn empty_slabs_are_capped_and_shrinkable() {
+    let e = env(SlabConfig::default());
+    let s = &e.k.caches()[kmalloc_index(64).unwrap()];
+    let n = s.objs_per_slab() * 10;
+    let objs: Vec<_> = (0..n).map(|_| e.k.kmalloc(64, GFP_KERNEL).unwrap()).collect();
+    assert_eq!(e.k.stats().nr_slab_pages, 10);
+    for p in objs {
+        e.k.kfree(p).unwrap();
+    }
+    e.k.drain_cpu_caches();
+    assert_eq!(e.k.stats().nr_slab_pages, MAX_EMPTY_SLABS, "only MAX_EMPTY_SLABS empty slabs kept");
+    assert_eq!(e.k.count_reclaimable(), MAX_EMPTY_SLABS);
+    assert_eq!(e.k.shrink(), MAX_EMPTY_SLABS);
+    assert_eq!(e.k.count_reclaimable(), 0);
+    assert_eq!(e.k.shrink(), 0);
+    e.assert_all_returned();
+}
+
+#[test]
+fn slabinfo_matches_linux_format() {
+    let e = env(SlabConfig::default());
+    let objs: Vec<_> = (0..5).map(|_| e.k.kmalloc(32, GFP_KERNEL).unwrap()).collect();
+    e.k.kfree(objs[4]).unwrap();
+    let mut out = String::new();
+    e.k.slabinfo(&mut out).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "slabinfo - version: 2.1");
+    assert!(lines[1].starts_with("# name            <active_objs> <num_objs> <objsize>"));
+    assert_eq!(lines.len(), 2 + NR_KMALLOC_CACHES);
+    let l32 = lines.iter().find(|l| l.starts_with("kmalloc-32 ")).unwrap();
+    let f: Vec<&str> = l32.split_whitespace().collect();
+    assert_eq!(&f[1..6], &["4", "124", "32", "124", "1"], "{l32}");
+    assert_eq!(f[6], ":");
+    assert_eq!(f[7], "tunables");
+    assert_eq!(&f[12..16], &["slabdata", "1", "1", "0"], "{l32}");
+    assert!(lines.iter().any(|l| l.starts_with("kmalloc-8k ")));
+    for p in &objs[..4] {
+        e.k.kfree(*p).unwrap();
+    }
+    e.assert_all_returned();
+}
+
+std::thread_local! {
+    static CPU: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+/// A platform whose CPU id is per thread, so threads use different array caches.
+struct ThreadCpu;
+impl Platform for ThreadCpu {
+    type IrqState = ();
+    fn irq_save() {}
+    fn irq_restore(_: ()) {}
+    fn cpu_id() -> usize {
+        CPU.with(|c| c.get())
+    }
+}
+
+#[test]
+fn multithreaded_stress_with_cross_cpu_frees() {
+    let pa = page_alloc(NR_PAGES);
+    let baseline = pa.stats().free();
+    let k: &'static Kmalloc<'static, Alloc, ArenaDirectMap, ThreadCpu> =
+        leak(Kmalloc::new(pa, arena(NR_PAGES), SlabConfig { init_on_free: true, init_on_alloc: false }));
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<usize>>();
+    let rx = std::sync::Arc::new(Mutex::new(rx));
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let tx = tx.clone();
+            let rx = rx.clone();
+            std::thread::spawn(move || {
+                CPU.with(|c| c.set(t));
+                let mut rng = Rng(t as u64 * 7919 + 1);
+                let mut live: Vec<(usize, usize, u8)> = Vec::new();
+                for step in 0..30_000u32 {
+                    let r = rng.next();
+                    if live.len() < 64 && r % 3 != 0 {
+                        let size = 1 + (rng.next() % 2048) as usize;
+                        let p = k.kmalloc(size, GFP_KERNEL).unwrap();
+                        fill(p, size, t as u8 ^ step as u8);
+                        live.push((p.as_ptr() as usize, size, t as u8 ^ step as u8));
+                    } else if !live.is_empty() {
+                        let (a, size, tag) = live.swap_remove(r as usize % live.len());
+                        let p = NonNull::new(a as *mut u8).unwrap();
+                        assert!(bytes(p, size).iter().all(|&b| b == tag), "contents");
+                        k.kfree(p).unwrap();
+                    }
+                    if step % 5000 == 0 {
+                        // Hand some objects to another CPU and free what others sent.
+                        let give: Vec<usize> = live.drain(..live.len() / 2).map(|(a, _, _)| a).collect();
+                        tx.send(give).unwrap();
+                        let got = rx.lock().unwrap().try_recv();
+                        if let Ok(objs) = got {
+                            for a in objs {
+                                k.kfree(NonNull::new(a as *mut u8).unwrap()).unwrap();
+                            }
+                        }
+                    }
+                }
+                for (a, _, _) in live {
+                    k.kfree(NonNull::new(a as *mut u8).unwrap()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    drop(tx);
+    for objs in rx.lock().unwrap().iter() {
+        for a in objs {
+            k.kfree(NonNull::new(a as *mut u8).unwrap()).unwrap();
+        }
+    }
+    assert_eq!(k.stats().double_frees + k.stats().invalid_frees, 0);
+    k.shrink();
+    assert_eq!(k.stats().nr_slab_pages, 0);
+    assert_eq!(pa.stats().free(), baseline);
+}
+
+#[test]
+fn page_meta_marks_slab_heads() {
+    let e = env(SlabConfig::default());
+    let p = e.k.kmalloc(2000, GFP_KERNEL).unwrap();
+    let pfn = e.k.map.virt_to_pfn(p.as_ptr() as usize).unwrap();
+    let head = Pfn(pfn.0 & !7);
+    assert!(matches!(e.pa.page(head).unwrap().state(), PageState::Slab { .. }));
+    e.k.kfree(p).unwrap();
+    e.k.shrink();
+    assert!(matches!(e.pa.page(head).unwrap().state(), PageState::Free { .. } | PageState::PcpFree { .. }));
+    e.assert_all_returned();
+}
