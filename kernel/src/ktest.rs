@@ -27,6 +27,7 @@ pub const SUITES: &[&[KTest]] = &[
     crate::memmap::KTESTS,
     crate::heap::KTESTS,
     crate::slab::KTESTS,
+    crate::kvmalloc::KTESTS,
     crate::page_alloc_ktests::KTESTS,
     crate::vm_ktests::KTESTS,
     crate::vmalloc_ktests::KTESTS,

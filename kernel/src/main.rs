@@ -21,6 +21,7 @@ mod vm_ktests;
 mod vmalloc_ktests;
 mod heap;
 mod ktest;
+mod kvmalloc;
 mod memmap;
 mod page_alloc;
 mod page_alloc_ktests;
