@@ -136,6 +136,8 @@ fn console_shows_allocator_state_in_linux_formats() {
         step("mm> ", "ptdump 0xffffffff80000000\n"),
         step("mm> ", "ptdump 0x8000000000000\n"),
         step("mm> ", "vmallocinfo\n"),
+        step("mm> ", "vmalloc-bench 3\n"),
+        step("mm> ", "slabinfo\n"),
         step("mm> ", "drop_caches 3\n"),
         step("mm> ", "drop_caches 6\n"),
         step("mm> ", "drop_caches 9\n"),
@@ -154,6 +156,8 @@ fn console_shows_allocator_state_in_linux_formats() {
     assert!(run.output.contains("PML4[511] = "), "ptdump of the kernel image missing");
     assert!(run.output.contains("ptdump: need a canonical virtual address"), "non-canonical address accepted");
     assert!(run.output.contains("VmallocUsed:"), "vmallocinfo summary missing");
+    assert!(run.output.contains("vmalloc+vfree  1024 KiB: median"), "vmalloc-bench output missing");
+    assert!(run.output.contains("slabinfo - version: 2.1"), "slabinfo header missing");
     // drop_caches logs who asked and the value, unless bit 4 is set.
     assert_eq!(run.output.matches("console (1): drop_caches: 3").count(), 1);
     assert_eq!(run.output.matches(": drop_caches: 6").count(), 0, "bit 4 must silence the log line");

@@ -143,12 +143,51 @@ pub fn describe_fault(addr: u64) -> Option<alloc::string::String> {
     })
 }
 
-pub const COMMANDS: &[crate::console::Command] = &[crate::console::Command {
-    name: "vmallocinfo",
-    args: "",
-    help: "vmalloc areas, like /proc/vmallocinfo",
-    run: |_| {
-        let _ = VMALLOC.vmallocinfo(&mut crate::serial::Writer);
-        let _ = VMALLOC.meminfo(&mut crate::serial::Writer);
+pub const COMMANDS: &[crate::console::Command] = &[
+    crate::console::Command {
+        name: "vmallocinfo",
+        args: "",
+        help: "vmalloc areas, like /proc/vmallocinfo",
+        run: |_| {
+            let _ = VMALLOC.vmallocinfo(&mut crate::serial::Writer);
+            let _ = VMALLOC.meminfo(&mut crate::serial::Writer);
+        },
     },
-}];
+    crate::console::Command {
+        name: "vmalloc-bench",
+        args: "[ROUNDS]",
+        help: "TSC per vmalloc+vfree of 64 KiB and 1 MiB (instructions under --icount)",
+        run: cmd_vmalloc_bench,
+    },
+];
+
+/// Median TSC ticks of `rounds` vmalloc+vfree pairs of `size` bytes.
+fn bench_pair(size: usize, rounds: usize) -> Option<u64> {
+    let mut samples = alloc::vec::Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t0 = cpu::rdtsc();
+        let area = vmalloc(size, GFP_KERNEL).ok()?;
+        vfree(area);
+        samples.push(cpu::rdtsc() - t0);
+    }
+    samples.sort_unstable();
+    samples.get(rounds / 2).copied()
+}
+
+fn cmd_vmalloc_bench(args: &str) {
+    let rounds = args.trim().parse::<usize>().ok().filter(|&r| r > 0).unwrap_or(101);
+    // One warm-up pair so the area list and page tables exist.
+    let _ = bench_pair(4096, 1);
+    for size in [64usize << 10, 1 << 20] {
+        match bench_pair(size, rounds) {
+            Some(ticks) => crate::println!(
+                "vmalloc+vfree {:>5} KiB: median {} TSC ticks per pair, {} per page ({} rounds)",
+                size >> 10,
+                ticks,
+                ticks / (size as u64 / 4096),
+                rounds
+            ),
+            None => crate::println!("vmalloc-bench: vmalloc of {} KiB failed", size >> 10),
+        }
+    }
+}
