@@ -3,6 +3,8 @@
 //! Run: `cargo bench -p mm --bench page_alloc`. Prints a Markdown table; medians over
 //! repeated batches, ratios measured in the same run. See docs/benchmarks.md.
 
+mod util;
+use util::{median, rdtsc, Rng};
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Mutex;
@@ -37,22 +39,6 @@ fn new_alloc_local(nr: u64) -> PageAlloc<'static, CpuLocal> {
     PageAlloc::new(metas(nr), Pfn(0), &[Pfn(0)..Pfn(nr)], &NoPhysMem, &NoHooks, AllocConfig { min_free_kbytes: Some(0), ..AllocConfig::default() }).unwrap()
 }
 
-#[inline(always)]
-fn rdtsc() -> u64 {
-    #[allow(unused_unsafe)]
-    // SAFETY: lfence and rdtsc have no memory effects; x86_64 always has both.
-    unsafe {
-        core::arch::x86_64::_mm_lfence();
-        let t = core::arch::x86_64::_rdtsc();
-        core::arch::x86_64::_mm_lfence();
-        t
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 fn metas(n: u64) -> &'static [PageMeta] {
     Box::leak((0..n).map(|_| PageMeta::new()).collect::<Vec<_>>().into_boxed_slice())
@@ -62,15 +48,6 @@ fn new_alloc(nr: u64) -> Alloc {
     PageAlloc::new(metas(nr), Pfn(0), &[Pfn(0)..Pfn(nr)], &NoPhysMem, &NoHooks, AllocConfig { min_free_kbytes: Some(0), ..AllocConfig::default() }).unwrap()
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 /// Cycles per alloc+free pair, median of `batches` batches of `n` pairs.
 fn pair_cycles(mut pair: impl FnMut(), batches: usize, n: usize) -> f64 {

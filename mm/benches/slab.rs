@@ -5,6 +5,8 @@
 //! ours vs `linked_list_allocator::Heap` and `talc` in the same run, fresh and after a
 //! fragmenting warm-up, plus the cost of `init_on_free`. See docs/benchmarks.md.
 
+mod util;
+use util::{median, rdtsc, Rng};
 use std::alloc::Layout;
 use std::hint::black_box;
 use std::ptr::NonNull;
@@ -24,22 +26,6 @@ const BATCH: usize = 1000;
 type Alloc = PageAlloc<'static, HostPlatform>;
 type Slab = Kmalloc<'static, Alloc, ArenaDirectMap, HostPlatform>;
 
-#[inline(always)]
-fn rdtsc() -> u64 {
-    #[allow(unused_unsafe)]
-    // SAFETY: lfence and rdtsc have no memory effects; x86_64 always has both.
-    unsafe {
-        core::arch::x86_64::_mm_lfence();
-        let t = core::arch::x86_64::_rdtsc();
-        core::arch::x86_64::_mm_lfence();
-        t
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 /// Median cycles per pair over `SAMPLES` batches of `BATCH` pairs.
 fn pair_cycles(mut pair: impl FnMut()) -> f64 {
@@ -87,15 +73,6 @@ fn talc_heap() -> &'static mut talc::Talc<talc::ErrOnOom> {
     t
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 /// Mixed-size warm-up: 20000 allocations of 8..2048 bytes, every other one freed.
 /// `op(Ok(layout))` allocates, `op(Err((ptr, layout)))` frees.

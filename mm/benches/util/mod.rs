@@ -1,0 +1,34 @@
+//! Shared measuring helpers of the `mm` benchmarks: a serialised TSC read,
+//! the median, and a tiny deterministic PRNG.
+
+/// The time-stamp counter, fenced on both sides so the measured code cannot
+/// move across the read.
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    #[allow(unused_unsafe)]
+    // SAFETY: lfence and rdtsc have no memory effects; x86_64 always has both.
+    unsafe {
+        core::arch::x86_64::_mm_lfence();
+        let t = core::arch::x86_64::_rdtsc();
+        core::arch::x86_64::_mm_lfence();
+        t
+    }
+}
+
+/// Median of the samples (sorts them).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// xorshift64: reproducible pseudo-random numbers.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
