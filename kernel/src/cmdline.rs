@@ -9,6 +9,7 @@
 //! | `ktest=FILTER`     | run the tests whose name contains FILTER             |
 //! | `batch`            | no interactive console: power off after boot         |
 //! | `loglevel=LEVEL`   | `error`, `warn`, `info` (default), `debug`, `trace`  |
+//! | `init_on_alloc=0\|1`, `init_on_free=0\|1` | zero kmalloc objects on allocation / on free |
 //! | `selftest=WHAT`    | deliberately `panic`, `pagefault`, `hang` or `vmalloc-guard` (runner tests) |
 //!
 //! Unknown words are reported and ignored.
@@ -39,6 +40,10 @@ pub struct Cmdline {
     pub batch: bool,
     pub loglevel: Option<LevelFilter>,
     pub selftest: Option<SelfTest>,
+    /// `init_on_alloc=0|1`: zero kmalloc objects on allocation (Linux boot option).
+    pub init_on_alloc: bool,
+    /// `init_on_free=0|1`: zero kmalloc objects on free.
+    pub init_on_free: bool,
     /// Words that were not understood (reported after the logger is up).
     pub unknown: Vec<String>,
 }
@@ -58,6 +63,8 @@ impl Cmdline {
                     Some(l) => c.loglevel = Some(l),
                     None => c.unknown.push(word.into()),
                 },
+                ("init_on_alloc", Some(v @ ("0" | "1"))) => c.init_on_alloc = v == "1",
+                ("init_on_free", Some(v @ ("0" | "1"))) => c.init_on_free = v == "1",
                 ("selftest", Some("panic")) => c.selftest = Some(SelfTest::Panic),
                 ("selftest", Some("pagefault")) => c.selftest = Some(SelfTest::PageFault),
                 ("selftest", Some("hang")) => c.selftest = Some(SelfTest::Hang),
@@ -102,6 +109,8 @@ fn cmdline_parses_known_words() -> crate::ktest::KResult {
     crate::kassert_eq!(Cmdline::parse("ktest").ktest, Some(None));
     crate::kassert_eq!(Cmdline::parse("selftest=hang").selftest, Some(SelfTest::Hang));
     crate::kassert_eq!(Cmdline::parse("").ktest, None);
+    let c = Cmdline::parse("init_on_free=1 init_on_alloc=0");
+    crate::kassert!(c.init_on_free && !c.init_on_alloc && c.unknown.is_empty(), "init_on_* not parsed: {:?}", c);
     Ok(())
 }
 

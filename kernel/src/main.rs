@@ -111,7 +111,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     if let Err(e) = vmalloc::init() {
         panic!("cannot set up the kernel page tables: {}", e);
     }
-    slab::init();
+    slab::init(mm::slab::SlabConfig { init_on_alloc: cmdline.init_on_alloc, init_on_free: cmdline.init_on_free });
     apic::init(facts.physical_memory_offset);
 
     if let Some(test) = cmdline.selftest {

@@ -90,11 +90,18 @@ impl Shrinker for SlabShrinker {
 
 static SLAB_SHRINKER: SlabShrinker = SlabShrinker;
 
-/// Switches the global allocator to kmalloc and registers the slab shrinker.
-pub fn init() {
+/// Switches the global allocator to kmalloc and registers the slab shrinker;
+/// `config` carries the `init_on_alloc=` / `init_on_free=` boot options.
+pub fn init(config: SlabConfig) {
+    KMALLOC.set_config(config);
     crate::shrinker::register(&SLAB_SHRINKER);
     READY.store(true, Ordering::SeqCst);
-    log::info!("slab: kmalloc caches 8 B .. {} KiB now serve the kernel heap", KMALLOC_MAX_CACHE_SIZE / 1024);
+    log::info!(
+        "slab: kmalloc caches 8 B .. {} KiB now serve the kernel heap (init_on_alloc={}, init_on_free={})",
+        KMALLOC_MAX_CACHE_SIZE / 1024,
+        config.init_on_alloc as u8,
+        config.init_on_free as u8
+    );
 }
 
 fn is_kmalloc_layout(layout: Layout) -> bool {
@@ -178,7 +185,33 @@ pub const KTESTS: &[crate::ktest::KTest] = &[
     crate::ktest!(kmalloc_serves_every_size_class_from_real_pages),
     crate::ktest!(kfree_refuses_double_and_foreign_frees),
     crate::ktest!(slab_shrinker_returns_empty_slabs),
+    crate::ktest!(init_on_alloc_and_init_on_free_zero_objects),
 ];
+
+fn init_on_alloc_and_init_on_free_zero_objects() -> crate::ktest::KResult {
+    let saved = KMALLOC.config();
+    // init_on_alloc: a reused object comes back zeroed without __GFP_ZERO.
+    KMALLOC.set_config(SlabConfig { init_on_alloc: true, init_on_free: false });
+    let p = KMALLOC.kmalloc(128, GFP_KERNEL).map_err(|_| "kmalloc")?;
+    // SAFETY: a live 128-byte object.
+    unsafe { core::ptr::write_bytes(p.as_ptr(), 0xee, 128) };
+    let _ = KMALLOC.kfree(p);
+    let q = KMALLOC.kmalloc(128, GFP_KERNEL).map_err(|_| "kmalloc")?;
+    // SAFETY: a live 128-byte object.
+    let zeroed_on_alloc = unsafe { core::slice::from_raw_parts(q.as_ptr(), 128) }.iter().all(|&b| b == 0);
+    // init_on_free: everything but the 8-byte free marker is zero after kfree.
+    KMALLOC.set_config(SlabConfig { init_on_alloc: false, init_on_free: true });
+    // SAFETY: a live 128-byte object.
+    unsafe { core::ptr::write_bytes(q.as_ptr(), 0xee, 128) };
+    let _ = KMALLOC.kfree(q);
+    // SAFETY: reading a freed object's bytes in the slab page (still mapped,
+    // owned by the slab) only to check the sanitization.
+    let zeroed_on_free = unsafe { core::slice::from_raw_parts(q.as_ptr().add(8), 120) }.iter().all(|&b| b == 0);
+    KMALLOC.set_config(saved);
+    crate::kassert!(zeroed_on_alloc, "init_on_alloc left old contents");
+    crate::kassert!(zeroed_on_free, "init_on_free left old contents");
+    Ok(())
+}
 
 fn kmalloc_serves_every_size_class_from_real_pages() -> crate::ktest::KResult {
     let mut ptrs = alloc::vec::Vec::new();

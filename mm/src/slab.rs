@@ -50,7 +50,7 @@ use core::alloc::Layout;
 use core::fmt::{self, Write};
 use core::num::NonZeroUsize;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use crate::addr::{PAGE_SIZE, Pfn};
 use crate::gfp::Gfp;
@@ -514,7 +514,8 @@ pub struct Kmalloc<'a, A: SlabPageProvider, M: DirectMap, P: Platform = HostPlat
     pages: &'a A,
     map: &'a M,
     caches: [KmemCache<P>; NR_KMALLOC_CACHES],
-    config: SlabConfig,
+    init_on_alloc: AtomicBool,
+    init_on_free: AtomicBool,
     nr_slab_pages: AtomicU64,
     invalid_frees: AtomicU64,
     double_frees: AtomicU64,
@@ -542,7 +543,8 @@ impl<'a, A: SlabPageProvider, M: DirectMap, P: Platform> Kmalloc<'a, A, M, P> {
                 KmemCache::new(11),
                 KmemCache::new(12),
             ],
-            config,
+            init_on_alloc: AtomicBool::new(config.init_on_alloc),
+            init_on_free: AtomicBool::new(config.init_on_free),
             nr_slab_pages: AtomicU64::new(0),
             invalid_frees: AtomicU64::new(0),
             double_frees: AtomicU64::new(0),
@@ -551,7 +553,14 @@ impl<'a, A: SlabPageProvider, M: DirectMap, P: Platform> Kmalloc<'a, A, M, P> {
 
     /// The sanitization knobs in effect.
     pub fn config(&self) -> SlabConfig {
-        self.config
+        SlabConfig { init_on_alloc: self.init_on_alloc.load(Relaxed), init_on_free: self.init_on_free.load(Relaxed) }
+    }
+
+    /// Changes the sanitization knobs (the kernel applies its boot options
+    /// `init_on_alloc=` / `init_on_free=` with this before heavy use).
+    pub fn set_config(&self, config: SlabConfig) {
+        self.init_on_alloc.store(config.init_on_alloc, Relaxed);
+        self.init_on_free.store(config.init_on_free, Relaxed);
     }
 
     /// The caches, smallest first.
@@ -614,7 +623,7 @@ impl<'a, A: SlabPageProvider, M: DirectMap, P: Platform> Kmalloc<'a, A, M, P> {
     /// Clears the free marker, or zeroes the object (`__GFP_ZERO`, `init_on_alloc`).
     #[inline(always)]
     fn post_alloc(&self, s: &KmemCache<P>, obj: usize, gfp: Gfp) -> NonNull<u8> {
-        if gfp.contains(Gfp::ZERO) || self.config.init_on_alloc {
+        if gfp.contains(Gfp::ZERO) || self.init_on_alloc.load(Relaxed) {
             // SAFETY: `obj` was just taken off a free list: it is ours, `size` bytes.
             unsafe { obj_zero(obj, s.size as usize) };
         } else {
@@ -753,7 +762,7 @@ impl<'a, A: SlabPageProvider, M: DirectMap, P: Platform> Kmalloc<'a, A, M, P> {
             self.double_frees.fetch_add(1, Relaxed);
             return Err(KfreeError::DoubleFree);
         }
-        if self.config.init_on_free {
+        if self.init_on_free.load(Relaxed) {
             // SAFETY: the caller hands the live object back to us.
             unsafe { obj_zero(addr, s.size as usize) };
         }
