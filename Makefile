@@ -22,6 +22,7 @@ test: setup test-host test-qemu
 
 test-host:
 	$(CARGO) test -p mm
+	$(CARGO) test -p clear
 	$(CARGO) test -p boot
 
 test-qemu:
