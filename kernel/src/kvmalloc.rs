@@ -10,7 +10,6 @@
 
 use core::ptr::NonNull;
 
-use mm::addr::PAGE_SIZE;
 use mm::gfp::Gfp;
 use mm::overflow::{array_size, kvmalloc_fallback, kvmalloc_gfp_for_kmalloc, struct_size, NoFallback};
 use mm::page_alloc::{Pages, MAX_ORDER};
@@ -69,16 +68,12 @@ impl KvMem {
     }
 }
 
-fn order_for(size: usize) -> usize {
-    (size.div_ceil(PAGE_SIZE as usize).max(1)).next_power_of_two().trailing_zeros() as usize
-}
-
 /// The contiguous attempt: kmalloc up to 8 KiB, the page allocator above.
 fn kmalloc_node(size: usize, gfp: Gfp) -> Option<KvMem> {
     if size <= KMALLOC_MAX_CACHE_SIZE {
         return KMALLOC.kmalloc(size, gfp).ok().map(|ptr| KvMem::Slab { ptr, size });
     }
-    let order = order_for(size);
+    let order = crate::slab::large_order(size);
     if order > MAX_ORDER {
         return None;
     }
@@ -146,10 +141,7 @@ fn kvmalloc_falls_back_to_vmalloc_when_memory_is_fragmented() -> crate::ktest::K
     use mm::fail_page_alloc::FaultAttr;
     use mm::gfp::{GFP_KERNEL, __GFP_NORETRY, __GFP_NOWARN};
     let a = page_alloc();
-    // vmalloc's area list keeps its heap block once grown: grow it first.
-    if let Ok(area) = crate::vmalloc::vmalloc(4096, GFP_KERNEL) {
-        crate::vmalloc::vfree(area);
-    }
+    crate::vmalloc_ktests::warm_up();
     let free0 = crate::slab::nr_free_pages_settled();
     // Fragmentation as kvmalloc sees it: no block of order >= 4 (64 KiB) can
     // be had, while single pages can (fail_page_alloc with a minimum order,

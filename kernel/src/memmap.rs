@@ -194,7 +194,7 @@ fn kernel_image_is_not_in_usable_memory() -> crate::ktest::KResult {
 fn direct_map_reaches_the_live_page_table() -> crate::ktest::KResult {
     // Through the direct map, the PML4 in CR3 must contain the entry that maps
     // this very function: the map and the hardware agree.
-    let pml4_phys = crate::arch::x86_64::cpu::read_cr3() & 0x000f_ffff_ffff_f000;
+    let pml4_phys = crate::arch::x86_64::cpu::page_table_root_phys();
     let pml4 = (facts().physical_memory_offset + pml4_phys) as *const u64;
     let here = direct_map_reaches_the_live_page_table as fn() -> crate::ktest::KResult as usize as u64;
     let index = (here >> 39) & 511;

@@ -233,21 +233,17 @@ fn cmd_compact(_: &str) {
     });
 }
 
-/// Mirror of the allocator's defrag-mode flag, for reading it back.
-static DEFRAG_MODE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
 /// `vm.defrag_mode`: compact before falling back to a block of another type.
 pub const SYSCTL_DEFRAG_MODE: crate::sysctl::Sysctl = crate::sysctl::Sysctl {
     name: "vm.defrag_mode",
     values: "0, 1",
-    get: || alloc::format!("{}", DEFRAG_MODE.load(Ordering::Relaxed) as u8),
+    get: || alloc::format!("{}", page_alloc().defrag_mode() as u8),
     set: |v| {
         let on = match v {
             "0" => false,
             "1" => true,
             _ => return Err(()),
         };
-        DEFRAG_MODE.store(on, Ordering::Relaxed);
         page_alloc().set_defrag_mode(on);
         Ok(())
     },

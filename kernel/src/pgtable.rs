@@ -206,7 +206,7 @@ fn cmd_ptdump(args: &str) {
     let mut w = crate::serial::Writer;
     let done = crate::mm_struct::with_current(|mm| mm.space.ptdump(va, &mut crate::serial::Writer));
     if done.is_none() {
-        let root = Pfn((cpu::read_cr3() & 0x000f_ffff_ffff_f000) >> 12);
+        let root = Pfn::containing(cpu::page_table_root_phys());
         let _ = mm::pgtable::ptdump_walk(&PT_MEM, root, va, |_| None, &mut w);
     }
 }

@@ -108,8 +108,9 @@ fn is_kmalloc_layout(layout: Layout) -> bool {
     layout.size() <= KMALLOC_MAX_CACHE_SIZE && layout.align() <= PAGE_SIZE as usize
 }
 
-/// Page order of a large block.
-fn large_order(size: usize) -> usize {
+/// Page order of a block of `size` bytes from the page allocator (Linux
+/// `get_order`).
+pub fn large_order(size: usize) -> usize {
     let pages = size.div_ceil(PAGE_SIZE as usize).max(1);
     pages.next_power_of_two().trailing_zeros() as usize
 }

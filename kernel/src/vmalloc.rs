@@ -57,7 +57,7 @@ impl core::fmt::Display for InitError {
 /// Builds the kernel's own PML4 and switches to it. Call once, after the page
 /// allocator is up and before any user address space exists.
 pub fn init() -> Result<(), InitError> {
-    let boot_root = Pfn((cpu::read_cr3() & 0x000f_ffff_ffff_f000) >> 12);
+    let boot_root = Pfn::containing(cpu::page_table_root_phys());
     let mut space = AddressSpace::new_kernel(page_alloc(), &PT_MEM, &PGTABLE_CTL, GFP_KERNEL)
         .map_err(|_| InitError::NoMemory)?;
     let first_vmalloc_slot = ((VMALLOC_START >> 39) & 511) as usize;

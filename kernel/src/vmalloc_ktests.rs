@@ -22,7 +22,7 @@ pub const KTESTS: &[crate::ktest::KTest] = &[
 
 /// A few vmalloc/vfree calls so vmalloc's area list has its capacity before
 /// a test takes its baseline (the list keeps its heap block).
-fn warm_up() {
+pub fn warm_up() {
     let areas: alloc::vec::Vec<_> = (0..4).filter_map(|_| vmalloc(4096, GFP_KERNEL).ok()).collect();
     for area in areas {
         vfree(area);

@@ -535,6 +535,11 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         self.defrag_mode.store(on, Relaxed);
     }
 
+    /// Whether `vm.defrag_mode` is on.
+    pub fn defrag_mode(&self) -> bool {
+        self.defrag_mode.load(Relaxed)
+    }
+
     /// Registers the migration callbacks of a movable-page owner (Linux
     /// `movable_operations`). Pages marked with the returned id via
     /// [`PageMeta::set_movable`] can be moved by compaction.

@@ -59,6 +59,11 @@ pub fn read_cr2() -> u64 {
     value
 }
 
+/// Physical address of the current PML4 (CR3 without its flag bits).
+pub fn page_table_root_phys() -> u64 {
+    read_cr3() & 0x000f_ffff_ffff_f000
+}
+
 /// Current page-table root (CR3).
 pub fn read_cr3() -> u64 {
     let value: u64;
