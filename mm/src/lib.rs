@@ -12,6 +12,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod addr;
+pub mod errno;
 pub mod vma;
 
 pub mod compaction;
