@@ -172,3 +172,61 @@ fn vmalloc_guard_page_access_is_reported_clearly() {
     assert!(run.output.contains("overflow off the end of area"));
     assert!(run.output.contains("Oops: page fault (#PF)"));
 }
+
+/// A user program from the built-in initramfs (`/bin/NAME`).
+fn builtin_program(name: &str) -> Vec<u8> {
+    let bytes = std::fs::read(boot::INITRAMFS).expect("built-in initramfs");
+    let archive = exec::cpio::Archive::parse(&bytes).expect("built-in initramfs is a newc archive");
+    archive.get(&format!("bin/{}", name)).unwrap_or_else(|| panic!("no /bin/{} in the initramfs", name)).data.to_vec()
+}
+
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("qemu-tests-{}-{}", name, std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run_init(options: Options) -> Run {
+    boot(Options { batch: true, timeout: Some(Duration::from_secs(180)), ..options }, None)
+}
+
+#[test]
+fn init_from_the_builtin_initramfs_exits_0() {
+    let run = run_init(Options { init: Some("/bin/hello".into()), ..Options::default() });
+    assert_eq!(run.outcome, Outcome::Success);
+    assert!(run.output.contains("hello from ring 3"));
+    assert_eq!(boot::init_exit_status(&run.output), Some(0));
+    assert_eq!(run.exit_status(), 0);
+}
+
+#[test]
+fn initrd_dir_is_the_root_and_a_killed_init_sets_the_runner_status() {
+    use std::os::unix::fs::PermissionsExt;
+    // Only in this directory: the built-in segv program under another name.
+    let root = scratch_dir("initrd");
+    std::fs::create_dir(root.join("sbin")).unwrap();
+    std::fs::write(root.join("sbin/crash"), builtin_program("segv")).unwrap();
+    std::fs::set_permissions(root.join("sbin/crash"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = run_init(Options { initrd: Some(root.clone()), init: Some("/sbin/crash".into()), ..Options::default() });
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_eq!(run.outcome, Outcome::Success);
+    // SIGSEGV (11) kills it: 128 + 11.
+    assert_eq!(boot::init_exit_status(&run.output), Some(139));
+    assert_eq!(run.exit_status(), 139);
+}
+
+#[test]
+fn initrd_file_with_an_init_runs_it_by_default() {
+    let dir = scratch_dir("initrd-file");
+    let mut cpio = exec::cpio::Writer::new();
+    cpio.file("init", 0o755, &builtin_program("hello")).unwrap();
+    cpio.file("etc/motd", 0o644, b"from --initrd-file\n").unwrap();
+    let file = dir.join("initramfs.cpio");
+    std::fs::write(&file, cpio.finish()).unwrap();
+    let run = run_init(Options { initrd_file: Some(file), ..Options::default() });
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(run.outcome, Outcome::Success);
+    assert!(run.output.contains("hello from ring 3"), "/init did not run");
+    assert_eq!(run.exit_status(), 0);
+}

@@ -7,17 +7,28 @@
 //! it, enforces a timeout, and maps the kernel's exit code to a process
 //! status. Both `cargo run -p boot` (the `boot` binary) and the QEMU
 //! integration tests in `tests/` use this library.
+//!
+//! The built-in images carry the default initramfs (see `build.rs`) as the
+//! bootloader's ramdisk; `--initrd DIR` / `--initrd-file FILE` build fresh
+//! images with another one in a temporary directory for the run.
+
+pub mod image;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 pub const BIOS_IMAGE: &str = env!("BIOS_IMAGE");
 pub const UEFI_IMAGE: &str = env!("UEFI_IMAGE");
+/// The default initramfs (cpio `newc`) inside the built-in images.
+pub const INITRAMFS: &str = env!("INITRAMFS");
+/// The kernel ELF the images boot.
+pub const KERNEL_ELF: &str = env!("KERNEL_ELF");
 /// UEFI firmware shipped by Debian's `ovmf` package.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
@@ -47,6 +58,12 @@ pub struct Options {
     /// Console commands typed at the `mm> ` prompt, one per prompt, then
     /// `poweroff` (`--exec`).
     pub exec: Vec<String>,
+    /// Host directory packed into the initramfs for this run (`--initrd`).
+    pub initrd: Option<PathBuf>,
+    /// Ready cpio archive used as the initramfs for this run (`--initrd-file`).
+    pub initrd_file: Option<PathBuf>,
+    /// The first user program: kernel command line `init=PATH` (`--init`).
+    pub init: Option<String>,
     /// Passed to QEMU verbatim (everything after `--`).
     pub qemu_args: Vec<String>,
 }
@@ -64,6 +81,9 @@ impl Default for Options {
             icount: false,
             cmdline: Vec::new(),
             exec: Vec::new(),
+            initrd: None,
+            initrd_file: None,
+            init: None,
             qemu_args: Vec::new(),
         }
     }
@@ -86,10 +106,18 @@ options:
   --icount           -icount shift=0: the guest TSC counts instructions exactly
   --cmdline WORDS    extra kernel command-line words (e.g. \"loglevel=debug\")
   --exec COMMAND     type COMMAND at the mm> prompt (repeatable), then poweroff
+  --init PATH        run PATH as the first user process (kernel init=PATH);
+                     default: /init if the initramfs has one, else the demo
+                     that runs every program in /bin
+  --initrd DIR       boot with DIR (recursively, modes kept) packed as the
+                     initramfs instead of the built-in one (/bin, /etc/motd)
+  --initrd-file FILE boot with FILE, a cpio newc archive, as the initramfs
   -h, --help         this text
 
 exit status: 0 kernel reported success, 1 kernel reported failure,
-             2 timeout (hang), 3 QEMU died without the kernel's exit code";
+             2 timeout (hang), 3 QEMU died without the kernel's exit code;
+             N if the kernel reported success after \"init exited with status N\"
+             (batch mode; 128+SIG when a signal killed init)";
 
 /// Parses command-line arguments (without the program name).
 pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, String> {
@@ -115,6 +143,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, St
             }
             "--cmdline" => o.cmdline.extend(value("--cmdline")?.split_whitespace().map(String::from)),
             "--exec" => o.exec.push(value("--exec")?),
+            "--init" => o.init = Some(value("--init")?),
+            "--initrd" => o.initrd = Some(value("--initrd")?.into()),
+            "--initrd-file" => o.initrd_file = Some(value("--initrd-file")?.into()),
             "--ktest" => {
                 let filter = match it.peek() {
                     Some(next) if !next.starts_with('-') => it.next(),
@@ -128,6 +159,12 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, St
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option '{}'", other)),
         }
+    }
+    if o.initrd.is_some() && o.initrd_file.is_some() {
+        return Err("--initrd and --initrd-file exclude each other".into());
+    }
+    if o.init.as_deref().is_some_and(|p| p.is_empty() || p.contains(char::is_whitespace)) {
+        return Err("--init: need a path without spaces".into());
     }
     Ok(o)
 }
@@ -165,21 +202,28 @@ impl Options {
         if self.batch {
             words.push("batch".into());
         }
+        if let Some(init) = &self.init {
+            words.push(format!("init={}", init));
+        }
         words.extend(self.cmdline.iter().cloned());
         words.join(" ")
     }
 
-    /// The QEMU command for this run.
+    /// The QEMU command for this run with the built-in disk image.
     pub fn qemu_command(&self) -> Command {
+        self.qemu_command_for(Path::new(if self.uefi { UEFI_IMAGE } else { BIOS_IMAGE }))
+    }
+
+    /// The QEMU command for this run booting `image`.
+    pub fn qemu_command_for(&self, image: &Path) -> Command {
         let mut cmd = Command::new("qemu-system-x86_64");
-        let image = if self.uefi { UEFI_IMAGE } else { BIOS_IMAGE };
         if self.uefi {
             cmd.args(["-drive", &format!("if=pflash,format=raw,readonly=on,file={}", OVMF_CODE)]);
             cmd.args(["-drive", &format!("if=pflash,format=raw,snapshot=on,file={}", OVMF_VARS)]);
         }
         // snapshot=on: writes go to a temporary overlay, so parallel runs can
         // share the image.
-        cmd.args(["-drive", &format!("format=raw,snapshot=on,file={}", image)]);
+        cmd.args(["-drive", &format!("format=raw,snapshot=on,file={}", image.display())]);
         cmd.args(["-machine", "q35", "-cpu", "max", "-accel", "tcg"]);
         cmd.args(["-m", &self.mem, "-smp", &self.smp.to_string()]);
         cmd.args(["-serial", "stdio", "-display", "none", "-monitor", "none", "-no-reboot"]);
@@ -198,6 +242,68 @@ impl Options {
         }
         cmd.args(&self.qemu_args);
         cmd
+    }
+
+    /// Builds the disk image for `--initrd` / `--initrd-file` (BIOS or UEFI
+    /// as the run needs); `None` when the built-in image will do.
+    pub fn custom_image(&self) -> std::io::Result<Option<TempImage>> {
+        if self.initrd.is_none() && self.initrd_file.is_none() {
+            return Ok(None);
+        }
+        let temp = TempImage::create_dir()?;
+        let ramdisk = match (&self.initrd, &self.initrd_file) {
+            (Some(dir), _) => {
+                let archive = image::pack_dir(dir)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("--initrd {}: {}", dir.display(), e)))?;
+                let path = temp.dir.join("initramfs.cpio");
+                std::fs::write(&path, archive)?;
+                path
+            }
+            (None, Some(file)) => {
+                let bytes = std::fs::read(file)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("--initrd-file {}: {}", file.display(), e)))?;
+                if let Err(e) = exec::cpio::Archive::parse(&bytes) {
+                    let msg = format!("--initrd-file {}: not a cpio newc archive ({})", file.display(), e);
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, msg));
+                }
+                file.clone()
+            }
+            (None, None) => unreachable!("checked above"),
+        };
+        image::create_disk_image(Path::new(KERNEL_ELF), Some(&ramdisk), self.uefi, &temp.image)
+            .map_err(std::io::Error::other)?;
+        Ok(Some(temp))
+    }
+}
+
+/// A disk image built for one run, in its own temporary directory that is
+/// removed on drop.
+#[derive(Debug)]
+pub struct TempImage {
+    dir: PathBuf,
+    /// The disk image (inside the temporary directory).
+    pub image: PathBuf,
+}
+
+impl TempImage {
+    fn create_dir() -> std::io::Result<TempImage> {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let name = format!("mm-boot-{}-{}-{}", std::process::id(), nanos, COUNT.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(name);
+        std::fs::create_dir(&dir)?;
+        Ok(TempImage { image: dir.join("disk.img"), dir })
+    }
+
+    /// The temporary directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for TempImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -253,11 +359,31 @@ pub struct Run {
 }
 
 impl Run {
+    /// The process exit status the `boot` binary reports: the outcome's
+    /// status, except that a successful run whose kernel printed
+    /// `init exited with status N` reports N.
+    pub fn exit_status(&self) -> i32 {
+        match (&self.outcome, init_exit_status(&self.output)) {
+            (Outcome::Success, Some(status)) => status,
+            (outcome, _) => outcome.exit_status(),
+        }
+    }
+
     /// The last `n` lines of serial output.
     pub fn tail(&self, n: usize) -> Vec<&str> {
         let lines: Vec<&str> = self.output.lines().collect();
         lines[lines.len().saturating_sub(n)..].to_vec()
     }
+}
+
+/// The N of the last `init exited with status N` line in the serial output
+/// (0..=255; the kernel reports 128+SIG for a signal).
+pub fn init_exit_status(output: &str) -> Option<i32> {
+    const MARK: &str = "init exited with status ";
+    let line = output.lines().rev().find(|l| l.contains(MARK))?;
+    let rest = &line[line.find(MARK)? + MARK.len()..];
+    let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok().filter(|n| (0..=255).contains(n))
 }
 
 /// Where serial output goes while the run is in progress.
@@ -273,8 +399,13 @@ pub enum Echo {
 /// stdin: with `script`, the runner types the script into the console;
 /// without one, QEMU reads this process's stdin (interactive console).
 pub fn run(options: &Options, script: Option<Vec<Step>>, echo: Echo) -> std::io::Result<Run> {
+    // Lives until QEMU has exited (the image is opened with snapshot=on).
+    let custom = options.custom_image()?;
+    let mut cmd = match &custom {
+        Some(temp) => options.qemu_command_for(&temp.image),
+        None => options.qemu_command(),
+    };
     let start = Instant::now();
-    let mut cmd = options.qemu_command();
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
     cmd.stdin(if script.is_some() { Stdio::piped() } else { Stdio::inherit() });
     let mut child = cmd.spawn().map_err(|e| {
@@ -410,5 +541,119 @@ mod tests {
         // -no-reboot turns a triple fault into a clean QEMU exit: not a success.
         assert_eq!(Outcome::from_qemu_status(Some(0)), Outcome::Crashed(Some(0)));
         assert_eq!(Outcome::Crashed(None).exit_status(), 3);
+    }
+
+    #[test]
+    fn init_and_initrd_options() {
+        let o = parse_args(args("--batch --init /bin/hello --initrd /tmp/root --cmdline loglevel=debug")).unwrap();
+        assert_eq!(o.init.as_deref(), Some("/bin/hello"));
+        assert_eq!(o.initrd, Some(PathBuf::from("/tmp/root")));
+        assert_eq!(o.kernel_cmdline(), "batch init=/bin/hello loglevel=debug");
+        let o = parse_args(args("--initrd-file x.cpio")).unwrap();
+        assert_eq!(o.initrd_file, Some(PathBuf::from("x.cpio")));
+        assert!(parse_args(args("--initrd a --initrd-file b")).unwrap_err().contains("exclude"));
+        assert!(parse_args(["--init".to_string(), "/bin/a b".into()]).unwrap_err().contains("--init"));
+        assert!(parse_args(args("--init")).unwrap_err().contains("needs a value"));
+        assert!(USAGE.contains("--initrd DIR") && USAGE.contains("--init PATH") && USAGE.contains("--initrd-file FILE"));
+    }
+
+    #[test]
+    fn init_exit_status_is_parsed_from_the_serial_output() {
+        let log = "[    1.5] INFO  demo: 9 passed, 0 failed\r\n[    1.6] INFO  init exited with status 139\r\n[    1.7] INFO  batch mode\n";
+        assert_eq!(init_exit_status(log), Some(139));
+        assert_eq!(init_exit_status("init exited with status 0"), Some(0));
+        assert_eq!(init_exit_status("init exited with status 3\x1b[0m\n"), Some(3));
+        // The last report wins.
+        assert_eq!(init_exit_status("init exited with status 1\ninit exited with status 2\n"), Some(2));
+        assert_eq!(init_exit_status("init exited with status 256"), None);
+        assert_eq!(init_exit_status("init exited with status -1"), None);
+        assert_eq!(init_exit_status("init exited with status \n"), None);
+        assert_eq!(init_exit_status("batch mode: boot complete"), None);
+    }
+
+    #[test]
+    fn run_exit_status_uses_the_init_status_only_on_success() {
+        let run = |outcome, output: &str| Run { outcome, output: output.into(), elapsed: Duration::ZERO };
+        assert_eq!(run(Outcome::Success, "init exited with status 7\n").exit_status(), 7);
+        assert_eq!(run(Outcome::Success, "init exited with status 0\n").exit_status(), 0);
+        assert_eq!(run(Outcome::Success, "no init\n").exit_status(), 0);
+        assert_eq!(run(Outcome::Failure, "init exited with status 0\nKernel panic").exit_status(), 1);
+        assert_eq!(run(Outcome::Timeout, "init exited with status 0\n").exit_status(), 2);
+        assert_eq!(run(Outcome::Crashed(Some(0)), "init exited with status 0\n").exit_status(), 3);
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("boot-test-{}-{}", name, std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn pack_dir_keeps_tree_modes_and_contents() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = scratch("pack");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("etc/empty")).unwrap();
+        std::fs::write(root.join("init"), b"\x7fELF").unwrap();
+        std::fs::set_permissions(root.join("init"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        std::fs::write(root.join("bin/tool"), b"tool").unwrap();
+        std::fs::set_permissions(root.join("bin/tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(root.join("etc/motd"), b"hi\n").unwrap();
+        std::fs::set_permissions(root.join("etc/motd"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(root.join("etc/empty"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink("tool", root.join("bin/link")).unwrap();
+
+        let bytes = image::pack_dir(&root).unwrap();
+        let archive = exec::cpio::Archive::parse(&bytes).unwrap();
+        let names: Vec<&str> = archive.entries().map(|e| e.name).collect();
+        assert_eq!(names, ["bin", "bin/link", "bin/tool", "etc", "etc/empty", "etc/motd", "init"]);
+        let init = archive.get("/init").unwrap();
+        assert!(init.is_file());
+        assert_eq!((init.permissions(), init.data), (0o750, &b"\x7fELF"[..]));
+        assert_eq!(archive.get("bin/tool").unwrap().permissions(), 0o755);
+        assert_eq!(archive.get("etc/motd").unwrap().data, b"hi\n");
+        let empty = archive.get("etc/empty").unwrap();
+        assert!(empty.is_dir() && empty.permissions() == 0o700);
+        let link = archive.get("bin/link").unwrap();
+        assert!(link.is_symlink() && link.data == b"tool");
+        assert!(image::pack_dir(&root.join("missing")).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn default_initramfs_has_bin_and_motd_but_no_init() {
+        let bytes = std::fs::read(INITRAMFS).unwrap();
+        let archive = exec::cpio::Archive::parse(&bytes).unwrap();
+        assert!(archive.get("etc/motd").is_some_and(|e| e.is_file()));
+        assert!(archive.get("init").is_none());
+        let bins: Vec<_> = archive.entries().filter(|e| e.name.starts_with("bin/") && e.is_file()).collect();
+        assert!(!bins.is_empty());
+        for bin in bins {
+            assert_eq!(bin.permissions(), 0o755, "{}", bin.name);
+            let plan = exec::elf::parse(bin.data, exec::elf::ET_DYN_BASE);
+            assert!(plan.is_ok(), "{}: {:?}", bin.name, plan);
+        }
+    }
+
+    #[test]
+    fn initrd_builds_a_temporary_image_and_removes_it() {
+        let root = scratch("initrd");
+        std::fs::write(root.join("motd"), b"x").unwrap();
+        let o = Options { initrd: Some(root.clone()), ..Options::default() };
+        let temp = o.custom_image().unwrap().expect("an image for --initrd");
+        assert!(std::fs::metadata(&temp.image).unwrap().len() > 0);
+        let cmd = format!("{:?}", o.qemu_command_for(&temp.image));
+        assert!(cmd.contains(&temp.image.display().to_string()), "{}", cmd);
+        let dir = temp.dir().to_path_buf();
+        drop(temp);
+        assert!(!dir.exists(), "temporary directory left behind");
+        assert!(Options::default().custom_image().unwrap().is_none());
+
+        // --initrd-file must be a newc archive.
+        std::fs::write(root.join("bad.cpio"), b"not an archive").unwrap();
+        let o = Options { initrd_file: Some(root.join("bad.cpio")), ..Options::default() };
+        assert!(o.custom_image().unwrap_err().to_string().contains("not a cpio newc archive"));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

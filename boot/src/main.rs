@@ -38,5 +38,6 @@ fn main() {
             code
         ),
     }
-    std::process::exit(run.outcome.exit_status());
+    // A kernel that ran a user init reports its status: that is ours then.
+    std::process::exit(run.exit_status());
 }

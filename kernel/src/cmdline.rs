@@ -10,6 +10,7 @@
 //! | `batch`            | no interactive console: power off after boot         |
 //! | `loglevel=LEVEL`   | `error`, `warn`, `info` (default), `debug`, `trace`  |
 //! | `init_on_alloc=0\|1`, `init_on_free=0\|1` | zero kmalloc objects on allocation / on free |
+//! | `init=PATH`        | run PATH as the first process (`init=none`: no process; default `/init`, else the demo of `/bin`) |
 //! | `selftest=WHAT`    | deliberately `panic`, `pagefault`, `hang` or `vmalloc-guard` (runner tests) |
 //!
 //! Unknown words are reported and ignored.
@@ -44,6 +45,8 @@ pub struct Cmdline {
     pub init_on_alloc: bool,
     /// `init_on_free=0|1`: zero kmalloc objects on free.
     pub init_on_free: bool,
+    /// `init=PATH`: the first user program (`Some("none")` disables it).
+    pub init: Option<String>,
     /// Words that were not understood (reported after the logger is up).
     pub unknown: Vec<String>,
 }
@@ -59,6 +62,7 @@ impl Cmdline {
             match (key, value) {
                 ("ktest", v) => c.ktest = Some(v.filter(|f| !f.is_empty()).map(String::from)),
                 ("batch", None) => c.batch = true,
+                ("init", Some(v)) if !v.is_empty() => c.init = Some(v.into()),
                 ("loglevel", Some(v)) => match parse_level(v) {
                     Some(l) => c.loglevel = Some(l),
                     None => c.unknown.push(word.into()),
@@ -109,6 +113,7 @@ fn cmdline_parses_known_words() -> crate::ktest::KResult {
     crate::kassert_eq!(Cmdline::parse("ktest").ktest, Some(None));
     crate::kassert_eq!(Cmdline::parse("selftest=hang").selftest, Some(SelfTest::Hang));
     crate::kassert_eq!(Cmdline::parse("").ktest, None);
+    crate::kassert_eq!(Cmdline::parse("init=/bin/hello").init.as_deref(), Some("/bin/hello"));
     let c = Cmdline::parse("init_on_free=1 init_on_alloc=0");
     crate::kassert!(c.init_on_free && !c.init_on_alloc && c.unknown.is_empty(), "init_on_* not parsed: {:?}", c);
     Ok(())

@@ -21,7 +21,7 @@ pub struct Command {
 }
 
 /// Every command table; subsystems add theirs here.
-pub const COMMAND_SETS: &[&[Command]] = &[COMMANDS, crate::page_alloc::COMMANDS, crate::pgtable::COMMANDS, crate::vmalloc::COMMANDS, crate::shrinker::COMMANDS, crate::slab::COMMANDS, crate::sysctl::COMMANDS];
+pub const COMMAND_SETS: &[&[Command]] = &[COMMANDS, crate::page_alloc::COMMANDS, crate::pgtable::COMMANDS, crate::vmalloc::COMMANDS, crate::shrinker::COMMANDS, crate::slab::COMMANDS, crate::sysctl::COMMANDS, crate::userland::COMMANDS];
 
 pub const COMMANDS: &[Command] = &[
     Command { name: "help", args: "", help: "list the commands", run: cmd_help },
@@ -104,22 +104,7 @@ fn cmd_help(_: &str) {
 /// `/proc/meminfo`-style lines (values in kB, like Linux): the page
 /// allocator's counters, then what the kernel holds outside it.
 fn cmd_meminfo(_: &str) {
-    if crate::page_alloc::is_ready() {
-        let _ = crate::page_alloc::page_alloc().meminfo(&mut crate::serial::Writer);
-    }
-    let _ = crate::pgtable::PGTABLE_CTL.meminfo(&mut crate::serial::Writer);
-    let facts = crate::memmap::facts();
-    let (_, boot, _) = crate::memmap::totals(&facts.regions);
-    let (heap_used, heap_free) = crate::heap::usage();
-    let memmap_kb = crate::page_alloc::metadata_frames_range().count() as u64 * mm::addr::PAGE_SIZE / 1024;
-    let line = |name: &str, kb: u64| println!("{:<16}{:>8} kB", name, kb);
-    line("Slab:", crate::slab::KMALLOC.stats().nr_slab_pages * mm::addr::PAGE_SIZE / 1024);
-    line("StructPages:", memmap_kb);
-    line("Bootloader:", boot / 1024);
-    line("KernelImage:", facts.kernel_len / 1024);
-    line("KernelStack:", facts.stack_len / 1024);
-    line("EarlyHeapTotal:", (heap_used + heap_free) as u64 / 1024);
-    line("EarlyHeapUsed:", heap_used as u64 / 1024);
+    let _ = crate::procfs::meminfo(&mut crate::serial::Writer);
 }
 
 fn cmd_memmap(_: &str) {

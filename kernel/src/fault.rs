@@ -1,16 +1,16 @@
 //! The page-fault handler (Linux `arch/x86/mm/fault.c`): faults on user
-//! addresses of the current address space go to `mm::fault::handle_mm_fault`
-//! (demand paging, THP); anything it cannot resolve, and every fault on a
-//! kernel address, becomes an oops.
+//! addresses of the current address space go to `mm::mman::UserMm::handle_fault`
+//! (demand paging, THP, shared anonymous memory, RSS accounting); anything it
+//! cannot resolve, and every fault on a kernel address, becomes an oops.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use mm::fault::{handle_mm_fault, FaultAccess, FaultError};
+use mm::fault::{FaultAccess, FaultError};
 use mm::tlb::MmuGather;
 
 use crate::arch::x86_64::cpu;
 use crate::arch::x86_64::trap::TrapFrame;
-use crate::pgtable::{clear_ops, tlb_finish, THP};
+use crate::pgtable::tlb_finish;
 
 /// Faults resolved by mapping memory (Linux `pgfault` counts all faults).
 pub static RESOLVED_FAULTS: AtomicU64 = AtomicU64::new(0);
@@ -33,9 +33,8 @@ pub fn do_page_fault(frame: &TrapFrame) -> bool {
     }
     let access = FaultAccess::from_error_code(frame.error_code);
     let mut tlb = MmuGather::new();
-    let result = crate::mm_struct::with_current(|mm| {
-        handle_mm_fault(&mut mm.space, &mut mm.vmas, addr, access, &THP, &mm.env, clear_ops(), &mut tlb)
-    });
+    let ops = crate::mm_struct::mm_ops();
+    let result = crate::mm_struct::with_current(|mm| mm.handle_fault(addr, access, &ops, &mut tlb));
     // Pages a failed fault freed go back only after the flush.
     tlb_finish(tlb);
     match result {
@@ -43,8 +42,16 @@ pub fn do_page_fault(frame: &TrapFrame) -> bool {
             RESOLVED_FAULTS.fetch_add(1, Ordering::Relaxed);
             true
         }
+        Some(Err(FaultError::OutOfMemory)) if crate::sched::current_pid() != 0 => {
+            // Kill the largest process (maybe this one, never returning);
+            // if another one dies, the fault is retried once it has exited.
+            crate::process::out_of_memory();
+            true
+        }
         Some(Err(e)) => {
-            log::error!("page fault at {:#x} ({:?}): {}", addr, access, describe(e));
+            // The caller reports it: SIGSEGV for user mode, EFAULT for a user
+            // copy, or an oops.
+            log::debug!("page fault at {:#x} ({:?}): {}", addr, access, describe(e));
             false
         }
         None => {

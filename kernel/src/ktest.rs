@@ -38,6 +38,7 @@ pub const SUITES: &[&[KTest]] = &[
     crate::arch::x86_64::trap::KTESTS,
     crate::arch::x86_64::pit::KTESTS,
     crate::arch::x86_64::apic::KTESTS,
+    crate::arch::x86_64::rtc::KTESTS,
     crate::cmdline::KTESTS,
     crate::sysctl::KTESTS,
     crate::clear_page::KTESTS,

@@ -11,6 +11,7 @@
 extern crate alloc;
 
 mod arch;
+mod binfmt_elf;
 mod clear_page;
 mod cmdline;
 mod console;
@@ -26,6 +27,14 @@ mod memmap;
 mod page_alloc;
 mod page_alloc_ktests;
 mod printk;
+mod process;
+mod procfs;
+mod sched;
+mod sys_mm;
+mod syscalls;
+mod uaccess;
+mod userland;
+mod fs;
 mod serial;
 mod shrinker;
 mod slab;
@@ -39,7 +48,7 @@ use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::{entry_point, BootInfo};
 use log::LevelFilter;
 
-use arch::x86_64::{apic, cpu, gdt, idt, pic, pit, qemu};
+use arch::x86_64::{apic, cpu, fpu, gdt, idt, pic, pit, qemu, syscall};
 use cmdline::SelfTest;
 
 /// Stack for the boot CPU; the tests and the console run on it.
@@ -113,6 +122,17 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     }
     slab::init(mm::slab::SlabConfig { init_on_alloc: cmdline.init_on_alloc, init_on_free: cmdline.init_on_free });
     apic::init(facts.physical_memory_offset);
+    syscall::init();
+    fpu::init();
+    shrinker::register(&sys_mm::LAZYFREE_SHRINKER);
+    match apic::start_timer(sched::HZ) {
+        Some(hz) => log::info!("APIC timer: {} kHz input, {} Hz scheduler tick", hz / 1000, sched::HZ),
+        None => log::warn!("no APIC timer: user processes are not preempted"),
+    }
+    if crate::time::read_wall_clock().is_none() {
+        log::warn!("RTC unreadable: CLOCK_REALTIME counts from 1970");
+    }
+    init_initramfs(facts);
 
     if let Some(test) = cmdline.selftest {
         run_selftest(test);
@@ -121,12 +141,31 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         let summary = ktest::run(filter.as_deref());
         qemu::exit(if summary.failed == 0 { qemu::ExitCode::Success } else { qemu::ExitCode::Failure });
     }
+    let init_status = userland::run_init(cmdline.init.as_deref());
     if cmdline.batch {
         console::execute("meminfo");
+        if let Some(status) = init_status {
+            // The runner turns this line into its exit status.
+            log::info!("init exited with status {}", status);
+        }
         log::info!("batch mode: boot complete, powering off");
         qemu::exit(qemu::ExitCode::Success);
     }
     console::run()
+}
+
+/// Reads the bootloader's ramdisk as the initramfs (Linux `populate_rootfs`).
+fn init_initramfs(facts: &memmap::BootFacts) {
+    let bytes: &'static [u8] = match facts.ramdisk {
+        // SAFETY: the bootloader mapped the ramdisk at this address in the
+        // kernel half, in frames it reports as used; nothing writes them.
+        Some((addr, len)) if len > 0 => unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) },
+        _ => &[],
+    };
+    match fs::init(bytes) {
+        Ok(n) => log::info!("initramfs: {} entries, {} KiB", n, bytes.len() / 1024),
+        Err(e) => log::error!("initramfs: {} (continuing without it)", e),
+    }
 }
 
 fn on_off(b: bool) -> &'static str {

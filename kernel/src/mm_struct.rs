@@ -1,41 +1,66 @@
 //! A user address space as the rest of the kernel sees it (Linux `struct
-//! mm_struct`): page tables, VMAs and the per-process MM flags, plus the
-//! "current" address space that the page-fault handler resolves faults in
-//! (Linux `current->mm`, loaded into CR3 by `switch_mm`).
+//! mm_struct`): [`Mm`] wraps [`mm::mman::UserMm`] — page tables, VMAs, the
+//! per-process MM flags, brk, shared anonymous objects, RSS counters and the
+//! memory system calls (`mmap`, `munmap`, `mprotect`, `madvise`, `brk`,
+//! `prctl` THP) — plus the "current" address space that the page-fault
+//! handler resolves faults in (Linux `current->mm`, loaded into CR3 by
+//! `switch_mm`).
 //!
-//! Until processes exist (the userland issue), tests create an [`Mm`],
-//! [`activate`] it, touch its memory from the kernel through the
-//! `user_access_begin`/`end` window (SMAP), and [`deactivate`] it again.
+//! `Mm` dereferences to `UserMm`, so `mm.space`, `mm.vmas`, `mm.mmap(..)` etc.
+//! work directly; [`mm_ops`] supplies the THP knob and the page clearer the
+//! populate paths need. Tests create an [`Mm`], [`activate`] it, touch its
+//! memory from the kernel through the `user_access_begin`/`end` window (SMAP),
+//! and [`deactivate`] it again.
 
 use alloc::boxed::Box;
+use core::ops::{Deref, DerefMut};
 
-use mm::fault::FaultEnv;
 use mm::gfp::Gfp;
+use mm::mman::{MmOps, UserMm};
 use mm::tlb::MmuGather;
-use mm::vma::VmaTree;
 
 use crate::arch::x86_64::cpu;
-use crate::pgtable::{kernel_root, new_user_space, tlb_finish, UserSpace};
+use crate::page_alloc::KernelPageAlloc;
+use crate::pgtable::{clear_ops, kernel_root, new_user_space, tlb_finish, DirectMapPt, KernelClear, THP};
 use crate::sync::IrqSpinlock;
 
-pub struct Mm {
-    pub space: UserSpace,
-    pub vmas: VmaTree,
-    pub env: FaultEnv,
+/// The kernel's instance of the portable address space.
+pub type KernelUserMm = UserMm<'static, KernelPageAlloc, DirectMapPt>;
+
+pub struct Mm(KernelUserMm);
+
+impl Deref for Mm {
+    type Target = KernelUserMm;
+    fn deref(&self) -> &KernelUserMm {
+        &self.0
+    }
+}
+
+impl DerefMut for Mm {
+    fn deref_mut(&mut self) -> &mut KernelUserMm {
+        &mut self.0
+    }
+}
+
+/// The THP knob and page clearer for [`UserMm`]'s methods that fault pages in
+/// (`mmap` with `MAP_POPULATE`, `madvise(MADV_POPULATE_*)`, `handle_fault`).
+pub fn mm_ops() -> MmOps<'static, KernelClear> {
+    MmOps { thp: &THP, clear: clear_ops() }
 }
 
 impl Mm {
     /// An empty user address space (kernel half shared).
     pub fn new(asid: u16, gfp: Gfp) -> Result<Box<Mm>, mm::pgtable::NewSpaceError> {
-        Ok(Box::new(Mm { space: new_user_space(asid, gfp)?, vmas: VmaTree::new(), env: FaultEnv::default() }))
+        Ok(Box::new(Mm(UserMm::new(new_user_space(asid, gfp)?))))
     }
 
-    /// Tears the address space down: every page and page-table page goes
-    /// back to the allocator after the TLB flush (Linux `exit_mmap`).
+    /// Tears the address space down: every page, shared-object page and
+    /// page-table page goes back to the allocator after the TLB flush (Linux
+    /// `exit_mmap`).
     pub fn destroy(self: Box<Self>) {
-        let mm = *self;
+        let Mm(mm) = *self;
         let mut tlb = MmuGather::new();
-        mm.space.destroy(&mut tlb);
+        mm.destroy(&mut tlb);
         tlb_finish(tlb);
     }
 }

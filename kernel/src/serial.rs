@@ -95,6 +95,11 @@ pub fn handle_irq() {
     }
 }
 
+/// The next input byte, if one has arrived.
+pub fn try_read_byte() -> Option<u8> {
+    INPUT.lock().pop()
+}
+
 /// Waits (halting between interrupts) for the next input byte.
 pub fn read_byte_blocking() -> u8 {
     loop {

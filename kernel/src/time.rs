@@ -7,6 +7,21 @@ use crate::arch::x86_64::{cpu, pit};
 
 static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+/// Wall-clock seconds at boot (from the RTC), the origin of `CLOCK_REALTIME`.
+static BOOT_UNIX_SECS: AtomicU64 = AtomicU64::new(0);
+
+/// Reads the RTC once; `realtime_ns` counts from it.
+pub fn read_wall_clock() -> Option<u64> {
+    let secs = crate::arch::x86_64::rtc::read_unix_time()?;
+    let up = uptime_ns().unwrap_or(0) / 1_000_000_000;
+    BOOT_UNIX_SECS.store(secs.saturating_sub(up), Ordering::Relaxed);
+    Some(secs)
+}
+
+/// Nanoseconds since the Unix epoch (`CLOCK_REALTIME`).
+pub fn realtime_ns() -> u64 {
+    BOOT_UNIX_SECS.load(Ordering::Relaxed) * 1_000_000_000 + uptime_ns().unwrap_or(0)
+}
 
 /// Remembers the boot TSC value; call first thing so timestamps start at 0.
 pub fn mark_boot() {

@@ -143,14 +143,19 @@ pub fn describe_fault(addr: u64) -> Option<alloc::string::String> {
     })
 }
 
+/// `/proc/vmallocinfo` plus the vmalloc totals.
+pub fn vmallocinfo(w: &mut impl core::fmt::Write) -> core::fmt::Result {
+    VMALLOC.vmallocinfo(w)?;
+    VMALLOC.meminfo(w)
+}
+
 pub const COMMANDS: &[crate::console::Command] = &[
     crate::console::Command {
         name: "vmallocinfo",
         args: "",
         help: "vmalloc areas, like /proc/vmallocinfo",
         run: |_| {
-            let _ = VMALLOC.vmallocinfo(&mut crate::serial::Writer);
-            let _ = VMALLOC.meminfo(&mut crate::serial::Writer);
+            let _ = vmallocinfo(&mut crate::serial::Writer);
         },
     },
     crate::console::Command {

@@ -21,6 +21,9 @@
 //!   hint, so it is cleared last and stays cache-hot) and mapped by one PMD entry;
 //!   a PTE table is deposited so a later split cannot fail. If the order-9
 //!   allocation fails the fault falls back to a 4 KiB page.
+//! * Shared anonymous VMAs (`MAP_SHARED | MAP_ANONYMOUS`) map the page of their
+//!   [`Shmem`] object at the VMA's offset (Linux `shmem_fault` → `finish_fault`),
+//!   allocated and cleared on first use; the entry does not own it.
 //! * Writes to read-only VMAs, execution of non-exec VMAs and addresses outside
 //!   every VMA are refused with a typed error.
 //!
@@ -37,9 +40,11 @@ use crate::pgtable::{
     AddressSpace, HPAGE_PMD_NR, HPAGE_PMD_ORDER, Level, MapError, PMD_SIZE, PageSize, Pte, PteFlags, PtAlloc, PtMem,
     SpaceKind, VirtAddr,
 };
+use crate::pgtable::RssKind;
 use crate::pt_reclaim::TableAllocError;
+use crate::shmem::{Shmem, ShmemError};
 use crate::tlb::MmuGather;
-use crate::vma::{VmFlags, Vma, VmaKind, VmaTree};
+use crate::vma::{ShmId, VmFlags, Vma, VmaKind, VmaTree};
 
 /// Page-table pages for user space (Linux `GFP_PGTABLE_USER` without accounting).
 pub const GFP_PGTABLE_USER: Gfp = GFP_KERNEL;
@@ -135,15 +140,18 @@ impl FaultAccess {
 /// Per-process state the fault handler consults.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct FaultEnv {
-    /// `PR_SET_THP_DISABLE` (Linux `MMF_DISABLE_THP`).
+    /// `PR_SET_THP_DISABLE` (Linux `MMF_DISABLE_THP_COMPLETELY`): no huge pages.
     pub thp_disabled: bool,
+    /// `PR_SET_THP_DISABLE` with `PR_THP_DISABLE_EXCEPT_ADVISED` (Linux
+    /// `MMF_DISABLE_THP_EXCEPT_ADVISED`): huge pages only in `MADV_HUGEPAGE` VMAs.
+    pub thp_disabled_except_advised: bool,
     /// `RLIMIT_STACK` for stack growth.
     pub stack_limit_bytes: u64,
 }
 
 impl Default for FaultEnv {
     fn default() -> Self {
-        FaultEnv { thp_disabled: false, stack_limit_bytes: 8 << 20 }
+        FaultEnv { thp_disabled: false, thp_disabled_except_advised: false, stack_limit_bytes: 8 << 20 }
     }
 }
 
@@ -188,11 +196,30 @@ pub enum FaultOutcome {
     Upgraded,
 }
 
-/// Resolves a fault at `addr` in a user address space (Linux `handle_mm_fault`).
+/// Resolves a fault at `addr` in a user address space (Linux `handle_mm_fault`)
+/// that has no shared anonymous objects: faults in `MAP_SHARED` anonymous VMAs
+/// fail with [`FaultError::Unsupported`]. [`handle_mm_fault_shmem`] serves them.
 #[allow(clippy::too_many_arguments)]
 pub fn handle_mm_fault<A: PtAlloc, M: PtMem, C: ClearPages>(
     space: &mut AddressSpace<'_, A, M>,
     vmas: &mut VmaTree,
+    addr: u64,
+    access: FaultAccess,
+    thp: &ThpCtl,
+    env: &FaultEnv,
+    clear: &C,
+    tlb: &mut MmuGather,
+) -> Result<FaultOutcome, FaultError> {
+    handle_mm_fault_shmem(space, vmas, None, addr, access, thp, env, clear, tlb)
+}
+
+/// [`handle_mm_fault`] with the address space's shared anonymous objects, so
+/// faults in `MAP_SHARED | MAP_ANONYMOUS` VMAs map the object's pages.
+#[allow(clippy::too_many_arguments)]
+pub fn handle_mm_fault_shmem<A: PtAlloc, M: PtMem, C: ClearPages>(
+    space: &mut AddressSpace<'_, A, M>,
+    vmas: &mut VmaTree,
+    shmem: Option<&mut Shmem>,
     addr: u64,
     access: FaultAccess,
     thp: &ThpCtl,
@@ -210,10 +237,14 @@ pub fn handle_mm_fault<A: PtAlloc, M: PtMem, C: ClearPages>(
         None => vmas.expand_stack(addr, env.stack_limit_bytes).map_err(|_| FaultError::NoVma)?,
     };
     access_error(&vma, access)?;
-    if matches!(vma.kind, VmaKind::AnonShared(_)) {
-        return Err(FaultError::Unsupported);
-    }
     let prot = vm_get_page_prot(vma.flags);
+    if let VmaKind::AnonShared(id) = vma.kind {
+        let Some(shmem) = shmem else { return Err(FaultError::Unsupported) };
+        if let Some(t) = space.translate(va) {
+            return fault_on_present(space, va, t.level, t.flags, prot, access, tlb);
+        }
+        return do_shared_fault(space, shmem, &vma, id, va, prot, access, clear);
+    }
     if let Some(t) = space.translate(va) {
         return fault_on_present(space, va, t.level, t.flags, prot, access, tlb);
     }
@@ -240,8 +271,12 @@ fn access_error(vma: &Vma, access: FaultAccess) -> Result<(), FaultError> {
     if ok { Ok(()) } else { Err(FaultError::AccessDenied) }
 }
 
-/// Leaf flags for a VMA (Linux `vm_get_page_prot` on x86).
+/// Leaf flags for a VMA (Linux `vm_get_page_prot` on x86): `PAGE_NONE`
+/// ([`PteFlags::PROTNONE`], not present) for a VMA without any access.
 pub fn vm_get_page_prot(flags: VmFlags) -> PteFlags {
+    if !flags.intersects(VmFlags::ACCESS) {
+        return PteFlags::PROTNONE | PteFlags::ACCESSED | PteFlags::NX;
+    }
     let mut p = PteFlags::PRESENT | PteFlags::USER | PteFlags::ACCESSED;
     p.set(PteFlags::WRITABLE, flags.contains(VmFlags::WRITE));
     p.set(PteFlags::NX, !flags.contains(VmFlags::EXEC));
@@ -259,7 +294,9 @@ fn fault_on_present<A: PtAlloc, M: PtMem>(
     access: FaultAccess,
     tlb: &mut MmuGather,
 ) -> Result<FaultOutcome, FaultError> {
-    let allowed = (!access.write || have.contains(PteFlags::WRITABLE)) && (!access.exec || !have.contains(PteFlags::NX));
+    let allowed = have.contains(PteFlags::PRESENT)
+        && (!access.write || have.contains(PteFlags::WRITABLE))
+        && (!access.exec || !have.contains(PteFlags::NX));
     if allowed {
         return Ok(FaultOutcome::Spurious);
     }
@@ -275,6 +312,9 @@ fn fault_on_present<A: PtAlloc, M: PtMem>(
 /// fault at `addr`.
 pub fn thp_vma_allowable(vma: &Vma, addr: u64, mode: ThpMode, env: &FaultEnv) -> bool {
     if env.thp_disabled || vma.flags.contains(VmFlags::NOHUGEPAGE) {
+        return false;
+    }
+    if env.thp_disabled_except_advised && !vma.flags.contains(VmFlags::HUGEPAGE) {
         return false;
     }
     let enabled = match mode {
@@ -384,9 +424,40 @@ fn do_anonymous_page<A: PtAlloc, M: PtMem, C: ClearPages>(
     let flags = fault_flags(prot, access) | PteFlags::SOFT_ANON;
     space.set_entry(r.table, idx, Pte::new(pfn, flags));
     space.count_add(r.table, 1);
+    space.add_rss(RssKind::Anon, 1);
     let _ = page.leak(); // owned by the PTE now
     space.pt_put(r, tlb);
     Ok(FaultOutcome::MappedPage(pfn))
+}
+
+/// Linux `shmem_fault` + `finish_fault`: maps the object's page at the VMA's
+/// offset (allocated and cleared on first use) with an entry that does not own it.
+#[allow(clippy::too_many_arguments)]
+fn do_shared_fault<A: PtAlloc, M: PtMem, C: ClearPages>(
+    space: &mut AddressSpace<'_, A, M>,
+    shmem: &mut Shmem,
+    vma: &Vma,
+    id: ShmId,
+    va: VirtAddr,
+    prot: PteFlags,
+    access: FaultAccess,
+    clear: &C,
+) -> Result<FaultOutcome, FaultError> {
+    let pgoff = vma.pgoff_at(va.as_u64()).ok_or(FaultError::NoVma)?;
+    let pfn = shmem.find_or_alloc(id, pgoff, space.alloc, clear).map_err(|e| match e {
+        ShmemError::NoMemory(_) => FaultError::OutOfMemory,
+        ShmemError::NoObject => FaultError::Unsupported,
+    })?;
+    let mut flags = prot | PteFlags::SOFT_SHMEM;
+    flags.set(PteFlags::DIRTY, access.write);
+    let page_va = VirtAddr::try_new(va.as_u64() & !(PAGE_SIZE - 1)).ok_or(FaultError::BadAddress)?;
+    match space.map(page_va, pfn, PageSize::Size4K, flags, GFP_PGTABLE_USER) {
+        Ok(()) => Ok(FaultOutcome::MappedPage(pfn)),
+        // A racing fault mapped it first (cannot happen under the mm lock).
+        Err(MapError::AlreadyMapped) => Ok(FaultOutcome::Spurious),
+        // The page stays in the object; the next fault maps it.
+        Err(_) => Err(FaultError::OutOfMemory),
+    }
 }
 
 /// Accessed always, dirty on a write, and the entry owns an anonymous page.

@@ -28,6 +28,8 @@ pub mod vmstat;
 
 pub mod pgtable;
 pub mod fault;
+pub mod mman;
+pub mod shmem;
 pub mod pt_reclaim;
 pub mod tlb;
 pub mod slab;

@@ -10,7 +10,13 @@
 //!
 //! * [`Pte`] / [`PteFlags`]: the hardware entry format (present, writable, user,
 //!   PWT, PCD, accessed, dirty, PS, global, NX at bit 63, physical address in bits
-//!   12..51) plus one software bit, [`PteFlags::SOFT_ANON`].
+//!   12..51) plus three software bits: [`PteFlags::SOFT_ANON`] (the entry owns a
+//!   mapcount of an anonymous page), [`PteFlags::SOFT_SHMEM`] (it maps a page of a
+//!   shared anonymous object, owned by [`crate::shmem`]) and [`PteFlags::PROTNONE`]
+//!   (a `PROT_NONE` leaf: hardware-present bit clear, page still mapped).
+//! * Resident-set counters per space (Linux `mm->rss_stat`: `MM_ANONPAGES`,
+//!   `MM_SHMEMPAGES`, and the `hiwater_rss` high-water mark), kept exact by every
+//!   operation that installs or clears a leaf.
 //! * [`AddressSpace`]: one PML4. A user space copies the kernel's PML4 entries
 //!   256..511 at creation (the kernel half is shared) and refuses kernel-half
 //!   addresses; the kernel space refuses user-half addresses and never unlinks a
@@ -140,6 +146,14 @@ bitflags::bitflags! {
         /// page (Linux: a "normal" page, as opposed to `pte_special`); unmapping
         /// drops it and frees the page after the flush when it was the last.
         const SOFT_ANON = 1 << 9;
+        /// Software bit 10: the leaf maps a page of a shared anonymous object
+        /// ([`crate::shmem`]); the object owns the page, unmapping only drops the
+        /// entry (Linux: a file-backed `pte`, counted in `MM_SHMEMPAGES`).
+        const SOFT_SHMEM = 1 << 10;
+        /// Software bit 11: a `PROT_NONE` user leaf (Linux `_PAGE_PROTNONE`). The
+        /// hardware present bit is clear so every access faults, but the entry still
+        /// maps its page: [`Pte::is_present`] is true and unmapping releases it.
+        const PROTNONE = 1 << 11;
         /// `_PAGE_NX`.
         const NX = 1 << 63;
     }
@@ -153,6 +167,17 @@ impl PteFlags {
         .union(PteFlags::PCD)
         .union(PteFlags::GLOBAL)
         .union(PteFlags::NX);
+
+    /// What [`AddressSpace::protect`] rewrites: the permissions plus the present /
+    /// `PROT_NONE` state of the leaf.
+    pub(crate) const PROTECT_BITS: PteFlags = PteFlags::PERMISSIONS
+        .union(PteFlags::PRESENT)
+        .union(PteFlags::PROTNONE);
+
+    /// Software bits that only user leaves may carry.
+    pub(crate) const USER_SOFT: PteFlags = PteFlags::SOFT_ANON
+        .union(PteFlags::SOFT_SHMEM)
+        .union(PteFlags::PROTNONE);
 }
 
 /// Physical-address bits 12..51 of an entry (Linux `PTE_PFN_MASK`).
@@ -170,8 +195,13 @@ impl Pte {
     pub const fn new(pfn: Pfn, flags: PteFlags) -> Pte {
         Pte((pfn.0 << PAGE_SHIFT) & PTE_PFN_MASK | flags.bits())
     }
-    /// Whether the present bit is set.
+    /// Whether the entry maps something (Linux `pte_present`): the hardware
+    /// present bit, or a [`PteFlags::PROTNONE`] leaf.
     pub const fn is_present(self) -> bool {
+        self.0 & (PteFlags::PRESENT.bits() | PteFlags::PROTNONE.bits()) != 0
+    }
+    /// Whether the hardware present bit is set (accesses may use the entry).
+    pub const fn is_hw_present(self) -> bool {
         self.0 & PteFlags::PRESENT.bits() != 0
     }
     /// Whether this is a PS leaf (only meaningful above PTE level).
@@ -297,6 +327,16 @@ pub trait PtMem {
     fn write_entry(&self, table: Pfn, index: usize, value: u64);
     /// Fills a freshly allocated table with zeroes.
     fn zero_table(&self, table: Pfn);
+    /// Writes entry `index` of `table` and returns what it held, as one atomic
+    /// exchange (`xchg`) where the hardware may update the entry concurrently
+    /// (Linux `ptep_get_and_clear`). The default reads, then writes: enough on one
+    /// CPU with the address space's lock held; the kernel should override it with a
+    /// real `xchg` once other CPUs run user code.
+    fn xchg_entry(&self, table: Pfn, index: usize, value: u64) -> u64 {
+        let old = self.read_entry(table, index);
+        self.write_entry(table, index, value);
+        old
+    }
 }
 
 /// Page allocation as the page tables and the fault handler need it; implemented
@@ -387,7 +427,8 @@ pub enum MapError {
     ZeroLength,
     /// Outside this address space's half, or the range overflows.
     OutOfRange,
-    /// Flags this operation cannot map (e.g. `SOFT_ANON` in `map_range`).
+    /// Flags this operation cannot map (e.g. `SOFT_ANON` in `map_range`, or both
+    /// `SOFT_ANON` and `SOFT_SHMEM`).
     InvalidFlags,
     /// Something is already mapped there.
     AlreadyMapped,
@@ -541,7 +582,22 @@ pub struct AddressSpace<'a, A: PtAlloc, M: PtMem> {
     /// PTE tables deposited for PMD-mapped anonymous huge pages so a split never
     /// fails (Linux `pgtable_trans_huge_deposit`), keyed by linear address.
     pub(crate) deposited: BTreeMap<u64, Pfn>,
+    /// Resident pages (Linux `mm->rss_stat`): [`RssKind::Anon`] counts anonymous
+    /// pages mapped (a PMD-mapped huge page as 512), [`RssKind::Shmem`] pages of
+    /// shared anonymous objects mapped here.
+    pub(crate) rss: [u64; 2],
+    /// Highest `rss` sum seen (Linux `hiwater_rss`, kept eagerly).
+    pub(crate) hiwater_rss: u64,
     pub(crate) destroyed: bool,
+}
+
+/// A resident-set counter (Linux `MM_ANONPAGES`, `MM_SHMEMPAGES`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RssKind {
+    /// Anonymous private pages (`RssAnon:`).
+    Anon = 0,
+    /// Pages of shared anonymous objects (`RssShmem:`).
+    Shmem = 1,
 }
 
 impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
@@ -583,6 +639,8 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
             ctl,
             nr_tables: [0; 3],
             deposited: BTreeMap::new(),
+            rss: [0; 2],
+            hiwater_rss: 0,
             destroyed: false,
         }
     }
@@ -608,6 +666,32 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
     /// Bytes of page tables below the root (Linux `mm_pgtables_bytes`).
     pub fn pgtables_bytes(&self) -> u64 {
         self.nr_tables.iter().sum::<u64>() * PAGE_SIZE
+    }
+
+    /// Resident pages of one kind (Linux `get_mm_counter`).
+    pub fn rss_pages(&self, kind: RssKind) -> u64 {
+        self.rss[kind as usize]
+    }
+
+    /// All resident pages (Linux `get_mm_rss`, `VmRSS:`).
+    pub fn total_rss_pages(&self) -> u64 {
+        self.rss[0].saturating_add(self.rss[1])
+    }
+
+    /// The most resident pages this space ever had (`VmHWM:`).
+    pub fn hiwater_rss_pages(&self) -> u64 {
+        self.hiwater_rss.max(self.total_rss_pages())
+    }
+
+    /// Adjusts a resident-set counter by `delta` pages (Linux `add_mm_counter`)
+    /// and the high-water mark with it.
+    pub(crate) fn add_rss(&mut self, kind: RssKind, delta: i64) {
+        let c = &mut self.rss[kind as usize];
+        *c = c.checked_add_signed(delta).unwrap_or_else(|| {
+            debug_assert!(false, "RSS counter {kind:?} by {delta} underflows");
+            0
+        });
+        self.hiwater_rss = self.hiwater_rss.max(self.total_rss_pages());
     }
 
     /// The `VmPTE:` line of `/proc/PID/status`.
@@ -676,13 +760,31 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
     }
 
     /// Leaf flags for this space: present, `USER` only (and always) in user spaces,
-    /// `GLOBAL` only in the kernel space.
+    /// `GLOBAL` only in the kernel space. A user leaf asked for with
+    /// [`PteFlags::PROTNONE`] gets the hardware present bit cleared instead.
     pub(crate) fn leaf_flags(&self, flags: PteFlags, size: PageSize) -> PteFlags {
         let mut f = flags | PteFlags::PRESENT;
         f.set(PteFlags::HUGE, size == PageSize::Size2M);
         match self.kind {
+            SpaceKind::User if f.contains(PteFlags::PROTNONE) => (f | PteFlags::USER) - PteFlags::GLOBAL - PteFlags::PRESENT,
             SpaceKind::User => (f | PteFlags::USER) - PteFlags::GLOBAL,
-            SpaceKind::Kernel => f - PteFlags::USER - PteFlags::SOFT_ANON,
+            SpaceKind::Kernel => f - PteFlags::USER - PteFlags::USER_SOFT,
+        }
+    }
+
+    /// The resident-set counter a leaf with `flags` at `level` holds, and how many
+    /// pages it counts for.
+    pub(crate) fn leaf_rss(&self, flags: PteFlags, level: Level) -> Option<(RssKind, i64)> {
+        if self.kind != SpaceKind::User {
+            return None;
+        }
+        let pages = if level == Level::Pte { 1 } else { (level.entry_span() >> PAGE_SHIFT) as i64 };
+        if flags.contains(PteFlags::SOFT_ANON) {
+            Some((RssKind::Anon, pages))
+        } else if flags.contains(PteFlags::SOFT_SHMEM) {
+            Some((RssKind::Shmem, pages))
+        } else {
+            None
         }
     }
 
@@ -812,6 +914,9 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
         if pfn.0 % (size.bytes() >> PAGE_SHIFT) != 0 || pfn.0 > PTE_PFN_MASK >> PAGE_SHIFT {
             return Err(MapError::Unaligned);
         }
+        if flags.contains(PteFlags::SOFT_ANON | PteFlags::SOFT_SHMEM) {
+            return Err(MapError::InvalidFlags);
+        }
         let flags = self.leaf_flags(flags, size);
         let deposit = if size == PageSize::Size2M && flags.contains(PteFlags::SOFT_ANON) {
             Some(self.alloc_table(gfp, Level::Pte).map_err(|_| MapError::NoMemory)?)
@@ -839,6 +944,9 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
         } else {
             self.set_entry(r.table, idx, Pte::new(pfn, flags));
             self.count_add(r.table, 1);
+            if let Some((kind, pages)) = self.leaf_rss(flags, size.level()) {
+                self.add_rss(kind, pages);
+            }
             if let Some(d) = deposit {
                 self.deposited.insert(lin, d);
                 self.ctl.add_anon_thps(1);
@@ -874,7 +982,7 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
             Some(last) if last <= (PTE_PFN_MASK >> PAGE_SHIFT) + 1 => {}
             _ => return Err(MapError::OutOfRange),
         }
-        if flags.contains(PteFlags::SOFT_ANON) {
+        if flags.intersects(PteFlags::USER_SOFT) {
             return Err(MapError::InvalidFlags);
         }
         let flags = self.leaf_flags(flags, size);
@@ -1012,14 +1120,19 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
         mode.reclaim && !(self.kind == SpaceKind::Kernel && level == Level::Pml4)
     }
 
-    /// Drops what a cleared leaf held: the anonymous page's mapcount (freeing the page
-    /// after the flush when it was the last) and a deposited table (Linux
-    /// `zap_huge_pmd` / `zap_present_ptes` + `folio_remove_rmap_*`).
-    fn release_leaf(&mut self, pte: Pte, level: Level, lin: u64, tlb: &mut MmuGather) {
+    /// Drops what a cleared leaf held: its resident-set count, the anonymous page's
+    /// mapcount (freeing the page after the flush when it was the last) and a
+    /// deposited table (Linux `zap_huge_pmd` / `zap_present_ptes` +
+    /// `folio_remove_rmap_*` + `add_mm_rss_vec`). A `SOFT_SHMEM` page stays with its
+    /// object.
+    pub(crate) fn release_leaf(&mut self, pte: Pte, level: Level, lin: u64, tlb: &mut MmuGather) {
         if level == Level::Pmd {
             if let Some(d) = self.deposited.remove(&lin) {
                 self.release_table(d, Level::Pte, lin, tlb);
             }
+        }
+        if let Some((kind, pages)) = self.leaf_rss(pte.flags(), level) {
+            self.add_rss(kind, -pages);
         }
         if self.kind != SpaceKind::User || !pte.flags().contains(PteFlags::SOFT_ANON) {
             return;
@@ -1120,11 +1233,30 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
 
     /// Sets the permission bits ([`PteFlags::PERMISSIONS`]) of every mapping in
     /// `[va, va + len)` to those in `flags` (Linux `change_protection`). Holes are
-    /// skipped; partly covered 2 MiB mappings are split (tables from `gfp`).
+    /// skipped; partly covered 2 MiB mappings are split (tables from `gfp`). In a
+    /// user space, `flags` with [`PteFlags::PROTNONE`] turn the leaves into
+    /// `PROT_NONE` entries (hardware present bit clear) and flags without it make
+    /// them present again.
     pub fn protect(&mut self, va: VirtAddr, len: u64, flags: PteFlags, gfp: Gfp, tlb: &mut MmuGather) -> Result<(), ProtectError> {
         let (start, end) = self.check_range(va, len, PAGE_SIZE)?;
-        let perms = self.leaf_flags(flags, PageSize::Size4K) & PteFlags::PERMISSIONS;
+        let perms = self.leaf_flags(flags, PageSize::Size4K) & PteFlags::PROTECT_BITS;
         self.change_table(self.root, Level::Pml4, start, end, perms, gfp, tlb)
+    }
+
+    /// Rewrites entry `index` of `table` to `f(old)` with one exchange, so accessed
+    /// and dirty bits the CPU sets between the read and the write are not lost
+    /// (Linux `ptep_modify_prot_start` / `_commit`). Returns the entry written.
+    fn update_entry(&self, table: Pfn, index: usize, f: impl Fn(Pte) -> Pte) -> Pte {
+        let old = self.entry(table, index);
+        let new = f(old);
+        let seen = Pte(self.mem.xchg_entry(table, index, new.0));
+        if seen == old {
+            return new;
+        }
+        // The CPU set A/D in between: recompute from what it left.
+        let again = f(seen);
+        self.set_entry(table, index, again);
+        again
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1151,9 +1283,9 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
             let leaf = level == Level::Pte || (level != Level::Pml4 && pte.is_huge());
             if leaf {
                 if lo == ent_start && hi == ent_end {
-                    let new = Pte::new(pte.pfn(), (pte.flags() - PteFlags::PERMISSIONS) | perms);
-                    if new != pte {
-                        self.set_entry(table, idx, new);
+                    let change = |p: Pte| Pte::new(p.pfn(), (p.flags() - PteFlags::PROTECT_BITS) | perms);
+                    if change(pte) != pte {
+                        self.update_entry(table, idx, change);
                         tlb.add_range(ent_start, ent_end);
                     }
                     continue;
@@ -1167,6 +1299,156 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
             self.change_table(child, child_level, lo, hi, perms, gfp, tlb)?;
         }
         Ok(())
+    }
+
+    // ----- MADV_FREE ---------------------------------------------------------------------
+
+    /// `MADV_FREE` on anonymous memory (Linux `madvise_free_pte_range` /
+    /// `madvise_free_huge_pmd`): clears the dirty and accessed bits of every
+    /// anonymous leaf in `[va, va + len)`, so that [`zap_clean_anon`](Self::zap_clean_anon)
+    /// may drop the page later unless the CPU dirties it again. A 2 MiB page covered
+    /// only partly is split first (into its deposited table). The TLB entries are
+    /// flushed through `tlb`: a cached dirty translation would let a later write
+    /// skip setting the dirty bit. Returns the number of base pages marked.
+    pub fn mkclean_anon(&mut self, va: VirtAddr, len: u64, gfp: Gfp, tlb: &mut MmuGather) -> Result<u64, UnmapError> {
+        let (start, end) = self.check_range(va, len, PAGE_SIZE)?;
+        let mut marked = 0;
+        self.clean_table(self.root, Level::Pml4, start, end, gfp, tlb, &mut marked)?;
+        Ok(marked)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn clean_table(
+        &mut self,
+        table: Pfn,
+        level: Level,
+        s: u64,
+        e: u64,
+        gfp: Gfp,
+        tlb: &mut MmuGather,
+        marked: &mut u64,
+    ) -> Result<(), UnmapError> {
+        let span = level.entry_span();
+        let base = s & !(level.table_span() - 1);
+        for idx in level.index(s)..=level.index(e - 1) {
+            let pte = self.entry(table, idx);
+            if !pte.is_present() {
+                continue;
+            }
+            let ent_start = base + idx as u64 * span;
+            let ent_end = ent_start + span;
+            let (lo, hi) = (s.max(ent_start), e.min(ent_end));
+            let leaf = level == Level::Pte || (level != Level::Pml4 && pte.is_huge());
+            if leaf {
+                if !pte.flags().contains(PteFlags::SOFT_ANON) {
+                    continue;
+                }
+                if lo == ent_start && hi == ent_end {
+                    self.update_entry(table, idx, |p| Pte(p.0 & !(PteFlags::DIRTY | PteFlags::ACCESSED).bits()));
+                    tlb.add_range(ent_start, ent_end);
+                    *marked += span >> PAGE_SHIFT;
+                    continue;
+                }
+                if level != Level::Pmd || self.split_pmd_entry(table, idx, ent_start, gfp, tlb).is_err() {
+                    return Err(UnmapError::NoMemory);
+                }
+            }
+            let Some(child_level) = level.child() else { continue };
+            let child = self.entry(table, idx).pfn();
+            self.clean_table(child, child_level, lo, hi, gfp, tlb, marked)?;
+        }
+        Ok(())
+    }
+
+    /// Reclaim of lazily freed memory (Linux `try_to_unmap_one` on a lazyfree
+    /// folio): unmaps every anonymous leaf lying wholly inside `[va, va + len)`
+    /// whose dirty bit is clear. Each entry is exchanged with an empty one and put
+    /// back if the CPU dirtied it meanwhile, so a page written after `MADV_FREE`
+    /// keeps its data. Partly covered 2 MiB leaves are left alone. Pages whose
+    /// last mapping goes and tables left empty (with `pt_reclaim` on) are freed
+    /// after `tlb`'s flush. Returns the number of base pages unmapped.
+    pub fn zap_clean_anon(&mut self, va: VirtAddr, len: u64, tlb: &mut MmuGather) -> Result<u64, UnmapError> {
+        let (start, end) = self.check_range(va, len, PAGE_SIZE)?;
+        let mut zapped = 0;
+        self.zap_clean_table(self.root, Level::Pml4, start, end, tlb, &mut zapped);
+        Ok(zapped)
+    }
+
+    fn zap_clean_table(&mut self, table: Pfn, level: Level, s: u64, e: u64, tlb: &mut MmuGather, zapped: &mut u64) {
+        let mode = ZapMode { reclaim: self.ctl.pt_reclaim(), teardown: false };
+        let span = level.entry_span();
+        let base = s & !(level.table_span() - 1);
+        let mut cleared = 0i32;
+        for idx in level.index(s)..=level.index(e - 1) {
+            let pte = self.entry(table, idx);
+            if !pte.is_present() {
+                continue;
+            }
+            let ent_start = base + idx as u64 * span;
+            let ent_end = ent_start + span;
+            let (lo, hi) = (s.max(ent_start), e.min(ent_end));
+            let leaf = level == Level::Pte || (level != Level::Pml4 && pte.is_huge());
+            if leaf {
+                let clean_anon = |p: Pte| p.flags().contains(PteFlags::SOFT_ANON) && !p.flags().contains(PteFlags::DIRTY);
+                if lo != ent_start || hi != ent_end || !clean_anon(pte) {
+                    continue;
+                }
+                let old = Pte(self.mem.xchg_entry(table, idx, Pte::NONE.0));
+                if !clean_anon(old) {
+                    // Dirtied since the check: the page stays (Linux: folio dirty again).
+                    self.set_entry(table, idx, old);
+                    continue;
+                }
+                cleared += 1;
+                tlb.add_range(ent_start, ent_end);
+                self.release_leaf(old, level, ent_start, tlb);
+                *zapped += span >> PAGE_SHIFT;
+                continue;
+            }
+            let Some(child_level) = level.child() else { continue };
+            let child = pte.pfn();
+            self.zap_clean_table(child, child_level, lo, hi, tlb, zapped);
+            if self.may_unlink(level, mode) && self.live_entries(child) == 0 {
+                self.set_entry(table, idx, Pte::NONE);
+                cleared += 1;
+                self.release_table(child, child_level, ent_start, tlb);
+            }
+        }
+        self.count_add(table, -cleared);
+    }
+
+    /// What the CPU does to the leaf mapping `va` on an access: sets the accessed
+    /// bit, and for a write the dirty bit (Linux `follow_page` with `FOLL_TOUCH`;
+    /// host tests use it to stand in for the MMU). Returns `false`, changing
+    /// nothing, if no present leaf maps `va` or it does not allow the access.
+    pub fn touch(&mut self, va: VirtAddr, write: bool) -> bool {
+        let Some((table, idx, _)) = self.find_leaf(va.linear()) else { return false };
+        let pte = self.entry(table, idx);
+        if !pte.is_hw_present() || (write && !pte.flags().contains(PteFlags::WRITABLE)) {
+            return false;
+        }
+        let mut set = PteFlags::ACCESSED;
+        set.set(PteFlags::DIRTY, write);
+        self.update_entry(table, idx, |p| Pte(p.0 | set.bits()));
+        true
+    }
+
+    /// The table, index and level of the leaf mapping linear `lin`, if any.
+    pub(crate) fn find_leaf(&self, lin: u64) -> Option<(Pfn, usize, Level)> {
+        let mut table = self.root;
+        let mut level = Level::Pml4;
+        loop {
+            let idx = level.index(lin);
+            let e = self.entry(table, idx);
+            if !e.is_present() {
+                return None;
+            }
+            if level == Level::Pte || (level != Level::Pml4 && e.is_huge()) {
+                return Some((table, idx, level));
+            }
+            table = e.pfn();
+            level = level.child()?;
+        }
     }
 
     // ----- teardown ---------------------------------------------------------------------

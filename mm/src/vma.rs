@@ -101,6 +101,8 @@ bitflags! {
         const ACCOUNT = 0x0010_0000;
         /// `VM_NORESERVE`: `MAP_NORESERVE`.
         const NORESERVE = 0x0020_0000;
+        /// `VM_WIPEONFORK`: `MADV_WIPEONFORK` (the child sees zeroes).
+        const WIPEONFORK = 0x0200_0000;
         /// `VM_DONTDUMP`: `MADV_DONTDUMP`.
         const DONTDUMP = 0x0400_0000;
         /// `VM_MIXEDMAP`: mixed PFN/page mapping (never merged).
@@ -470,6 +472,10 @@ pub enum FlagAdvice {
     Mergeable,
     /// `MADV_UNMERGEABLE`.
     Unmergeable,
+    /// `MADV_WIPEONFORK` (`EINVAL` on shared VMAs: only private anonymous memory).
+    WipeOnFork,
+    /// `MADV_KEEPONFORK`.
+    KeepOnFork,
 }
 
 impl FlagAdvice {
@@ -495,6 +501,11 @@ impl FlagAdvice {
             FlagAdvice::Mergeable if Self::ksm_incompatible(f) => f,
             FlagAdvice::Mergeable => f | VmFlags::MERGEABLE,
             FlagAdvice::Unmergeable => f - VmFlags::MERGEABLE,
+            FlagAdvice::WipeOnFork if f.intersects(VmFlags::SHARED | VmFlags::MAYSHARE) => {
+                return Err(MadviseError::InvalidForVma);
+            }
+            FlagAdvice::WipeOnFork => f | VmFlags::WIPEONFORK,
+            FlagAdvice::KeepOnFork => f - VmFlags::WIPEONFORK,
         })
     }
 
@@ -974,6 +985,25 @@ impl VmaTree {
             }
         }
         Err(UnmappedAreaError::NoSpace)
+    }
+
+    /// x86 `arch_get_unmapped_area` (bottom-up) restricted to `[low, high)`, as for
+    /// `MAP_32BIT` (`find_start_end`: 1 GiB .. 2 GiB): `hint` (rounded up to a
+    /// page) if `[hint, hint + len)` fits below `high` and is free, else the
+    /// lowest free range of `len` bytes (rounded up) in the window. `None` if
+    /// there is none.
+    pub fn get_unmapped_area_bottomup(&self, hint: u64, len: u64, low: u64, high: u64) -> Option<u64> {
+        let len = align_up(len, PAGE_SIZE).filter(|&l| l != 0 && l <= high)?;
+        let high = high.min(TASK_SIZE);
+        if hint != 0
+            && let Some(addr) = align_up(hint, PAGE_SIZE)
+            && high.checked_sub(len).is_some_and(|top| addr <= top)
+            && addr >= self.mmap_min_addr
+            && self.find_vma(addr).is_none_or(|next| addr + len <= next.start_gap(self.stack_guard_gap))
+        {
+            return Some(addr);
+        }
+        self.unmapped_area(low.max(self.mmap_min_addr), high, len, PAGE_SIZE)
     }
 
     /// The hint check of `arch_get_unmapped_area_topdown`.

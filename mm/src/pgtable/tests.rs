@@ -515,3 +515,100 @@ fn random_ops_match_model_without_reclaim() {
         random_ops(seed, false);
     }
 }
+
+/// Physical memory whose next exchange sees the dirty bit set first, as if the
+/// CPU wrote through the entry between a walker's read and its `xchg`.
+struct RacyMem {
+    inner: &'static FakeMem,
+    dirty_on_next_xchg: core::cell::Cell<bool>,
+}
+
+impl PtMem for RacyMem {
+    fn read_entry(&self, table: Pfn, index: usize) -> u64 {
+        self.inner.read(table, index)
+    }
+    fn write_entry(&self, table: Pfn, index: usize, value: u64) {
+        self.inner.write(table, index, value)
+    }
+    fn zero_table(&self, table: Pfn) {
+        self.inner.zero(table)
+    }
+    fn xchg_entry(&self, table: Pfn, index: usize, value: u64) -> u64 {
+        let mut old = self.inner.read(table, index);
+        if self.dirty_on_next_xchg.replace(false) {
+            old |= PteFlags::DIRTY.bits();
+        }
+        self.inner.write(table, index, value);
+        old
+    }
+}
+
+#[test]
+fn dirty_bits_set_during_an_update_are_not_lost() {
+    let env = Env::new(4096);
+    let before = env.free();
+    let mem: &'static RacyMem =
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(RacyMem { inner: env.mem, dirty_on_next_xchg: core::cell::Cell::new(false) }));
+    let mut s = AddressSpace::new_user(env.alloc, mem, env.ctl, None, 1, GFP_KERNEL).unwrap();
+    let page = env.alloc.alloc_pages(GFP_KERNEL, 0).unwrap();
+    env.alloc.page(page.pfn()).unwrap().set_anon(crate::page::Rmap { asid: 1, vpn: 0x40 }).unwrap();
+    let pfn = page.leak(); // owned by the entry
+    s.map(va(0x4_0000), pfn, PageSize::Size4K, RW | PteFlags::SOFT_ANON, GFP_KERNEL).unwrap();
+    assert_eq!(s.rss_pages(RssKind::Anon), 1);
+    // MADV_FREE reclaim: the page was dirtied between the check and the exchange,
+    // so the entry is put back and the page stays.
+    mem.dirty_on_next_xchg.set(true);
+    let mut tlb = MmuGather::new();
+    assert_eq!(s.zap_clean_anon(va(0x4_0000), K, &mut tlb), Ok(0));
+    finish(&env, tlb);
+    let t = s.translate(va(0x4_0000)).unwrap();
+    assert_eq!(t.pfn, pfn);
+    assert!(t.flags.contains(PteFlags::DIRTY));
+    // mprotect: a dirty bit set during the rewrite survives it.
+    let mut tlb = MmuGather::new();
+    assert_eq!(s.mkclean_anon(va(0x4_0000), K, GFP_KERNEL, &mut tlb), Ok(1));
+    mem.dirty_on_next_xchg.set(true);
+    s.protect(va(0x4_0000), K, PteFlags::NX, GFP_KERNEL, &mut tlb).unwrap();
+    finish(&env, tlb);
+    let f = s.translate(va(0x4_0000)).unwrap().flags;
+    assert!(f.contains(PteFlags::DIRTY | PteFlags::NX) && !f.contains(PteFlags::WRITABLE), "{f:?}");
+    // Clean and unraced: reclaim drops the page, its tables and its RSS count.
+    let mut tlb = MmuGather::new();
+    s.mkclean_anon(va(0x4_0000), K, GFP_KERNEL, &mut tlb).unwrap();
+    assert_eq!(s.zap_clean_anon(va(0x4_0000), K, &mut tlb), Ok(1));
+    finish(&env, tlb);
+    assert!(s.translate(va(0x4_0000)).is_none());
+    assert_eq!((s.rss_pages(RssKind::Anon), s.hiwater_rss_pages(), s.pgtables_bytes()), (0, 1, 0));
+    let mut tlb = MmuGather::new();
+    s.destroy(&mut tlb);
+    finish(&env, tlb);
+    assert_eq!(env.free(), before);
+}
+
+#[test]
+fn protnone_leaves_are_mapped_but_not_present() {
+    let env = Env::new(4096);
+    let mut s = user(&env);
+    s.map(va(0x40_0000), Pfn(0x777), PageSize::Size4K, RW | PteFlags::PROTNONE, GFP_KERNEL).unwrap();
+    let t = s.translate(va(0x40_0000)).unwrap();
+    assert!(t.flags.contains(PteFlags::PROTNONE) && !t.flags.contains(PteFlags::PRESENT));
+    assert_eq!(s.map(va(0x40_0000), Pfn(1), PageSize::Size4K, RW, GFP_KERNEL), Err(MapError::AlreadyMapped));
+    assert!(!s.touch(va(0x40_0000), false), "no access through a PROT_NONE entry");
+    let mut tlb = MmuGather::new();
+    s.protect(va(0x40_0000), K, RW, GFP_KERNEL, &mut tlb).unwrap();
+    let f = s.translate(va(0x40_0000)).unwrap().flags;
+    assert!(f.contains(PteFlags::PRESENT | PteFlags::WRITABLE) && !f.contains(PteFlags::PROTNONE), "{f:?}");
+    s.protect(va(0x40_0000), K, PteFlags::PROTNONE, GFP_KERNEL, &mut tlb).unwrap();
+    assert!(!s.translate(va(0x40_0000)).unwrap().flags.contains(PteFlags::PRESENT));
+    s.unmap(va(0x40_0000), K, GFP_KERNEL, &mut tlb).unwrap();
+    finish(&env, tlb);
+    assert!(s.translate(va(0x40_0000)).is_none());
+    assert_eq!(s.census().unwrap().leaves, [0, 0, 0]);
+    // Only user spaces have PROT_NONE entries; both software page kinds at once
+    // are refused.
+    assert_eq!(
+        s.map(va(0x40_0000), Pfn(2), PageSize::Size4K, PteFlags::SOFT_ANON | PteFlags::SOFT_SHMEM, GFP_KERNEL),
+        Err(MapError::InvalidFlags)
+    );
+    destroy(&env, s);
+}

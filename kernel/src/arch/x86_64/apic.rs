@@ -1,5 +1,6 @@
 //! The local APIC, used for inter-processor interrupts to this CPU (a
-//! self-NMI for the NMI-safety tests of the page allocator). Its registers are
+//! self-NMI for the NMI-safety tests of the page allocator) and for the
+//! scheduler's periodic timer (calibrated against the TSC). Its registers are
 //! memory-mapped; they are reached through the direct map with volatile
 //! accesses. Hardware interrupts still come through the legacy PIC, which the
 //! firmware routes via LINT0 in virtual-wire mode; enabling the APIC keeps
@@ -16,6 +17,20 @@ const REG_ID: usize = 0x20;
 const REG_SPURIOUS: usize = 0xF0;
 const REG_ICR_LOW: usize = 0x300;
 const REG_ICR_HIGH: usize = 0x310;
+const REG_EOI: usize = 0xB0;
+const REG_LVT_TIMER: usize = 0x320;
+const REG_TIMER_INITIAL: usize = 0x380;
+const REG_TIMER_CURRENT: usize = 0x390;
+const REG_TIMER_DIVIDE: usize = 0x3E0;
+
+/// Vector of the local APIC timer (Linux `LOCAL_TIMER_VECTOR`).
+pub const TIMER_VECTOR: u8 = 0xEC;
+const LVT_MASKED: u32 = 1 << 16;
+const LVT_PERIODIC: u32 = 1 << 17;
+const DIVIDE_BY_16: u32 = 0b0011;
+
+/// APIC timer interrupts taken.
+pub static TIMER_TICKS: AtomicU64 = AtomicU64::new(0);
 
 const SPURIOUS_VECTOR: u32 = 0xFF;
 const SVR_ENABLE: u32 = 1 << 8;
@@ -77,6 +92,38 @@ pub fn send_self_nmi() {
     while read(REG_ICR_LOW) & ICR_SEND_PENDING != 0 {
         core::hint::spin_loop();
     }
+}
+
+/// Starts the APIC timer in periodic mode, `hz` interrupts per second.
+/// The timer's input clock is measured against the TSC over 10 ms.
+/// Returns the measured timer frequency (counts per second), or `None`
+/// without an APIC or a calibrated TSC.
+pub fn start_timer(hz: u64) -> Option<u64> {
+    let tsc_hz = crate::time::tsc_hz();
+    if !is_enabled() || tsc_hz == 0 || hz == 0 {
+        return None;
+    }
+    write(REG_TIMER_DIVIDE, DIVIDE_BY_16);
+    write(REG_LVT_TIMER, LVT_MASKED | TIMER_VECTOR as u32);
+    write(REG_TIMER_INITIAL, u32::MAX);
+    let start = super::cpu::rdtsc();
+    while super::cpu::rdtsc() - start < tsc_hz / 100 {
+        core::hint::spin_loop();
+    }
+    let counted = (u32::MAX - read(REG_TIMER_CURRENT)) as u64;
+    let timer_hz = counted * 100;
+    let initial = (timer_hz / hz).clamp(1, u32::MAX as u64) as u32;
+    write(REG_LVT_TIMER, LVT_PERIODIC | TIMER_VECTOR as u32);
+    write(REG_TIMER_INITIAL, initial);
+    Some(timer_hz)
+}
+
+/// Handles a timer interrupt: counts it, acknowledges it, and asks the
+/// scheduler to preempt the running task at its next return to user mode.
+pub fn handle_timer() {
+    TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
+    write(REG_EOI, 0);
+    crate::sched::timer_tick();
 }
 
 /// Spurious APIC interrupts need no EOI.

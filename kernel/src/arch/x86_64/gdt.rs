@@ -14,7 +14,7 @@
 //! caused by a kernel stack overflow, or an NMI arriving at any moment, runs
 //! on a known-good stack.
 
-use core::ptr::addr_of;
+use core::ptr::{addr_of, addr_of_mut};
 
 use spin::Once;
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
@@ -37,7 +37,10 @@ struct Stack(#[allow(dead_code)] [u8; IST_STACK_SIZE]);
 static mut DOUBLE_FAULT_STACK: Stack = Stack([0; IST_STACK_SIZE]);
 static mut NMI_STACK: Stack = Stack([0; IST_STACK_SIZE]);
 
-static TSS: Once<TaskStateSegment> = Once::new();
+/// Mutable because `rsp0` (the stack for interrupts from user mode) changes
+/// on every task switch; see [`set_kernel_stack`].
+static mut TSS: TaskStateSegment = TaskStateSegment::new();
+static TSS_INIT: Once<()> = Once::new();
 static GDT: Once<(GlobalDescriptorTable, Selectors)> = Once::new();
 
 pub struct Selectors {
@@ -54,14 +57,19 @@ fn stack_top(stack: *const Stack) -> VirtAddr {
 
 /// Builds and loads the GDT and TSS and reloads the segment registers.
 pub fn init() {
-    let tss = TSS.call_once(|| {
-        let mut tss = TaskStateSegment::new();
-        // Only the addresses of the stacks are taken; nothing else writes them.
-        tss.interrupt_stack_table[(DOUBLE_FAULT_IST - 1) as usize] =
-            stack_top(addr_of!(DOUBLE_FAULT_STACK));
-        tss.interrupt_stack_table[(NMI_IST - 1) as usize] = stack_top(addr_of!(NMI_STACK));
-        tss
+    TSS_INIT.call_once(|| {
+        // SAFETY: runs once, on the boot CPU, before the TSS is loaded; only
+        // the addresses of the IST stacks are taken.
+        unsafe {
+            let tss = &mut *addr_of_mut!(TSS);
+            tss.interrupt_stack_table[(DOUBLE_FAULT_IST - 1) as usize] = stack_top(addr_of!(DOUBLE_FAULT_STACK));
+            tss.interrupt_stack_table[(NMI_IST - 1) as usize] = stack_top(addr_of!(NMI_STACK));
+        }
     });
+    // SAFETY: the TSS is a static; after this point it is only written
+    // through `set_kernel_stack` (a single aligned store the CPU reads on a
+    // privilege change), never through a Rust reference.
+    let tss: &'static TaskStateSegment = unsafe { &*addr_of!(TSS) };
     let (gdt, sel) = GDT.call_once(|| {
         let mut gdt = GlobalDescriptorTable::new();
         let kernel_code = gdt.append(Descriptor::kernel_code_segment());
@@ -80,6 +88,18 @@ pub fn init() {
         DS::set_reg(sel.kernel_data);
         ES::set_reg(sel.kernel_data);
         load_tss(sel.tss);
+    }
+}
+
+/// Sets the stack the CPU switches to on an interrupt or exception from
+/// user mode (TSS `rsp0`): the top of the current task's kernel stack.
+pub fn set_kernel_stack(top: u64) {
+    // SAFETY: an aligned 8-byte store into the static TSS (packed, so written
+    // unaligned-safe); the CPU reads rsp0 only on a ring 3 -> 0 transition,
+    // which cannot happen while the kernel runs this store.
+    unsafe {
+        let slot = addr_of_mut!(TSS.privilege_stack_table[0]);
+        slot.write_unaligned(VirtAddr::new(top));
     }
 }
 

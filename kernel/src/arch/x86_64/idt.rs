@@ -6,6 +6,11 @@
 //! general-purpose registers into a [`TrapFrame`](super::trap::TrapFrame) and
 //! calls [`trap_dispatch`](super::trap::trap_dispatch). Because the stubs are
 //! equally spaced, the IDT entry for vector `v` is simply `trap_stubs + 16 * v`.
+//!
+//! Entries from user mode (CPL 3 in the saved CS) execute `swapgs` on the way
+//! in and out, so kernel code always runs with the per-CPU area in GS. The
+//! exit path is the global label `trap_return`: the `syscall` entry and the
+//! first switch to a new task return to user mode through it as well.
 
 use core::arch::global_asm;
 use core::mem::size_of;
@@ -43,6 +48,11 @@ trap_stubs:
     .endr
 
 trap_common:
+    // From user mode: switch GS to the kernel's per-CPU area (cs at rsp+24).
+    test byte ptr [rsp + 24], 3
+    jz 1f
+    swapgs
+1:
     push rax
     push rbx
     push rcx
@@ -61,6 +71,8 @@ trap_common:
     mov rdi, rsp
     cld
     call {dispatch}
+    .global trap_return
+trap_return:
     pop r15
     pop r14
     pop r13
@@ -77,6 +89,11 @@ trap_common:
     pop rbx
     pop rax
     add rsp, 16
+    // Back to user mode: give user space its GS again (cs at rsp+8).
+    test byte ptr [rsp + 8], 3
+    jz 2f
+    swapgs
+2:
     iretq
     "#,
     dispatch = sym super::trap::trap_dispatch,

@@ -4,10 +4,13 @@
 
 pub mod apic;
 pub mod cpu;
+pub mod fpu;
 pub mod fw_cfg;
 pub mod gdt;
 pub mod idt;
 pub mod pic;
 pub mod pit;
 pub mod qemu;
+pub mod rtc;
+pub mod syscall;
 pub mod trap;

@@ -123,11 +123,13 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         Vector::DEBUG => log::debug!("debug trap at {:#x}", frame.rip),
         Vector::NMI => handle_nmi(),
         Vector::PAGE_FAULT => {
-            if !crate::fault::do_page_fault(frame) {
-                die(frame)
+            // A failed user copy resumes at its fixup and returns EFAULT.
+            if !crate::fault::do_page_fault(frame) && (from_user(frame) || !crate::uaccess::fixup(frame)) {
+                user_fault_or_die(frame)
             }
         }
-        0..=31 => die(frame),
+        0..=31 => user_fault_or_die(frame),
+        super::apic::TIMER_VECTOR => super::apic::handle_timer(),
         v if pic::owns_vector(v) => pic::handle_irq(v),
         v if super::apic::owns_spurious_vector(v) => {
             SPURIOUS.fetch_add(1, Ordering::Relaxed);
@@ -137,6 +139,32 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             log::warn!("unexpected interrupt on vector {}", vector);
         }
     }
+    if from_user(frame) {
+        crate::sched::return_to_user();
+    }
+}
+
+/// Whether the frame was interrupted in ring 3.
+pub fn from_user(frame: &TrapFrame) -> bool {
+    frame.cs & 3 == 3
+}
+
+/// An exception in user mode kills the process with the matching signal
+/// (Linux `force_sig`); in kernel mode it is an oops.
+fn user_fault_or_die(frame: &TrapFrame) {
+    if !from_user(frame) {
+        die(frame)
+    }
+    let signal = match frame.vector as u8 {
+        0 | 16 | 19 => crate::process::SIGFPE,
+        6 => crate::process::SIGILL,
+        3 | 1 => crate::process::SIGTRAP,
+        17 => crate::process::SIGBUS,
+        _ => crate::process::SIGSEGV,
+    };
+    let name = EXCEPTION_NAMES.get(frame.vector as usize).copied().unwrap_or("exception");
+    let addr = if frame.vector == Vector::PAGE_FAULT as u64 { cpu::read_cr2() } else { 0 };
+    crate::process::force_sig(signal, name, addr, frame.rip);
 }
 
 /// Prints the oops report for an unrecoverable exception and ends the run.

@@ -1,0 +1,54 @@
+//! The `/proc` files: the same text the console commands print
+//! (`meminfo`, `buddyinfo`, `pagetypeinfo`, `vmallocinfo`, `vmstat`), rendered
+//! into a string when a process opens the file. `/proc/self/status` and
+//! `/proc/self/maps` are rendered by the syscall layer from the caller's own
+//! address space (see [`crate::syscalls`]).
+
+use alloc::string::String;
+use core::fmt::{self, Write};
+
+/// The system-wide files under `/proc` (paths without the leading `/`).
+const FILES: &[&str] = &["proc/meminfo", "proc/buddyinfo", "proc/pagetypeinfo", "proc/vmallocinfo", "proc/vmstat"];
+/// The per-process files under `/proc/self`.
+const SELF_FILES: &[&str] = &["proc/self/status", "proc/self/maps"];
+
+/// Whether `path` (normalised, no leading `/`) names a `/proc` file.
+pub fn exists(path: &str) -> bool {
+    FILES.contains(&path) || SELF_FILES.contains(&path)
+}
+
+/// Renders a system-wide `/proc` file.
+pub fn generate(path: &str) -> Option<String> {
+    let mut out = String::new();
+    let pa = crate::page_alloc::page_alloc();
+    let r = match path {
+        "proc/meminfo" => meminfo(&mut out),
+        "proc/buddyinfo" => pa.buddyinfo(&mut out),
+        "proc/pagetypeinfo" => pa.pagetypeinfo(&mut out),
+        "proc/vmallocinfo" => crate::vmalloc::vmallocinfo(&mut out),
+        "proc/vmstat" => pa.vmstat(&mut out),
+        _ => return None,
+    };
+    r.ok().map(|_| out)
+}
+
+/// `/proc/meminfo`: the allocator's lines, page tables, and where the rest
+/// of memory went.
+pub fn meminfo(w: &mut impl Write) -> fmt::Result {
+    if crate::page_alloc::is_ready() {
+        crate::page_alloc::page_alloc().meminfo(w)?;
+    }
+    crate::pgtable::PGTABLE_CTL.meminfo(w)?;
+    let facts = crate::memmap::facts();
+    let (_, boot, _) = crate::memmap::totals(&facts.regions);
+    let (heap_used, heap_free) = crate::heap::usage();
+    let memmap_kb = crate::page_alloc::metadata_frames_range().count() as u64 * mm::addr::PAGE_SIZE / 1024;
+    let mut line = |name: &str, kb: u64| writeln!(w, "{:<16}{:>8} kB", name, kb);
+    line("Slab:", crate::slab::KMALLOC.stats().nr_slab_pages * mm::addr::PAGE_SIZE / 1024)?;
+    line("StructPages:", memmap_kb)?;
+    line("Bootloader:", boot / 1024)?;
+    line("KernelImage:", facts.kernel_len / 1024)?;
+    line("KernelStack:", facts.stack_len / 1024)?;
+    line("EarlyHeapTotal:", (heap_used + heap_free) as u64 / 1024)?;
+    line("EarlyHeapUsed:", heap_used as u64 / 1024)
+}
