@@ -7,7 +7,8 @@
 //!
 //! File descriptors 0, 1 and 2 are the serial console. Errors are Linux's:
 //! `ENOENT`, `ENOTDIR`, `EISDIR`, `EROFS` (creating or writing on this file
-//! system), `EACCES` (opening a `/proc` file for writing), `EBADF`, `EMFILE`.
+//! system), `EACCES` (opening a `/proc` file for writing), `EEXIST`
+//! (`O_CREAT | O_EXCL` on an existing file), `EBADF`, `EMFILE`.
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -26,6 +27,7 @@ pub const O_ACCMODE: u64 = 3;
 pub const O_WRONLY: u64 = 1;
 pub const O_RDWR: u64 = 2;
 pub const O_CREAT: u64 = 0o100;
+pub const O_EXCL: u64 = 0o200;
 pub const O_TRUNC: u64 = 0o1000;
 pub const O_DIRECTORY: u64 = 0o200000;
 
@@ -185,11 +187,16 @@ impl FdTable {
     pub fn open(&mut self, path: &str, flags: u64, proc_self: Option<String>) -> Result<u64, Errno> {
         let path = normalise(path)?;
         let write = matches!(flags & O_ACCMODE, O_WRONLY | O_RDWR);
+        let is_proc = path == "proc" || path.starts_with("proc/");
+        let creat = flags & O_CREAT != 0;
         let node = match lookup(&path) {
-            Err(Errno::ENOENT) if flags & O_CREAT != 0 => return Err(Errno::EROFS),
+            // procfs cannot create files at all; elsewhere the fs is read-only.
+            Err(Errno::ENOENT) if creat => return Err(if is_proc { Errno::ENOENT } else { Errno::EROFS }),
             r => r?,
         };
-        let is_proc = path == "proc" || path.starts_with("proc/");
+        if creat && flags & O_EXCL != 0 {
+            return Err(Errno::EEXIST);
+        }
         match node {
             Node::Dir if write => Err(Errno::EISDIR),
             Node::Dir => self.install(OpenFile::Dir),
