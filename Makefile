@@ -23,6 +23,7 @@ test: setup test-host test-qemu
 test-host:
 	$(CARGO) test -p mm
 	$(CARGO) test -p clear
+	$(CARGO) test -p exec
 	$(CARGO) test -p boot
 
 test-qemu:

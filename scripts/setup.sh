@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for `make run` / `make test`: the pinned Rust toolchain
-# (rustup auto-install is off on some machines) and QEMU with UEFI firmware.
+# (rustup auto-install is off on some machines), QEMU with UEFI firmware, and
+# musl-tools for the C user programs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,8 @@ fi
 need_packages=()
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need_packages+=(qemu-system-x86)
 [ -f /usr/share/OVMF/OVMF_CODE.fd ] || need_packages+=(ovmf)
+# musl-gcc builds the C test programs of the initramfs (user/c).
+command -v musl-gcc >/dev/null 2>&1 || need_packages+=(musl-tools)
 if [ ${#need_packages[@]} -gt 0 ]; then
     cmd="apt-get update && apt-get install -y ${need_packages[*]}"
     if [ "$(id -u)" -eq 0 ]; then

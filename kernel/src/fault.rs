@@ -6,7 +6,6 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use mm::fault::{FaultAccess, FaultError};
-use mm::tlb::MmuGather;
 
 use crate::arch::x86_64::cpu;
 use crate::arch::x86_64::trap::TrapFrame;
@@ -32,7 +31,7 @@ pub fn do_page_fault(frame: &TrapFrame) -> bool {
         return false;
     }
     let access = FaultAccess::from_error_code(frame.error_code);
-    let mut tlb = MmuGather::new();
+    let mut tlb = crate::pgtable::tlb_gather();
     let ops = crate::mm_struct::mm_ops();
     let result = crate::mm_struct::with_current(|mm| mm.handle_fault(addr, access, &ops, &mut tlb));
     // Pages a failed fault freed go back only after the flush.

@@ -17,7 +17,6 @@ use core::ops::{Deref, DerefMut};
 
 use mm::gfp::Gfp;
 use mm::mman::{MmOps, UserMm};
-use mm::tlb::MmuGather;
 
 use crate::arch::x86_64::cpu;
 use crate::page_alloc::KernelPageAlloc;
@@ -59,7 +58,7 @@ impl Mm {
     /// `exit_mmap`).
     pub fn destroy(self: Box<Self>) {
         let Mm(mm) = *self;
-        let mut tlb = MmuGather::new();
+        let mut tlb = crate::pgtable::tlb_gather();
         mm.destroy(&mut tlb);
         tlb_finish(tlb);
     }

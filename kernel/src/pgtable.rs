@@ -95,6 +95,15 @@ pub fn new_user_space(asid: u16, gfp: mm::gfp::Gfp) -> Result<UserSpace, mm::pgt
     AddressSpace::new_user(page_alloc(), &PT_MEM, &PGTABLE_CTL, Some(kernel_root()), asid, gfp)
 }
 
+/// A gather for user address spaces that flushes and frees every
+/// `GATHER_BATCH` pages (Linux `tlb_flush_mmu`), so tearing down a large
+/// mapping needs no memory even when none is left.
+pub fn tlb_gather() -> MmuGather {
+    MmuGather::with_batch_flush(|tlb| {
+        tlb_finish(tlb.take_batch());
+    })
+}
+
 /// Flushes the TLB for what `tlb` gathered, then frees the gathered pages.
 pub fn tlb_finish(tlb: MmuGather) -> FlushPlan {
     tlb.finish(&TLB, page_alloc())

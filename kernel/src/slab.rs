@@ -20,7 +20,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use mm::addr::{Pfn, PAGE_SHIFT, PAGE_SIZE};
-use mm::gfp::{Gfp, GFP_KERNEL};
+use mm::gfp::{Gfp, GFP_KERNEL, __GFP_HIGH};
 use mm::page::PageMeta;
 use mm::page_alloc::{AllocError, Pages, MAX_ORDER};
 use mm::shrinker::{ShrinkControl, Shrinker};
@@ -125,23 +125,34 @@ static HEAP: KernelHeap = KernelHeap;
 // to the same one: early-heap blocks are recognised by address, the rest by
 // their layout (small: kmalloc, which finds the slab from the address; large:
 // the page-allocator block of the layout's order at that address).
+/// One attempt of the kernel heap: kmalloc caches, or whole pages above them.
+fn heap_alloc(layout: Layout, gfp: Gfp) -> *mut u8 {
+    if is_kmalloc_layout(layout) {
+        return KMALLOC.kmalloc_layout(layout, gfp).map_or(core::ptr::null_mut(), |p| p.as_ptr());
+    }
+    let order = large_order(layout.size());
+    if order > MAX_ORDER || layout.align() > (PAGE_SIZE as usize) << order {
+        return core::ptr::null_mut();
+    }
+    match page_alloc().alloc_pages(gfp, order) {
+        Ok(pages) => memmap::phys_to_virt(pages.leak().phys_addr()),
+        Err(_) => core::ptr::null_mut(),
+    }
+}
+
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if !READY.load(Ordering::Acquire) {
             return crate::heap::alloc(layout);
         }
         let gfp = MEMALLOC_SCOPE.current_gfp_context(GFP_KERNEL);
-        if is_kmalloc_layout(layout) {
-            return KMALLOC.kmalloc_layout(layout, gfp).map_or(core::ptr::null_mut(), |p| p.as_ptr());
-        }
-        let order = large_order(layout.size());
-        if order > MAX_ORDER || layout.align() > (PAGE_SIZE as usize) << order {
-            return core::ptr::null_mut();
-        }
-        match page_alloc().alloc_pages(gfp, order) {
-            Ok(pages) => memmap::phys_to_virt(pages.leak().phys_addr()),
-            Err(_) => core::ptr::null_mut(),
-        }
+        // Most Rust allocations cannot fail gracefully (a failed `Box::new`
+        // panics), so a failure is retried once with access to the reserve
+        // below the min watermark (`__GFP_HIGH`), which user pages never get:
+        // a process that eats all memory meets the OOM killer, and the kernel
+        // can still allocate what killing it takes.
+        let ptr = heap_alloc(layout, gfp);
+        if ptr.is_null() { heap_alloc(layout, gfp | __GFP_HIGH) } else { ptr }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

@@ -24,7 +24,7 @@ use crate::sched;
 /// Runs `f` on the caller's address space with a gather that is flushed
 /// afterwards. `EFAULT` if there is none (task 0).
 fn with_mm(f: impl FnOnce(&mut Mm, &mut MmuGather) -> SysResult) -> SysResult {
-    let mut tlb = MmuGather::new();
+    let mut tlb = crate::pgtable::tlb_gather();
     let r = mm_struct::with_current(|mm| f(mm, &mut tlb)).unwrap_or(Err(Errno::EFAULT));
     tlb_finish(tlb);
     r
@@ -141,7 +141,7 @@ impl Shrinker for LazyFreeShrinker {
     fn scan_objects(&self, _sc: &mut ShrinkControl) -> u64 {
         let mut freed = 0;
         self.for_each_mm(|mm| {
-            let mut tlb = MmuGather::new();
+            let mut tlb = crate::pgtable::tlb_gather();
             freed += mm.reclaim_lazyfree(&mut tlb);
             tlb_finish(tlb);
         });

@@ -3,8 +3,9 @@
 //! program in `/bin`), and the console commands `run` and `ps`.
 //!
 //! The demo runs the programs one after another, then a few of them at once
-//! (preempted by the APIC timer), checks each exit status (0, or `SIGSEGV`
-//! for programs named `segv*`, which fault on purpose), and prints a summary
+//! (preempted by the APIC timer), checks each exit status (0; `SIGSEGV` for
+//! programs named `segv*`, which fault on purpose; `SIGKILL` for `oom*`,
+//! which the OOM killer must end), and prints a summary
 //! line `demo: N passed, M failed`. In `batch` mode the kernel powers off
 //! afterwards and prints `init exited with status N`, which the runner turns
 //! into its own exit status.
@@ -12,7 +13,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::process::{self, ExitStatus, SIGSEGV};
+use crate::process::{self, ExitStatus, SIGKILL, SIGSEGV};
 use crate::binfmt_elf::{self as exec};
 use crate::{fs, println, sched};
 
@@ -29,10 +30,17 @@ fn default_env() -> Vec<String> {
     alloc::vec![String::from("PATH=/bin"), String::from("HOME=/"), String::from("TERM=dumb")]
 }
 
-/// The exit status a demo program must end with.
+/// The exit status a demo program must end with: programs named `segv*`
+/// fault on purpose, `oom*` exhaust memory and meet the OOM killer.
 fn expected(path: &str) -> ExitStatus {
     let name = path.rsplit('/').next().unwrap_or(path);
-    if name.starts_with("segv") { ExitStatus::Signaled(SIGSEGV) } else { ExitStatus::Exited(0) }
+    if name.starts_with("segv") {
+        ExitStatus::Signaled(SIGSEGV)
+    } else if name.starts_with("oom") {
+        ExitStatus::Signaled(SIGKILL)
+    } else {
+        ExitStatus::Exited(0)
+    }
 }
 
 /// Runs every program in `/bin` in turn, then [`CONCURRENT`] at once.

@@ -67,9 +67,20 @@ pub fn flush_plan(range: Option<(VirtAddr, u64)>, ceiling: u64) -> FlushPlan {
     }
 }
 
+/// Queued pages after which a gather with a [`BatchFlush`] hook flushes early
+/// (Linux `MAX_GATHER_BATCH` pages per batch, then `tlb_flush_mmu`).
+pub const GATHER_BATCH: usize = 512;
+
+/// Flushes the TLB and frees what a gather queued so far, leaving it empty and
+/// usable (the kernel's `tlb_flush_mmu`); called by the gather itself when
+/// [`GATHER_BATCH`] pages are queued, so that tearing down a large mapping
+/// needs no memory proportional to its size — it may run when memory is gone.
+pub type BatchFlush = fn(&mut MmuGather);
+
 /// A batch of page-table changes waiting for one TLB flush (Linux `struct
-/// mmu_gather`). Create with [`MmuGather::new`], pass `&mut` to the page-table
-/// operations, end with [`MmuGather::finish`].
+/// mmu_gather`). Create with [`MmuGather::new`] (or
+/// [`MmuGather::with_batch_flush`]), pass `&mut` to the page-table operations,
+/// end with [`MmuGather::finish`].
 #[must_use = "an mmu_gather must be finished with a TLB flush (MmuGather::finish)"]
 #[derive(Debug)]
 pub struct MmuGather {
@@ -85,12 +96,48 @@ pub struct MmuGather {
     tables: Vec<Pages>,
     /// Data pages whose last mapping went away (Linux `tlb_remove_page`).
     pages: Vec<Pages>,
+    /// Early flush once [`GATHER_BATCH`] pages are queued (None: unbounded).
+    batch_flush: Option<BatchFlush>,
 }
 
 impl MmuGather {
     /// An empty gather (Linux `tlb_gather_mmu`).
     pub fn new() -> MmuGather {
-        MmuGather { start: u64::MAX, end: 0, freed_tables: false, table_va: 0, tables: Vec::new(), pages: Vec::new() }
+        MmuGather {
+            start: u64::MAX,
+            end: 0,
+            freed_tables: false,
+            table_va: 0,
+            tables: Vec::new(),
+            pages: Vec::new(),
+            batch_flush: None,
+        }
+    }
+
+    /// An empty gather that calls `flush` whenever [`GATHER_BATCH`] pages are
+    /// queued.
+    pub fn with_batch_flush(flush: BatchFlush) -> MmuGather {
+        let mut tlb = MmuGather::new();
+        tlb.batch_flush = Some(flush);
+        tlb
+    }
+
+    /// Moves everything queued so far into a new gather (which the caller
+    /// must finish) and leaves `self` empty, keeping its batch hook.
+    pub fn take_batch(&mut self) -> MmuGather {
+        let mut fresh = MmuGather::new();
+        fresh.batch_flush = self.batch_flush;
+        let mut batch = core::mem::replace(self, fresh);
+        batch.batch_flush = None;
+        batch
+    }
+
+    fn check_batch(&mut self) {
+        if let Some(flush) = self.batch_flush {
+            if self.pages.len() + self.tables.len() >= GATHER_BATCH {
+                flush(self);
+            }
+        }
     }
 
     /// Whether nothing has been recorded.
@@ -142,11 +189,13 @@ impl MmuGather {
         }
         self.freed_tables = true;
         self.tables.push(table);
+        self.check_batch();
     }
 
     /// Queues a data page to free after the flush (Linux `tlb_remove_page`).
     pub(crate) fn remove_page(&mut self, page: Pages) {
         self.pages.push(page);
+        self.check_batch();
     }
 
     /// What the flush will do with the default or a given ceiling.

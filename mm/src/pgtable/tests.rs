@@ -612,3 +612,39 @@ fn protnone_leaves_are_mapped_but_not_present() {
     );
     destroy(&env, s);
 }
+
+std::thread_local! {
+    static BATCHES: core::cell::RefCell<alloc::vec::Vec<MmuGather>> = const { core::cell::RefCell::new(alloc::vec::Vec::new()) };
+}
+
+fn stash_batch(tlb: &mut MmuGather) {
+    BATCHES.with(|b| b.borrow_mut().push(tlb.take_batch()));
+}
+
+#[test]
+fn batch_flush_bounds_what_a_large_unmap_queues() {
+    use crate::tlb::GATHER_BATCH;
+    let env = Env::new(4096);
+    let mut s = user(&env);
+    let base = env.free();
+    // 600 PTE tables: one 4 KiB page in each 2 MiB slot (plus PMD/PUD tables).
+    let slots = 600u64;
+    for i in 0..slots {
+        s.map(va(0x4000_0000 + i * M2), Pfn(0x10_0000 + i), PageSize::Size4K, RW, GFP_KERNEL).unwrap();
+    }
+    let mut tlb = MmuGather::with_batch_flush(stash_batch);
+    s.unmap(va(0x4000_0000), slots * M2, GFP_KERNEL, &mut tlb).unwrap();
+    let batches = BATCHES.with(|b| core::mem::take(&mut *b.borrow_mut()));
+    assert_eq!(batches.len(), 1, "one early flush after {GATHER_BATCH} tables");
+    assert_eq!(batches[0].nr_tables(), GATHER_BATCH);
+    assert!(batches[0].range().is_some(), "the early batch carries its flush range");
+    assert!(tlb.nr_tables() < GATHER_BATCH, "the gather never holds a full batch");
+    // 600 PTE tables, two PMD tables (1.2 GiB from 1 GiB crosses 2 GiB), the PUD.
+    assert_eq!(batches[0].nr_tables() + tlb.nr_tables(), (slots + 3) as usize);
+    for b in batches {
+        finish(&env, b);
+    }
+    finish(&env, tlb);
+    assert_eq!(env.free(), base);
+    destroy(&env, s);
+}
