@@ -26,11 +26,18 @@ fn selftest(what: &str, timeout_secs: u64) -> Run {
     boot(options, None)
 }
 
-/// Parses the runner's final `N passed, M failed` line.
+/// Parses the last `[name: ]N passed, M failed` line.
 fn summary(output: &str) -> Option<(usize, usize)> {
     let line = output.lines().rev().find(|l| l.ends_with(" failed") && l.contains(" passed, "))?;
     let (passed, failed) = line.split_once(" passed, ")?;
-    Some((passed.trim().parse().ok()?, failed.trim_end_matches(" failed").parse().ok()?))
+    // The count is the last word before " passed" ("prog: 7 passed, ...").
+    let passed = passed.rsplit(' ').next()?;
+    Some((passed.parse().ok()?, failed.trim_end_matches(" failed").parse().ok()?))
+}
+
+/// Interactive boot straight to the console (`init=none`: no demo first).
+fn console_options() -> Options {
+    Options { timeout: Some(Duration::from_secs(120)), cmdline: vec!["init=none".into()], ..Options::default() }
 }
 
 fn step(expect: &str, send: &str) -> Step {
@@ -72,7 +79,7 @@ fn ktest_filter_matching_nothing_fails() {
 
 #[test]
 fn boot_prints_memory_map_and_powers_off_in_batch_mode() {
-    let run = boot(Options { batch: true, ..Options::default() }, None);
+    let run = boot(Options { batch: true, cmdline: vec!["init=none".into()], ..Options::default() }, None);
     assert_eq!(run.outcome, Outcome::Success);
     assert!(run.output.contains("bootloader-provided physical RAM map:"));
     assert!(run.output.contains("] usable"));
@@ -114,7 +121,7 @@ fn console_answers_meminfo_and_rejects_unknown_commands() {
         step("mm> ", "memmap\n"),
         step("mm> ", "poweroff\n"),
     ];
-    let run = boot(Options { timeout: Some(Duration::from_secs(120)), ..Options::default() }, Some(script));
+    let run = boot(console_options(), Some(script));
     assert_eq!(run.outcome, Outcome::Success);
     let after_meminfo = run.output.split("mm> meminfo").nth(1).expect("command echoed");
     let first_line = after_meminfo.lines().nth(1).unwrap_or("");
@@ -143,7 +150,7 @@ fn console_shows_allocator_state_in_linux_formats() {
         step("mm> ", "drop_caches 9\n"),
         step("mm> ", "poweroff\n"),
     ];
-    let run = boot(Options { timeout: Some(Duration::from_secs(120)), ..Options::default() }, Some(script));
+    let run = boot(console_options(), Some(script));
     assert_eq!(run.outcome, Outcome::Success);
     assert!(run.output.contains("Node 0, zone    DMA32"), "buddyinfo line missing");
     assert!(run.output.contains("Free pages count per migrate type at order"));
@@ -229,4 +236,96 @@ fn initrd_file_with_an_init_runs_it_by_default() {
     assert_eq!(run.outcome, Outcome::Success);
     assert!(run.output.contains("hello from ring 3"), "/init did not run");
     assert_eq!(run.exit_status(), 0);
+}
+
+/// The PASS/FAIL/SKIP lines and summaries a test program prints, in order
+/// (INFO lines and kernel log lines vary and are left out).
+fn verdict_lines(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| {
+            l.starts_with("PASS ") || l.starts_with("FAIL ") || l.starts_with("SKIP ") || summary(l).is_some()
+        })
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn demo_runs_every_user_program_sequentially_and_at_once() {
+    let run = boot(Options { batch: true, timeout: Some(Duration::from_secs(600)), ..Options::default() }, None);
+    assert_eq!(run.outcome, Outcome::Success);
+    let fails: Vec<&str> = run.output.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert!(fails.is_empty(), "failed checks: {:#?}", fails);
+    assert!(run.output.contains("demo: running 3 programs at once"));
+    let demo = run.output.lines().find(|l| l.starts_with("demo: ") && l.ends_with(" failed")).expect("demo summary");
+    let (passed, failed) = summary(demo).expect("demo summary counts");
+    assert_eq!(failed, 0, "{}", demo);
+    assert!(passed >= 14, "only {} programs passed", passed);
+    // The faulting program is killed with SIGSEGV, the memory hog by the OOM killer.
+    assert!(run.output.contains("(segv) killed by signal 11 (SIGSEGV)"));
+    assert!(run.output.contains("Out of memory: killed process"));
+    assert!(run.output.contains("(oom) killed by signal 9 (SIGKILL)"));
+    // Every program printed its exit line with peak RSS and VmPTE.
+    assert!(run.output.lines().filter(|l| l.contains("exit: pid ") && l.contains(" kB, VmPTE ")).count() >= 14);
+    assert_eq!(boot::init_exit_status(&run.output), Some(0));
+    assert_eq!(run.exit_status(), 0);
+}
+
+#[test]
+fn fuzzer_leaves_the_kernel_and_its_console_working() {
+    let script = vec![
+        step("mm> ", "run /bin/fuzz 7 30000\n"),
+        step("/bin/fuzz: exited with status", "meminfo\n"),
+        step("MemFree:", "run /bin/hello\n"),
+        step("/bin/hello: exited with status 0", "poweroff\n"),
+    ];
+    let run = boot(Options { timeout: Some(Duration::from_secs(300)), ..console_options() }, Some(script));
+    assert_eq!(run.outcome, Outcome::Success);
+    assert!(run.output.contains("fuzz: 10 passed, 0 failed"), "fuzzer checks failed");
+    assert!(run.output.contains("calls 30000"));
+    assert!(!run.output.contains("Oops"));
+}
+
+/// Linux is the oracle: the same static binaries run on this host and in the
+/// kernel must print the same verdict lines. A program that does not pass on
+/// the host (an older host kernel, say) cannot serve as a reference and is
+/// skipped with a note; at least one program must be compared.
+#[test]
+fn user_programs_print_the_same_verdicts_as_on_linux() {
+    use std::os::unix::fs::PermissionsExt;
+    const PROGRAMS: &[&str] = &["hello", "mmap_test", "madvise_test", "brk_prctl_test", "mmap_c", "madvise_c"];
+    let dir = scratch_dir("oracle");
+    let mut reference = Vec::new();
+    for name in PROGRAMS {
+        let bytes = std::fs::read(boot::INITRAMFS).expect("built-in initramfs");
+        let archive = exec::cpio::Archive::parse(&bytes).expect("newc archive");
+        let Some(entry) = archive.get(&format!("bin/{}", name)) else {
+            eprintln!("note: /bin/{} is not in the initramfs (musl-gcc missing?)", name);
+            continue;
+        };
+        let path = dir.join(name);
+        std::fs::write(&path, entry.data).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = std::process::Command::new(&path).env_clear().output().expect("run on the host");
+        let lines = verdict_lines(&String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() || lines.iter().any(|l| l.starts_with("FAIL")) {
+            eprintln!("note: {} does not pass on this host; not used as a reference", name);
+            continue;
+        }
+        reference.push((*name, lines));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!reference.is_empty(), "no program passes on the host: no oracle");
+    let mut script: Vec<Step> = reference.iter().map(|(n, _)| step("mm> ", &format!("run /bin/{}\n", n))).collect();
+    script.push(step("mm> ", "poweroff\n"));
+    let run = boot(Options { timeout: Some(Duration::from_secs(300)), ..console_options() }, Some(script));
+    assert_eq!(run.outcome, Outcome::Success);
+    // Split the kernel's output at each `run` command.
+    for (name, want) in &reference {
+        let marker = format!("mm> run /bin/{}", name);
+        let part = run.output.split(&marker).nth(1).unwrap_or_else(|| panic!("{} did not run", name));
+        let part = part.split("mm> ").next().unwrap_or("");
+        assert_eq!(&verdict_lines(part), want, "{}: kernel and Linux disagree", name);
+    }
 }
