@@ -6,8 +6,9 @@
 //! The initramfs (cpio `newc`, the bootloader's ramdisk) holds:
 //! * `/bin/NAME`: every binary of the `user` crate (built for
 //!   x86_64-unknown-none as an artifact dependency);
-//! * `/bin/STEM`: every `user/c/STEM.c`, compiled with `musl-gcc -static -O2`
-//!   when `musl-gcc` is installed (skipped with a warning otherwise);
+//! * `/bin/STEM` and `/bin/STEM_pie`: every `user/c/STEM.c`, compiled with
+//!   `musl-gcc -O2` as `-static` and as `-static-pie` when `musl-gcc` is
+//!   installed (skipped with a warning otherwise);
 //! * `/etc/motd`.
 //!
 //! There is no `/init`: without `init=PATH` the kernel runs its demo of `/bin`.
@@ -77,8 +78,9 @@ fn user_binaries() -> Vec<(String, PathBuf)> {
     bins
 }
 
-/// Compiles every `*.c` in `src_dir` with `musl-gcc -static -O2` into
-/// `out_dir`; none if `musl-gcc` is missing.
+/// Compiles every `*.c` in `src_dir` with `musl-gcc -O2` into `out_dir`, as
+/// `STEM` (`-static`) and `STEM_pie` (`-static-pie`); none if `musl-gcc` is
+/// missing.
 fn c_programs(src_dir: &Path, out_dir: &Path) -> Vec<(String, PathBuf)> {
     let mut sources: Vec<PathBuf> = match std::fs::read_dir(src_dir) {
         Ok(dir) => dir.filter_map(|e| Some(e.ok()?.path())).filter(|p| p.extension().is_some_and(|x| x == "c")).collect(),
@@ -96,23 +98,43 @@ fn c_programs(src_dir: &Path, out_dir: &Path) -> Vec<(String, PathBuf)> {
         return Vec::new();
     }
     std::fs::create_dir_all(out_dir).expect("create the C output directory");
-    sources
-        .iter()
-        .map(|src| {
-            let stem = src.file_stem().and_then(|s| s.to_str()).expect("UTF-8 file name").to_owned();
-            let out = out_dir.join(&stem);
-            let output = Command::new("musl-gcc")
-                .args(["-static", "-O2", "-o"])
-                .arg(&out)
-                .arg(src)
-                .output()
-                .expect("run musl-gcc");
+    let mut programs = Vec::new();
+    for src in &sources {
+        let stem = src.file_stem().and_then(|s| s.to_str()).expect("UTF-8 file name").to_owned();
+        // Each program twice: a static ET_EXEC and a static PIE (ET_DYN,
+        // loaded at the kernel's ELF_ET_DYN_BASE, relocating itself).
+        for pie in [false, true] {
+            let name = if pie { format!("{}_pie", stem) } else { stem.clone() };
+            let out = out_dir.join(&name);
+            let mut cmd = Command::new("musl-gcc");
+            if pie {
+                // Debian's musl-gcc specs always link a dynamic PIE; spell the
+                // static PIE out: musl's self-relocating rcrt1.o, libc.a, no
+                // interpreter.
+                let m = Path::new(MUSL_LIB);
+                cmd.args(["-fPIE", "-O2", "-nostdlib", "-static-pie", "-Wl,--no-dynamic-linker", "-o"])
+                    .arg(&out)
+                    .args([m.join("rcrt1.o"), m.join("crti.o"), src.clone(), m.join("libc.a"), libgcc(), m.join("crtn.o")]);
+            } else {
+                cmd.args(["-static", "-O2", "-o"]).arg(&out).arg(src);
+            }
+            let output = cmd.output().expect("run musl-gcc");
             if !output.status.success() {
                 panic!("musl-gcc failed on {}:\n{}", src.display(), String::from_utf8_lossy(&output.stderr));
             }
-            (stem, out)
-        })
-        .collect()
+            programs.push((name, out));
+        }
+    }
+    programs
+}
+
+/// Where Debian's musl-dev puts musl's start files and libc.a.
+const MUSL_LIB: &str = "/usr/lib/x86_64-linux-musl";
+
+/// The compiler's libgcc.a (for the static PIE link).
+fn libgcc() -> PathBuf {
+    let out = Command::new("musl-gcc").arg("-print-libgcc-file-name").output().expect("run musl-gcc");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 fn read(path: &Path) -> Vec<u8> {
