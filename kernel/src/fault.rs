@@ -22,8 +22,12 @@ const PF_PK: u64 = 1 << 5;
 pub fn do_page_fault(frame: &TrapFrame) -> bool {
     let addr = cpu::read_cr2();
     if addr >= crate::KERNEL_HALF_START {
-        if let Some(report) = crate::vmalloc::describe_fault(addr) {
-            log::error!("{}", report);
+        // A user access to the kernel half is a plain SIGSEGV: no report
+        // about kernel memory.
+        if frame.cs & 3 == 0 {
+            if let Some(report) = crate::vmalloc::describe_fault(addr) {
+                log::error!("{}", report);
+            }
         }
         return false;
     }
@@ -42,10 +46,10 @@ pub fn do_page_fault(frame: &TrapFrame) -> bool {
             true
         }
         Some(Err(FaultError::OutOfMemory)) if crate::sched::current_pid() != 0 => {
-            // Kill the largest process (maybe this one, never returning);
-            // if another one dies, the fault is retried once it has exited.
-            crate::process::out_of_memory();
-            true
+            // Kill the largest process. `true`: another one dies, retry the
+            // fault once it has exited; `false`: this one dies — a user copy
+            // then fails with EFAULT and the task exits on its way out.
+            crate::process::out_of_memory(frame.cs & 3 == 3)
         }
         Some(Err(e)) => {
             // The caller reports it: SIGSEGV for user mode, EFAULT for a user

@@ -100,21 +100,23 @@ pub fn force_sig(sig: u8, what: &str, addr: u64, rip: u64) -> ! {
 }
 
 /// A page fault could not get memory: kill the process with the largest RSS
-/// (Linux `out_of_memory` → `oom_kill_process`), logging the choice. If that
-/// is the faulting process itself, it never returns.
-pub fn out_of_memory() {
+/// (Linux `out_of_memory` → `oom_kill_process`), logging the choice.
+/// Returns whether the fault should be retried (another process is dying).
+/// If the faulting process is the victim: from user mode it exits at once;
+/// from a user copy in a system call it is marked (`false`: the copy fails,
+/// and the task exits at its return to user mode, freeing the syscall's
+/// buffers on the way).
+pub fn out_of_memory(from_user: bool) -> bool {
     let current = sched::current_pid();
-    // A victim already chosen frees its memory when it next runs: let it.
-    let mut pending = false;
-    sched::for_each_task(|t| pending |= t.kill_pending.is_some());
-    if pending {
-        sched::schedule();
-        return;
-    }
     let current_rss = crate::mm_struct::with_current(|mm| mm.rss_kb()).unwrap_or(0);
     let mut victim: Option<(Pid, u64, alloc::string::String)> = None;
+    let mut pending = None;
     sched::for_each_task(|t| {
-        if matches!(t.state, sched::TaskState::Zombie(_)) || t.kill_pending.is_some() {
+        if matches!(t.state, sched::TaskState::Zombie(_)) {
+            return;
+        }
+        if t.kill_pending.is_some() {
+            pending = Some(t.pid);
             return;
         }
         let rss = if t.pid == current { current_rss } else { t.mm.as_ref().map_or(0, |m| m.rss_kb()) };
@@ -122,15 +124,28 @@ pub fn out_of_memory() {
             victim = Some((t.pid, rss, t.name.clone()));
         }
     });
-    let Some((pid, rss, name)) = victim else { return };
-    log::error!(
-        "Out of memory: killed process {} ({}) total-rss:{}kB; free pages {}",
-        pid, name, rss, crate::page_alloc::page_alloc().stats().free()
-    );
-    if pid == current {
+    let pid = match (pending, victim) {
+        // A victim already chosen frees its memory when it next runs.
+        (Some(p), _) => p,
+        (None, Some((pid, rss, name))) => {
+            log::error!(
+                "Out of memory: killed process {} ({}) total-rss:{}kB; free pages {}",
+                pid, name, rss, crate::page_alloc::page_alloc().stats().free()
+            );
+            sched::with_task(pid, |t| t.kill_pending = Some(SIGKILL));
+            pid
+        }
+        (None, None) => return false,
+    };
+    if pid != current {
+        sched::schedule();
+        return true;
+    }
+    if from_user {
+        sched::with_current(|t| t.kill_pending = None);
         do_exit(ExitStatus::Signaled(SIGKILL));
     }
-    sched::with_task(pid, |t| t.kill_pending = Some(SIGKILL));
+    false
 }
 
 /// Task 0 waits for `pid` to exit, reaps it and returns its status.

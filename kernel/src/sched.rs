@@ -91,7 +91,9 @@ global_asm!(
     .section .text
     .global switch_to
     // rdi = where to save the current RSP, rsi = the next task's RSP.
+    // RFLAGS travels with the task too (IF, and AC must not leak).
 switch_to:
+    pushfq
     push rbp
     push rbx
     push r12
@@ -106,6 +108,7 @@ switch_to:
     pop r12
     pop rbx
     pop rbp
+    popfq
     ret
     "#
 );
@@ -152,7 +155,13 @@ pub fn try_for_each_task(mut f: impl FnMut(&mut Task)) {
 /// Creates a runnable task that starts in user mode at `entry` with stack
 /// pointer `user_rsp`, in address space `mm`.
 pub fn spawn(name: &str, mm: Box<Mm>, files: FdTable, entry: u64, user_rsp: u64) -> Result<Pid, mm::vmalloc::VmallocError> {
-    let kstack = crate::vmalloc::vmalloc(KERNEL_STACK_SIZE, GFP_KERNEL)?;
+    let kstack = match crate::vmalloc::vmalloc(KERNEL_STACK_SIZE, GFP_KERNEL) {
+        Ok(k) => k,
+        Err(e) => {
+            mm.destroy();
+            return Err(e);
+        }
+    };
     let top = kstack.addr().as_u64() + KERNEL_STACK_SIZE as u64;
     let frame = TrapFrame {
         r15: 0, r14: 0, r13: 0, r12: 0, r11: 0, r10: 0, r9: 0, r8: 0, rbp: 0, rdi: 0, rsi: 0, rdx: 0, rcx: 0,
@@ -164,14 +173,17 @@ pub fn spawn(name: &str, mm: Box<Mm>, files: FdTable, entry: u64, user_rsp: u64)
         ss: crate::arch::x86_64::gdt::selectors().user_data.0 as u64,
     };
     let frame_at = top - size_of::<TrapFrame>() as u64;
-    // Below the frame: switch_to's return address and six callee-saved registers.
+    // Below the frame: switch_to's return address, RFLAGS (interrupts off
+    // until `iretq` loads the frame's) and six callee-saved registers.
     let ret_at = frame_at - 8;
-    let saved_rsp = ret_at - 6 * 8;
+    let flags_at = ret_at - 8;
+    let saved_rsp = flags_at - 6 * 8;
     // SAFETY: the new stack is ours alone, mapped and large enough; the
     // frame and the switch_to context are written inside it.
     unsafe {
         (frame_at as *mut TrapFrame).write(frame);
         (ret_at as *mut u64).write(&raw const trap_return as u64);
+        (flags_at as *mut u64).write(0x2);
         core::ptr::write_bytes(saved_rsp as *mut u64, 0, 6);
     }
     let mut s = SCHED.lock();
@@ -202,6 +214,19 @@ pub fn timer_tick() {
     if current_pid() != 0 {
         NEED_RESCHED.store(true, Ordering::Relaxed);
     }
+}
+
+/// Switches tasks now if the time slice is over (Linux `cond_resched`):
+/// for long loops in system calls. The caller must hold no lock.
+pub fn cond_resched() {
+    if NEED_RESCHED.swap(false, Ordering::Relaxed) {
+        schedule();
+    }
+}
+
+/// Whether the running task has been chosen by the OOM killer.
+pub fn kill_pending() -> bool {
+    with_current(|t| t.kill_pending.is_some()).unwrap_or(false)
 }
 
 /// Called on every return to user mode (interrupt or syscall exit): delivers

@@ -51,7 +51,8 @@ const CHUNK: usize = 4096;
 /// Most iovecs per `writev` (Linux `UIO_MAXIOV`).
 const UIO_MAXIOV: u64 = 1024;
 
-/// Numbers already reported as unimplemented (bit per number below 1024).
+/// Numbers already reported as unimplemented: a bit per number below 1024,
+/// and the last word's top bit stands for every number above.
 static ENOSYS_SEEN: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
 
 /// Entry from `syscall_entry` with the user registers in `frame`.
@@ -97,10 +98,8 @@ pub fn dispatch(frame: &mut TrapFrame) {
 }
 
 fn report_enosys(nr: u64) {
-    let first = match ENOSYS_SEEN.get((nr / 64) as usize) {
-        Some(word) => word.fetch_or(1 << (nr % 64), Ordering::Relaxed) & (1 << (nr % 64)) == 0,
-        None => true,
-    };
+    let (word, bit) = if nr < 1024 { ((nr / 64) as usize, nr % 64) } else { (15, 63) };
+    let first = ENOSYS_SEEN[word].fetch_or(1 << bit, Ordering::Relaxed) & (1 << bit) == 0;
     if first {
         let name = sched::with_current(|t| t.name.clone()).unwrap_or_default();
         log::warn!("pid {} ({}): unimplemented system call {} returns ENOSYS", sched::current_pid(), name, nr);
@@ -146,11 +145,18 @@ fn read_console(buf: u64, count: u64) -> SysResult {
     }
     let mut kbuf = alloc::vec::Vec::new();
     while kbuf.is_empty() {
+        if sched::kill_pending() {
+            return Err(Errno::EINTR);
+        }
+        // Interrupts off between the check and `sti; hlt`, so a byte that
+        // arrives in between wakes the halt instead of being missed.
+        x86_64::instructions::interrupts::disable();
         match serial::try_read_byte() {
             Some(b) => kbuf.push(b),
             None if sched::has_runnable() => sched::schedule(),
             None => cpu::enable_irqs_and_halt(),
         }
+        cpu::enable_irqs();
     }
     while (kbuf.len() as u64) < count {
         match serial::try_read_byte() {
@@ -182,6 +188,7 @@ fn write_console(buf: u64, count: u64) -> SysResult {
         }
         serial::write_bytes(&kbuf[..n]);
         done += n as u64;
+        sched::cond_resched();
     }
     Ok(done)
 }
@@ -194,9 +201,11 @@ fn sys_writev(fd: u64, iov: u64, iovcnt: u64) -> SysResult {
     let mut vecs = vec![(0u64, 0u64); iovcnt as usize];
     let mut total = 0u64;
     for (i, v) in vecs.iter_mut().enumerate() {
-        *v = uaccess::get_user::<(u64, u64)>(iov + 16 * i as u64)?;
-        // Linux: the total length must fit in ssize_t.
-        total = total.checked_add(v.1).filter(|t| *t <= i64::MAX as u64).ok_or(Errno::EINVAL)?;
+        let [base, len] = uaccess::get_user::<[u64; 2]>(iov + 16 * i as u64)?;
+        // Linux: the total length must fit in ssize_t; then it is clamped
+        // to MAX_RW_COUNT (one call moves at most that much).
+        total = total.checked_add(len).filter(|t| *t <= i64::MAX as u64).ok_or(Errno::EINVAL)?;
+        *v = (base, len.min(MAX_RW_COUNT.saturating_sub(total - len)));
     }
     let mut done = 0u64;
     for (base, len) in vecs {

@@ -38,6 +38,9 @@ pub fn init() {
             asm!("fninit", "ldmxcsr [{}]", in(reg) &mxcsr, options(nostack));
             asm!("fxsave64 [{}]", in(reg) state.0.as_mut_ptr(), options(nostack));
         }
+        // `fninit` leaves the register contents: start every task with
+        // zeroed x87 (bytes 32..160) and XMM (160..416) registers.
+        state.0[32..416].fill(0);
         state
     });
 }

@@ -42,8 +42,9 @@ pub fn read_unix_time() -> Option<u64> {
     let conv = |v: u8| if bcd { (v & 0x0F) as u64 + ((v >> 4) as u64) * 10 } else { v as u64 };
     let [sec, min, hour_raw, day, month, year, century] = regs;
     let mut hour = conv(hour_raw & 0x7F);
-    if status_b & 0x02 == 0 && hour_raw & 0x80 != 0 {
-        hour = (hour % 12) + 12; // 12-hour mode, PM
+    if status_b & 0x02 == 0 {
+        // 12-hour mode: 12 AM is hour 0, PM adds 12.
+        hour = hour % 12 + if hour_raw & 0x80 != 0 { 12 } else { 0 };
     }
     let century = match conv(century) {
         c @ 19..=21 => c,
@@ -51,7 +52,7 @@ pub fn read_unix_time() -> Option<u64> {
     };
     let (sec, min, day, month) = (conv(sec), conv(min), conv(day), conv(month));
     let year = century * 100 + conv(year);
-    if sec > 59 || min > 59 || hour > 23 || !(1..=31).contains(&day) || !(1..=12).contains(&month) {
+    if sec > 59 || min > 59 || hour > 23 || !(1..=31).contains(&day) || !(1..=12).contains(&month) || year < 1970 {
         return None;
     }
     Some(days_from_civil(year, month, day) * 86400 + hour * 3600 + min * 60 + sec)

@@ -114,6 +114,9 @@ pub static SPURIOUS: AtomicU64 = AtomicU64::new(0);
 
 /// Called by `trap_common` with the saved frame of every interrupt and exception.
 pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    // Interrupt gates keep RFLAGS.AC: user space (`popf`) or an interrupted
+    // user copy must not leave SMAP open for the handler (Linux `ASM_CLAC`).
+    cpu::user_access_end();
     let vector = frame.vector as u8;
     match vector {
         Vector::BREAKPOINT => {
@@ -139,7 +142,11 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             log::warn!("unexpected interrupt on vector {}", vector);
         }
     }
-    if from_user(frame) {
+    // Never switch tasks on an IST stack (NMI, #MC, #DF): a later NMI would
+    // overwrite the parked frame. The next ordinary return to user mode
+    // switches instead.
+    let ist = matches!(vector, Vector::NMI | Vector::MACHINE_CHECK | Vector::DOUBLE_FAULT);
+    if from_user(frame) && !ist {
         crate::sched::return_to_user();
     }
 }
@@ -152,7 +159,8 @@ pub fn from_user(frame: &TrapFrame) -> bool {
 /// An exception in user mode kills the process with the matching signal
 /// (Linux `force_sig`); in kernel mode it is an oops.
 fn user_fault_or_die(frame: &TrapFrame) {
-    if !from_user(frame) {
+    // #DF and #MC run on IST stacks: always fatal for the machine.
+    if !from_user(frame) || matches!(frame.vector as u8, Vector::DOUBLE_FAULT | Vector::MACHINE_CHECK) {
         die(frame)
     }
     let signal = match frame.vector as u8 {
