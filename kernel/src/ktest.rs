@@ -39,6 +39,7 @@ pub const SUITES: &[&[KTest]] = &[
     crate::arch::x86_64::pit::KTESTS,
     crate::arch::x86_64::apic::KTESTS,
     crate::arch::x86_64::rtc::KTESTS,
+    crate::userland::KTESTS,
     crate::cmdline::KTESTS,
     crate::sysctl::KTESTS,
     crate::clear_page::KTESTS,

@@ -10,7 +10,7 @@
 //! mode ([`return_to_user`]), or when it yields, blocks or exits.
 //!
 //! A switch ([`schedule`]) saves the previous task's user FS base, FPU/SSE
-//! registers and its
+//! registers, `memalloc_nofs/noio` scope and its
 //! address space (the [`crate::mm_struct`] "current" slot), loads the next
 //! ones, points TSS `rsp0` and the syscall stack at the next kernel stack, and
 //! swaps stacks in `switch_to` (callee-saved registers only, as the C ABI
@@ -68,6 +68,8 @@ pub struct Task {
     pub peak_rss_kb: u64,
     pub exit_vm_pte_kb: u64,
     fs_base: u64,
+    /// The task's `memalloc_nofs/noio` scope while it is not running.
+    memalloc: u32,
     fpu: Box<FpuState>,
     saved_rsp: u64,
     kstack: Option<VmArea>,
@@ -85,6 +87,10 @@ static CURRENT: AtomicU32 = AtomicU32::new(0);
 static NEED_RESCHED: AtomicBool = AtomicBool::new(false);
 /// Task 0's stack pointer while another task runs.
 static mut IDLE_RSP: u64 = 0;
+/// Task 0's memalloc scope while another task runs.
+static IDLE_MEMALLOC: AtomicU32 = AtomicU32::new(0);
+/// The scope state loaded at the last switch into a user task (for tests).
+pub static LAST_USER_MEMALLOC: AtomicU32 = AtomicU32::new(0);
 
 global_asm!(
     r#"
@@ -200,6 +206,7 @@ pub fn spawn(name: &str, mm: Box<Mm>, files: FdTable, entry: u64, user_rsp: u64)
         peak_rss_kb: 0,
         exit_vm_pte_kb: 0,
         fs_base: 0,
+        memalloc: 0,
         fpu: Box::new(FpuState::initial()),
         saved_rsp,
         kstack: Some(kstack),
@@ -260,6 +267,19 @@ pub fn schedule() {
         drop(s);
         cpu::local_irq_restore(irqs);
         return;
+    }
+    // Each task keeps its own memalloc scope (Linux: `current->flags`).
+    let next_memalloc = match s.tasks.get(&next) {
+        Some(t) => t.memalloc,
+        None => IDLE_MEMALLOC.load(Ordering::Relaxed),
+    };
+    if next != 0 {
+        LAST_USER_MEMALLOC.store(next_memalloc, Ordering::Relaxed);
+    }
+    let prev_memalloc = crate::vmalloc::MEMALLOC_SCOPE.switch_state(next_memalloc);
+    match s.tasks.get_mut(&prev) {
+        Some(t) => t.memalloc = prev_memalloc,
+        None => IDLE_MEMALLOC.store(prev_memalloc, Ordering::Relaxed),
     }
     // Park the previous task's address space and FS base.
     let prev_mm = crate::mm_struct::deactivate();

@@ -126,3 +126,41 @@ fn cmd_ls(args: &str) {
         println!("{}", f);
     }
 }
+
+pub const KTESTS: &[crate::ktest::KTest] = &[
+    crate::ktest!(process_exit_statuses_and_no_pages_leak),
+    crate::ktest!(memalloc_scope_is_per_task),
+];
+
+/// Runs two programs (one exits 0, one is killed by SIGSEGV) and checks
+/// their statuses and that every page they used came back.
+fn process_exit_statuses_and_no_pages_leak() -> crate::ktest::KResult {
+    crate::kassert!(fs::read_file("/bin/hello").is_ok(), "no /bin/hello in the initramfs");
+    // Warm up once: the first process grows kernel caches (slab, vmalloc).
+    let _ = run_program(&["/bin/hello"]);
+    let before = crate::slab::nr_free_pages_settled();
+    let hello = run_program(&["/bin/hello"]);
+    crate::kassert!(matches!(hello, Ok(ExitStatus::Exited(0))), "hello: {:?}", hello.map_err(|e| alloc::format!("{}", e)));
+    let segv = run_program(&["/bin/segv"]);
+    crate::kassert!(matches!(segv, Ok(ExitStatus::Signaled(SIGSEGV))), "segv: {:?}", segv.map_err(|e| alloc::format!("{}", e)));
+    crate::kassert_eq!(crate::slab::nr_free_pages_settled(), before);
+    let missing = run_program(&["/bin/no-such-program"]);
+    crate::kassert!(missing.is_err(), "a missing program started");
+    Ok(())
+}
+
+/// A NOFS scope opened by task 0 must not follow the scheduler into a user
+/// task, and must still be in force when task 0 runs again.
+fn memalloc_scope_is_per_task() -> crate::ktest::KResult {
+    use mm::sched_mm::{memalloc_nofs_save, ScopeKind};
+    let scope = &crate::vmalloc::MEMALLOC_SCOPE;
+    let guard = memalloc_nofs_save(scope);
+    let status = run_program(&["/bin/hello"]);
+    let in_user_task = sched::LAST_USER_MEMALLOC.load(core::sync::atomic::Ordering::Relaxed);
+    let back_in_task0 = scope.depth(ScopeKind::NoFs);
+    drop(guard);
+    crate::kassert!(matches!(status, Ok(ExitStatus::Exited(0))), "hello did not run");
+    crate::kassert_eq!(in_user_task, 0);
+    crate::kassert_eq!(back_in_task0, 1);
+    Ok(())
+}

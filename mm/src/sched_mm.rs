@@ -12,8 +12,8 @@
 //! # Ownership
 //!
 //! mm has no statics, so the per-task state is a [`MemallocScope`] value that the
-//! kernel owns (one per task; today one global, because there are no tasks yet) and
-//! passes by reference. Guards borrow it and must stay on the task that made them.
+//! kernel owns (one global whose state the scheduler swaps per task) and passes
+//! by reference. Guards borrow it and must stay on the task that made them.
 //!
 //! # Nesting and drop order
 //!
@@ -28,12 +28,13 @@
 //! not count and does not uncount: the constraint stays on anyway, because the other
 //! 1023 guards are alive.
 //!
-//! # One global scope
+//! # One scope per task
 //!
-//! With a single global `MemallocScope` shared by all CPUs, a NOFS scope on one CPU
-//! also narrows allocations on other CPUs and in interrupt handlers. That errs only
-//! on the safe side (fewer reclaim sources, never more) and disappears once the
-//! kernel keeps one scope per task.
+//! The kernel keeps one global `MemallocScope` and swaps its state at every task
+//! switch ([`MemallocScope::switch_state`]), so each task has its own scope. An
+//! interrupt handler runs under the scope of the task it interrupted (errs on the
+//! safe side: fewer reclaim sources, never more). One CPU: with several, the state
+//! would move to per-CPU storage.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -81,6 +82,14 @@ impl MemallocScope {
     /// No scope active.
     pub const fn new() -> MemallocScope {
         MemallocScope { depth: AtomicU32::new(0) }
+    }
+
+    /// Replaces the whole scope state (the packed depth counters) and returns
+    /// the previous one. The scheduler calls this at every task switch, so
+    /// one `MemallocScope` holds the running task's scope, as Linux keeps
+    /// the bits in `current->flags`.
+    pub fn switch_state(&self, next: u32) -> u32 {
+        self.depth.swap(next, Ordering::AcqRel)
     }
 
     /// Live guards of `kind`.
