@@ -273,6 +273,9 @@ fn demo_runs_every_user_program_sequentially_and_at_once() {
     assert!(run.output.contains("(segv) killed by signal 11 (SIGSEGV)"));
     assert!(run.output.contains("Out of memory: killed process"));
     assert!(run.output.contains("(oom) killed by signal 9 (SIGKILL)"));
+    // MADV_FREE pages went first, before anything was killed.
+    assert!(run.output.contains("PASS lazyfree_dropped_under_pressure"));
+    assert!(run.output.contains("PASS lazyfree_rewritten_page_kept"));
     // Every program printed its exit line with peak RSS and VmPTE.
     assert!(run.output.lines().filter(|l| l.contains("exit: pid ") && l.contains(" kB, VmPTE ")).count() >= 16);
     assert_eq!(boot::init_exit_status(&run.output), Some(0));

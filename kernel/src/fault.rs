@@ -46,9 +46,17 @@ pub fn do_page_fault(frame: &TrapFrame) -> bool {
             true
         }
         Some(Err(FaultError::OutOfMemory)) if crate::sched::current_pid() != 0 => {
-            // Kill the largest process. `true`: another one dies, retry the
-            // fault once it has exited; `false`: this one dies — a user copy
-            // then fails with EFAULT and the task exits on its way out.
+            // First this process's own clean MADV_FREE pages: the lazyfree
+            // shrinker cannot reach them while the fault holds the mm.
+            let mut tlb = crate::pgtable::tlb_gather();
+            let freed = crate::mm_struct::with_current(|mm| mm.reclaim_lazyfree(&mut tlb)).unwrap_or(0);
+            tlb_finish(tlb);
+            if freed > 0 {
+                return true;
+            }
+            // Then kill the largest process. `true`: another one dies, retry
+            // the fault once it has exited; `false`: this one dies — a user
+            // copy then fails with EFAULT and the task exits on its way out.
             crate::process::out_of_memory(frame.cs & 3 == 3)
         }
         Some(Err(e)) => {

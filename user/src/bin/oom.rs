@@ -2,8 +2,10 @@
 //! call that cannot get memory must fail with ENOMEM and leave the process
 //! alive; a page fault that cannot get memory must get the process killed
 //! (SIGKILL from the OOM killer, shell status 137) while the kernel keeps
-//! running. Never run this on a host you care about: it is excluded from
-//! `run-on-host.sh`.
+//! running. On the way, `MADV_FREE` pages must be dropped under that
+//! pressure (before anything is killed) while a page written after the
+//! advice keeps its data. Never run this on a host you care about: it is
+//! excluded from `run-on-host.sh`.
 #![no_std]
 #![no_main]
 
@@ -13,7 +15,10 @@ use user::{check, check_ret, check_with, println};
 
 user::entry!(main);
 
+const MADV_FREE: usize = 8;
 const MADV_POPULATE_WRITE: usize = 23;
+/// The lazily freed region.
+const LAZY_LEN: usize = 16 << 20;
 const KIB: usize = 1024;
 
 fn main() {
@@ -38,6 +43,7 @@ fn main() {
         free_after + 4 * 1024 >= free_before,
         format_args!("MemFree {free_before} kB before, {free_after} kB after"),
     );
+    lazyfree_under_pressure(len);
     // Now take the same memory by touching it: no system call can fail, so
     // the OOM killer must end this process.
     let b = map(len, PROT_RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE);
@@ -51,4 +57,41 @@ fn main() {
     }
     check_with("oom_killed", false, format_args!("touched {} MiB without being killed", len >> 20));
     user::test::finish("oom");
+}
+
+/// Fills a region, `MADV_FREE`s it, rewrites its first page, then touches
+/// fresh memory until the kernel drops the clean lazy-free pages (detected by
+/// an untouched one reading zero); stops before the OOM killer is needed.
+fn lazyfree_under_pressure(len: usize) {
+    let lazy = map(LAZY_LEN, PROT_RW, MAP_PRIVATE | MAP_ANONYMOUS);
+    let hog = map(len, PROT_RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE);
+    check("lazyfree_setup", lazy > 0 && hog > 0);
+    if lazy <= 0 || hog <= 0 {
+        return;
+    }
+    let (lazy, hog) = (lazy as usize, hog as usize);
+    let probe = lazy + LAZY_LEN - PAGE_SIZE;
+    // SAFETY: all addresses are inside this program's own writable mappings.
+    unsafe {
+        for p in (lazy..lazy + LAZY_LEN).step_by(PAGE_SIZE) {
+            (p as *mut u8).write_volatile(0x5a);
+        }
+        check_ret("madv_free", madvise(lazy, LAZY_LEN, MADV_FREE), 0);
+        (lazy as *mut u8).write_volatile(0x77);
+        check("lazyfree_kept_without_pressure", (probe as *const u8).read_volatile() == 0x5a);
+        let mut dropped = false;
+        let mut addr = hog;
+        while addr < hog + len {
+            (addr as *mut u8).write_volatile(1);
+            addr += PAGE_SIZE;
+            if (addr - hog) % (256 * PAGE_SIZE) == 0 && (probe as *const u8).read_volatile() == 0 {
+                dropped = true;
+                break;
+            }
+        }
+        check_with("lazyfree_dropped_under_pressure", dropped, format_args!("touched {} MiB", (addr - hog) >> 20));
+        check("lazyfree_rewritten_page_kept", (lazy as *const u8).read_volatile() == 0x77);
+        check_ret("lazyfree_munmap", munmap(hog, len), 0);
+        check_ret("lazyfree_munmap_region", munmap(lazy, LAZY_LEN), 0);
+    }
 }
