@@ -60,7 +60,7 @@ pub fn spawn(argv: &[&str], envp: &[String]) -> Result<Pid, ExecError> {
     let path = *argv.first().ok_or(ExecError::File(Errno::EINVAL))?;
     let image = fs::read_file(path).map_err(ExecError::File)?;
     let plan = elf::parse(image, ET_DYN_BASE).map_err(ExecError::Elf)?;
-    let mm = Mm::new(0, GFP_KERNEL).map_err(|_| ExecError::Mm(Errno::ENOMEM))?;
+    let mm = Mm::new(GFP_KERNEL).map_err(|_| ExecError::Mm(Errno::ENOMEM))?;
     // Build the address space with it current, so the copies below go
     // through the ordinary user-access path (and its fault handling).
     assert_eq!(sched::current_pid(), 0, "exec from task 0 only");

@@ -30,6 +30,7 @@ pub const SUITES: &[&[KTest]] = &[
     crate::kvmalloc::KTESTS,
     crate::page_alloc_ktests::KTESTS,
     crate::vm_ktests::KTESTS,
+    crate::migrate::KTESTS,
     crate::vmalloc_ktests::KTESTS,
     crate::shrinker_ktests::KTESTS,
     crate::sync::KTESTS,

@@ -24,6 +24,7 @@ mod heap;
 mod ktest;
 mod kvmalloc;
 mod memmap;
+mod migrate;
 mod page_alloc;
 mod page_alloc_ktests;
 mod printk;

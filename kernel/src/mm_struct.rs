@@ -11,9 +11,14 @@
 //! populate paths need. Tests create an [`Mm`], [`activate`] it, touch its
 //! memory from the kernel through the `user_access_begin`/`end` window (SMAP),
 //! and [`deactivate`] it again.
+//!
+//! Every address space gets a unique id (its ASID, recorded in the reverse map
+//! of its anonymous pages) and marks those pages movable through
+//! [`crate::migrate`], so compaction can move them.
 
 use alloc::boxed::Box;
 use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicU16, Ordering};
 
 use mm::gfp::Gfp;
 use mm::mman::{MmOps, UserMm};
@@ -47,10 +52,27 @@ pub fn mm_ops() -> MmOps<'static, KernelClear> {
     MmOps { thp: &THP, clear: clear_ops() }
 }
 
+/// The next address-space id; 0 is never handed out.
+static NEXT_ASID: AtomicU16 = AtomicU16::new(1);
+
+/// A fresh address-space id (Linux `mm->context.ctx_id`, 16 bits here because
+/// the reverse map stores 16). After 65535 address spaces the counter wraps and
+/// an id may be shared with a long-lived one; migration stays correct because it
+/// checks that the entry at the reverse-map address maps the page.
+fn alloc_asid() -> u16 {
+    let prev = NEXT_ASID
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| Some(id.checked_add(1).unwrap_or(1)))
+        .unwrap_or(1);
+    prev.max(1)
+}
+
 impl Mm {
-    /// An empty user address space (kernel half shared).
-    pub fn new(asid: u16, gfp: Gfp) -> Result<Box<Mm>, mm::pgtable::NewSpaceError> {
-        Ok(Box::new(Mm(UserMm::new(new_user_space(asid, gfp)?))))
+    /// An empty user address space (kernel half shared) with a new id, whose
+    /// anonymous pages are movable.
+    pub fn new(gfp: Gfp) -> Result<Box<Mm>, mm::pgtable::NewSpaceError> {
+        let mut space = new_user_space(alloc_asid(), gfp)?;
+        space.set_anon_movable_ops(crate::migrate::anon_movable_ops());
+        Ok(Box::new(Mm(UserMm::new(space))))
     }
 
     /// Tears the address space down: every page, shared-object page and

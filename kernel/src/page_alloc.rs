@@ -228,8 +228,10 @@ fn cmd_vmstat(_: &str) {
 
 fn cmd_compact(_: &str) {
     print_with(|w| {
-        let migrated = page_alloc().compact_memory();
-        core::fmt::Write::write_fmt(w, format_args!("compacted: {} pages migrated\n", migrated))
+        let before = page_alloc().stats().compact_migrated;
+        let blocks = page_alloc().compact_memory();
+        let migrated = page_alloc().stats().compact_migrated - before;
+        core::fmt::Write::write_fmt(w, format_args!("compacted: {} page blocks freed, {} pages migrated\n", blocks, migrated))
     });
 }
 

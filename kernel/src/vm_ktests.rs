@@ -31,7 +31,7 @@ fn err<E: core::fmt::Debug>(what: &str, e: E) -> crate::ktest::TestFailure {
 
 /// A fresh address space with one anonymous VMA, made current.
 fn activate_with_vma(start: u64, len: u64, extra: VmFlags) -> KResult {
-    let mut mm = Mm::new(1, GFP_KERNEL).map_err(|e| err("new address space", e))?;
+    let mut mm = Mm::new(GFP_KERNEL).map_err(|e| err("new address space", e))?;
     mm.vmas
         .mmap_region(start, len, RW | extra, VmaKind::AnonPrivate, linear_pgoff(start), MapFixed::NoReplace)
         .map_err(|e| err("mmap_region", e))?;
@@ -167,7 +167,7 @@ fn unmapping_everything_returns_page_tables_to_the_allocator() -> KResult {
     let tables_before = PGTABLE_CTL.nr_pagetable_pages();
     // One page in each of several PUD/PMD slots: every level gets tables.
     let addrs: [u64; 4] = [0x1_0000_0000, 0x1_4020_0000, 0x80_0000_0000, 0x7f00_0000_0000];
-    let mut mm = Mm::new(2, GFP_KERNEL).map_err(|e| err("new address space", e))?;
+    let mut mm = Mm::new(GFP_KERNEL).map_err(|e| err("new address space", e))?;
     for &addr in &addrs {
         mm.vmas
             .mmap_region(addr, PAGE_SIZE, RW, VmaKind::AnonPrivate, linear_pgoff(addr), MapFixed::NoReplace)

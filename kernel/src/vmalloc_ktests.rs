@@ -102,7 +102,7 @@ fn user_address_spaces_see_vmalloc_memory() -> KResult {
     let mut area = vmalloc(4096, GFP_KERNEL).map_err(|_| "vmalloc")?;
     // SAFETY: the test owns the area.
     unsafe { area_bytes(&mut area)[100] = 0x5c };
-    let mm = crate::mm_struct::Mm::new(9, GFP_KERNEL).map_err(|_| "new address space")?;
+    let mm = crate::mm_struct::Mm::new(GFP_KERNEL).map_err(|_| "new address space")?;
     crate::mm_struct::activate(mm);
     // SAFETY: the area is mapped in the kernel half, which the user space shares.
     let seen = unsafe { area_bytes(&mut area)[100] };

@@ -9,12 +9,21 @@
 //! for costly-order allocations that may sleep and, in defrag mode (Johannes
 //! Weiner's `vm.defrag_mode`), before any allocation falls back to a foreign block
 //! type. Owner callbacks run without allocator locks held.
+//!
+//! [`PageAlloc::migrate_page`] moves one given movable block (any order, huge
+//! pages included) to a freshly allocated one through the same callbacks (Linux
+//! `migrate_pages` on a single folio with `alloc_migration_target`).
+//!
+//! The owners: anonymous user pages (the kernel registers callbacks that find the
+//! address space by the page's rmap and call
+//! [`AddressSpace::migrate_anon_page`](crate::pgtable::AddressSpace::migrate_anon_page)),
+//! and test owners on the host.
 
 use core::cell::Cell;
 use core::sync::atomic::Ordering::Relaxed;
 
 use crate::addr::Pfn;
-use crate::gfp::Gfp;
+use crate::gfp::{__GFP_NORETRY, __GFP_NOWARN, GFP_HIGHUSER_MOVABLE, Gfp};
 use crate::page::Kind;
 use crate::page_alloc::{PageAlloc, Pages, PhysMem, Zone};
 use crate::pageblock::{MigrateType, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER};
@@ -28,6 +37,9 @@ pub trait MigrateOps: Sync {
     /// anonymous pages: the PTE, then flush the TLB), and trade the old handle for the
     /// new one with [`Migration::exchange`]. Returning without exchanging refuses the
     /// migration (page busy, pinned, already freed); the allocator then gives up.
+    ///
+    /// Runs inside allocations (direct compaction): it must not allocate with
+    /// reclaim, and must take its locks with `try_lock` (the caller may hold them).
     fn migrate(&self, m: &Migration<'_>);
 }
 
@@ -70,6 +82,21 @@ impl Migration<'_> {
         Ok(unsafe { Pages::from_raw(self.new, self.order as usize) })
     }
 }
+
+/// Why [`PageAlloc::migrate_page`] did not move a block.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MigrateError {
+    /// Not the head of an owned block marked movable with registered callbacks.
+    NotMovable,
+    /// No free block of that order for the copy.
+    NoMemory,
+    /// The owner did not exchange the page (busy, unmapped meanwhile, not found).
+    Refused,
+}
+
+/// Target of [`PageAlloc::migrate_page`] (Linux `alloc_migration_target`: user
+/// movable memory, but one reclaim round at most and no warning).
+const GFP_MIGRATE_TARGET: Gfp = GFP_HIGHUSER_MOVABLE.union(__GFP_NORETRY).union(__GFP_NOWARN);
 
 /// Outcome of compacting one page block.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -203,6 +230,39 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
             let _ = ok;
             CompactResult::Aborted
         }
+    }
+
+    /// Moves the movable block whose head is `pfn` to a newly allocated block of
+    /// the same order (Linux `migrate_pages` on one folio, `MIGRATE_SYNC`): asks
+    /// its owner through its registered [`MigrateOps`], and on success hands the
+    /// owner's state to the new head and frees the old block. Returns the new
+    /// head. On any error nothing changed and nothing leaked. Call without
+    /// allocator locks and outside the owner's locks (the callback takes them).
+    pub fn migrate_page(&self, pfn: Pfn) -> Result<Pfn, MigrateError> {
+        let m = self.page(pfn).ok_or(MigrateError::NotMovable)?;
+        if !m.kind().is_owned() {
+            return Err(MigrateError::NotMovable);
+        }
+        let order = m.order();
+        let ops = m
+            .movable_ops()
+            .and_then(|id| self.movable_ops.lock()[id.0 as usize])
+            .ok_or(MigrateError::NotMovable)?;
+        let new = self.alloc_pages(GFP_MIGRATE_TARGET, order).map_err(|_| MigrateError::NoMemory)?;
+        let mig = Migration { mem: self.mem, old: pfn, new: new.pfn(), order: order as u8, done: Cell::new(false) };
+        ops.migrate(&mig);
+        if !mig.done.get() {
+            self.free_pages(new);
+            return Err(MigrateError::Refused);
+        }
+        // The owner holds the handle `exchange` made for the new block.
+        let new_pfn = new.leak();
+        self.meta(new_pfn.0).copy_owner_state(m);
+        m.clear_migrated();
+        // SAFETY: the owner traded its handle of `pfn` in through `exchange`
+        // (`done`), which leaked it; no other handle of the block exists.
+        self.free_pages(unsafe { Pages::from_raw(pfn, order) });
+        Ok(new_pfn)
     }
 
     /// Direct compaction for an allocation: drains per-CPU lists (their pages keep

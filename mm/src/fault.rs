@@ -468,10 +468,20 @@ fn fault_flags(prot: PteFlags, access: FaultAccess) -> PteFlags {
 }
 
 /// Declares `pages` an anonymous page mapped once at linear `lin` (Linux
-/// `folio_add_new_anon_rmap`). On failure the pages are freed.
+/// `folio_add_new_anon_rmap`), movable through the space's movable ops if it has
+/// them (Linux `__folio_set_anon` makes every anon folio migratable). On failure
+/// the pages are freed.
 fn make_anon<A: PtAlloc, M: PtMem>(space: &AddressSpace<'_, A, M>, pages: Pages, lin: u64) -> Option<Pages> {
     let rmap = Rmap { asid: space.asid, vpn: lin >> PAGE_SHIFT };
-    match space.alloc.page(pages.pfn()).map(|m| m.set_anon(rmap)) {
+    let declared = space.alloc.page(pages.pfn()).map(|m| {
+        m.set_anon(rmap)?;
+        if let Some(ops) = space.anon_movable {
+            // Cannot fail: the page is an owned anonymous head now.
+            let _ = m.set_movable(ops);
+        }
+        Ok::<(), crate::page::PageStateError>(())
+    });
+    match declared {
         Some(Ok(())) => Some(pages),
         _ => {
             space.alloc.free_pages(pages);

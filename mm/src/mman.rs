@@ -39,17 +39,24 @@
 //!   (`CONFIG_MEMORY_FAILURE=n`).
 //! * `MADV_FREE` pages are dropped by [`UserMm::reclaim_lazyfree`], which the
 //!   kernel's shrinker calls under memory pressure.
+//!
+//! Compaction moves this address space's private anonymous pages (4 KiB pages
+//! and PMD-mapped huge pages) through [`UserMm::migrate_anon_page`], called from
+//! the kernel's `MigrateOps` (Linux `migrate_pages` → `try_to_migrate` /
+//! `remove_migration_ptes`). Pages of shared anonymous objects and split huge
+//! pages are refused: they are not marked movable / are mapped more than once.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{PAGE_SHIFT, PAGE_SIZE, align_down, align_up, is_aligned};
+use crate::compaction::Migration;
 use crate::errno::{Errno, SysResult};
 use crate::fault::{
     self, ClearPages, FaultAccess, FaultEnv, FaultError, FaultOutcome, GFP_PGTABLE_USER, ThpCtl, vm_get_page_prot,
 };
-use crate::pgtable::{AddressSpace, PMD_SIZE, PteFlags, PtAlloc, PtMem, RssKind, VirtAddr};
+use crate::pgtable::{AddressSpace, MigrateAnonError, PMD_SIZE, PteFlags, PtAlloc, PtMem, RssKind, VirtAddr};
 use crate::shmem::Shmem;
 use crate::tlb::MmuGather;
 use crate::vma::{
@@ -306,6 +313,20 @@ impl<'a, A: PtAlloc, M: PtMem> UserMm<'a, A, M> {
         // A fault below a grows-down VMA may have grown it.
         self.update_hiwater_vm();
         r
+    }
+
+    // ----- migration ---------------------------------------------------------------
+
+    /// Moves one anonymous page of this address space for compaction (Linux
+    /// `migrate_pages` → `try_to_migrate` / `remove_migration_ptes`); see
+    /// [`AddressSpace::migrate_anon_page`] for the checks. Pages of the shared
+    /// anonymous objects ([`Shmem`]) are never migrated: they are not marked
+    /// movable (they pin their page block, like Linux's unmovable pins), and the
+    /// call refuses them with [`MigrateAnonError::NotAnon`]. The caller holds
+    /// this address space's lock and finishes `tlb` before returning to the
+    /// allocator.
+    pub fn migrate_anon_page(&mut self, m: &Migration<'_>, tlb: &mut MmuGather) -> Result<(), MigrateAnonError> {
+        self.space.migrate_anon_page(m, tlb)
     }
 
     // ----- mmap --------------------------------------------------------------------
@@ -1136,3 +1157,5 @@ fn range_remove(set: &mut BTreeMap<u64, u64>, s: u64, e: u64) {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod migrate_tests;

@@ -273,10 +273,17 @@ impl PageMeta {
         Ok(())
     }
 
-    /// Returns a page-table / anon / slab / vmalloc page to plain "allocated".
+    /// Returns a page-table / anon / slab / vmalloc page to plain "allocated" and
+    /// clears its movable-ops id (Linux `__ClearPageMovable`), so compaction no
+    /// longer asks the former owner to move it.
     #[inline]
     pub fn clear_owner_state(&self) -> Result<(), PageStateError> {
-        self.transition(&[Kind::PageTable, Kind::Anon, Kind::Slab, Kind::Vmalloc], Kind::Allocated)?;
+        self.flags
+            .fetch_update(Relaxed, Relaxed, |f| {
+                matches!(Kind::from_bits(f), Kind::PageTable | Kind::Anon | Kind::Slab | Kind::Vmalloc)
+                    .then_some((f & !(KIND_MASK | MOVABLE_MASK)) | Kind::Allocated as u32)
+            })
+            .map_err(|_| PageStateError::WrongState)?;
         self.lru_next.store(0, Relaxed);
         self.private.store(0, Relaxed);
         Ok(())
@@ -350,6 +357,19 @@ impl PageMeta {
         self.lru_prev.store(old.lru_prev.load(Relaxed), Relaxed);
         self.private.store(old.private.load(Relaxed), Relaxed);
         self.flags.store(old.flags.load(Relaxed), Relaxed);
+    }
+    /// The old head after a committed migration: the owner's state went to the
+    /// new page ([`copy_owner_state`](Self::copy_owner_state)) and its handle was
+    /// traded in; back to plain `Allocated` (order and migrate type kept, no
+    /// movable-ops id) so it can be freed (Linux: the old folio loses its mapping
+    /// and its last reference).
+    #[inline]
+    pub(crate) fn clear_migrated(&self) {
+        let f = self.flags.load(Relaxed);
+        self.lru_next.store(0, Relaxed);
+        self.lru_prev.store(0, Relaxed);
+        self.private.store(0, Relaxed);
+        self.flags.store(Kind::Allocated as u32 | (f & (ORDER_MASK | MT_MASK)), Relaxed);
     }
     #[inline]
     pub(crate) fn reset(&self) {
@@ -466,6 +486,14 @@ mod tests {
         m.set_movable(MovableOpsId(2)).unwrap();
         assert_eq!(m.state(), PageState::Anon { mapcount: 1, rmap: r, movable: true });
         assert_eq!(m.movable_ops(), Some(MovableOpsId(2)));
+        m.anon_add_mapcount(-1).unwrap();
+        m.clear_owner_state().unwrap();
+        assert_eq!(m.movable_ops(), None, "clearing the owner state clears the movable id");
+        m.set_anon(r).unwrap();
+        m.set_movable(MovableOpsId(2)).unwrap();
+        m.clear_migrated();
+        assert!(matches!(m.state(), PageState::Allocated { order: 0, .. }));
+        assert_eq!(m.movable_ops(), None);
         assert_eq!(m.take_owned(Kind::Deferred), Some(0));
         assert_eq!(m.take_owned(Kind::Deferred), None, "double free is refused");
     }

@@ -24,6 +24,11 @@
 //!   range, Linux `preallocate_vmalloc_pages`, before creating user spaces).
 //! * Map / unmap / protect / translate / split at 4 KiB and 2 MiB. Range operations
 //!   walk from the root once per table and then loop over that table's entries.
+//! * Migration of anonymous pages ([`AddressSpace::migrate_anon_page`], Linux
+//!   `try_to_migrate_one` + `folio_migrate_copy` + `remove_migration_pte`): the
+//!   entry at the page's reverse-map address is checked, the contents copied and
+//!   the entry pointed at the new frame; compaction calls it through the kernel's
+//!   [`MigrateOps`](crate::compaction::MigrateOps).
 //!
 //! Every change that can leave stale translations records into a
 //! [`MmuGather`](crate::tlb::MmuGather); pages are freed only after its flush.
@@ -48,8 +53,9 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use crate::addr::{PAGE_SHIFT, PAGE_SIZE, Pfn};
+use crate::compaction::Migration;
 use crate::gfp::Gfp;
-use crate::page::PageMeta;
+use crate::page::{MovableOpsId, PageMeta, PageState};
 use crate::page_alloc::{AllocError, PageAlloc, Pages};
 use crate::pt_reclaim::TableAllocError;
 use crate::sync::Platform;
@@ -473,6 +479,29 @@ pub enum SplitError {
     NoMemory,
 }
 
+/// Why [`AddressSpace::migrate_anon_page`] refused; nothing was changed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MigrateAnonError {
+    /// Not a user address space.
+    NotUser,
+    /// The order is neither 0 nor [`HPAGE_PMD_ORDER`].
+    Unsupported,
+    /// The old page is not an anonymous page of that order: freed, unmapped and
+    /// waiting for its TLB flush, or a page of a shared anonymous object (those
+    /// belong to [`crate::shmem`] and are never marked movable).
+    NotAnon,
+    /// Its reverse map names another address space.
+    OtherSpace,
+    /// Mapped more than once: a split huge page (one mapcount per PTE) is not
+    /// migrated.
+    Shared,
+    /// The entry at the reverse-map address does not map the page as its owner
+    /// (unmapped or replaced meanwhile, or at another level: a split huge page).
+    NotMapped,
+    /// The migration had already been committed.
+    AlreadyMigrated,
+}
+
 /// Errors of creating an address space.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum NewSpaceError {
@@ -588,6 +617,9 @@ pub struct AddressSpace<'a, A: PtAlloc, M: PtMem> {
     pub(crate) rss: [u64; 2],
     /// Highest `rss` sum seen (Linux `hiwater_rss`, kept eagerly).
     pub(crate) hiwater_rss: u64,
+    /// Movable-ops id given to the anonymous pages faulted in here (Linux: anon
+    /// folios are movable through the rmap), `None`: they are not movable.
+    pub(crate) anon_movable: Option<MovableOpsId>,
     pub(crate) destroyed: bool,
 }
 
@@ -641,6 +673,7 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
             deposited: BTreeMap::new(),
             rss: [0; 2],
             hiwater_rss: 0,
+            anon_movable: None,
             destroyed: false,
         }
     }
@@ -653,6 +686,24 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
     /// User or kernel.
     pub fn kind(&self) -> SpaceKind {
         self.kind
+    }
+
+    /// The address-space id recorded in the reverse map of its anonymous pages.
+    pub fn asid(&self) -> u16 {
+        self.asid
+    }
+
+    /// Anonymous pages faulted in from now on are marked movable with `ops`
+    /// (the owner's [`MigrateOps`](crate::compaction::MigrateOps), which must
+    /// find this space by [`asid`](Self::asid) and call
+    /// [`migrate_anon_page`](Self::migrate_anon_page)); `None` stops that.
+    pub fn set_anon_movable_ops(&mut self, ops: Option<MovableOpsId>) {
+        self.anon_movable = ops;
+    }
+
+    /// The movable-ops id new anonymous pages get.
+    pub fn anon_movable_ops(&self) -> Option<MovableOpsId> {
+        self.anon_movable
     }
 
     /// Tables of `level` in this space (1 for the root).
@@ -1449,6 +1500,80 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
             table = e.pfn();
             level = level.child()?;
         }
+    }
+
+    // ----- migration ----------------------------------------------------------------------
+
+    /// Moves the anonymous page `m.old()` of this space to `m.new_pfn()` (Linux
+    /// `try_to_migrate_one` + `folio_migrate_copy` + `remove_migration_pte`, for
+    /// the one mapping an anonymous folio has here). Call from the owner's
+    /// [`MigrateOps::migrate`](crate::compaction::MigrateOps::migrate) with this
+    /// space's lock held, then finish `tlb` (the flush) before returning to the
+    /// allocator, which frees the old block right after.
+    ///
+    /// Checks, refusing with nothing changed if one fails: the old page is an
+    /// anonymous head of `m.order()` (0, or [`HPAGE_PMD_ORDER`] for a PMD-mapped
+    /// huge page), its reverse map names this space, it is mapped exactly once,
+    /// and the entry at the reverse-map address is a `SOFT_ANON` leaf of the
+    /// matching level mapping it. Then the contents are copied, the old handle
+    /// is traded for the new one ([`Migration::exchange`]) and the entry is
+    /// rewritten to the new frame with its flags unchanged (accessed and dirty
+    /// bits the CPU sets meanwhile are kept: one exchange, as
+    /// [`protect`](Self::protect)); the address is queued in `tlb`. A PMD entry
+    /// keeps its deposited PTE table; resident-set counters do not change. The
+    /// allocator moves the page's owner state (mapcount, reverse map, movable id)
+    /// to the new head when the migration commits.
+    ///
+    /// One CPU: no other CPU can access the page between the copy and the
+    /// rewrite, so no migration entry is installed first (Linux clears the entry
+    /// and flushes before copying).
+    pub fn migrate_anon_page(&mut self, m: &Migration<'_>, tlb: &mut MmuGather) -> Result<(), MigrateAnonError> {
+        if self.kind != SpaceKind::User {
+            return Err(MigrateAnonError::NotUser);
+        }
+        let (old, new, order) = (m.old(), m.new_pfn(), m.order());
+        let level = match order {
+            0 => Level::Pte,
+            HPAGE_PMD_ORDER => Level::Pmd,
+            _ => return Err(MigrateAnonError::Unsupported),
+        };
+        let meta = self.alloc.page(old).ok_or(MigrateAnonError::NotAnon)?;
+        let PageState::Anon { mapcount, rmap, .. } = meta.state() else { return Err(MigrateAnonError::NotAnon) };
+        if meta.order() != order {
+            return Err(MigrateAnonError::NotAnon);
+        }
+        if rmap.asid != self.asid {
+            return Err(MigrateAnonError::OtherSpace);
+        }
+        if mapcount != 1 {
+            return Err(MigrateAnonError::Shared);
+        }
+        let lin = rmap.vpn << PAGE_SHIFT;
+        let span = level.entry_span();
+        if lin >= KERNEL_HALF || lin % span != 0 {
+            return Err(MigrateAnonError::NotMapped);
+        }
+        let Some((table, idx, found)) = self.find_leaf(lin) else { return Err(MigrateAnonError::NotMapped) };
+        let pte = self.entry(table, idx);
+        if found != level || pte.pfn() != old || !pte.flags().contains(PteFlags::SOFT_ANON) {
+            return Err(MigrateAnonError::NotMapped);
+        }
+        m.copy_contents();
+        // SAFETY: the SOFT_ANON entry checked above holds the block's only
+        // mapcount, and the fault handler leaked the block's only handle into it;
+        // the handle is traded in below or leaked back into the entry.
+        let handle = unsafe { Pages::from_raw(old, order) };
+        let new_handle = match m.exchange(handle) {
+            Ok(n) => n,
+            Err(h) => {
+                let _ = h.leak(); // still owned by the entry
+                return Err(MigrateAnonError::AlreadyMigrated);
+            }
+        };
+        self.update_entry(table, idx, |p| Pte::new(new, p.flags()));
+        let _ = new_handle.leak(); // owned by the entry now
+        tlb.add_range(lin, lin + span);
+        Ok(())
     }
 
     // ----- teardown ---------------------------------------------------------------------
