@@ -21,6 +21,7 @@ mod pgtable;
 mod vm_ktests;
 mod vmalloc_ktests;
 mod heap;
+mod init_64;
 mod ktest;
 mod kvmalloc;
 mod memmap;
@@ -118,7 +119,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         panic!("cannot set up the page allocator: {}", e);
     }
     clear_page::init();
-    if let Err(e) = vmalloc::init() {
+    if let Err(e) = vmalloc::init(facts) {
         panic!("cannot set up the kernel page tables: {}", e);
     }
     slab::init(mm::slab::SlabConfig { init_on_alloc: cmdline.init_on_alloc, init_on_free: cmdline.init_on_free });

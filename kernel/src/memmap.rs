@@ -146,7 +146,7 @@ pub fn write_memmap(out: &mut impl Write, facts: &BootFacts) -> fmt::Result {
         facts.physical_memory_offset
     )?;
     match facts.ramdisk {
-        Some((addr, len)) => write!(out, "ramdisk: phys {:#x} ({})", addr, HumanBytes(len))?,
+        Some((addr, len)) => write!(out, "ramdisk: virt {:#x} ({})", addr, HumanBytes(len))?,
         None => write!(out, "ramdisk: none")?,
     }
     match facts.rsdp_addr {
@@ -155,7 +155,8 @@ pub fn write_memmap(out: &mut impl Write, facts: &BootFacts) -> fmt::Result {
     }
 }
 
-/// The direct-map address of physical address `phys`.
+/// The direct-map address of physical address `phys` (the direct map covers
+/// RAM and the low 4 GiB, see `init_64`).
 pub fn phys_to_virt(phys: u64) -> *mut u8 {
     (facts().physical_memory_offset + phys) as *mut u8
 }

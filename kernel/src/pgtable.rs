@@ -4,8 +4,11 @@
 //! crate ([`KernelClear`]). Also the system-wide knobs: `vm.pt_reclaim`
 //! (free empty page-table pages) and `transparent_hugepage`.
 //!
-//! The kernel half (PML4 entries 256..511: image, stack, direct map) lives in
-//! the boot page tables; user address spaces copy those entries.
+//! The kernel half (PML4 entries 256..511: direct map, image, stack, vmalloc)
+//! is built by `init_64` and `vmalloc` in an mm-owned PML4; user address
+//! spaces copy those entries.
+
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use mm::addr::{Pfn, PAGE_SIZE};
 use mm::fault::{ClearPages, ThpCtl, ThpMode};
@@ -41,6 +44,14 @@ impl PtMem for DirectMapPt {
     fn zero_table(&self, table: Pfn) {
         // SAFETY: a freshly allocated page-table frame owned by mm.
         unsafe { clear::clear_page(memmap::phys_to_virt(table.phys_addr())) }
+    }
+
+    fn xchg_entry(&self, table: Pfn, index: usize, value: u64) -> u64 {
+        // SAFETY: as in `read_entry`: an 8-byte aligned entry in RAM that the
+        // kernel only accesses with single 64-bit loads and stores, so viewing it
+        // as an atomic is sound. A locked `xchg`, so accessed/dirty bits another
+        // CPU's page walker sets between our read and our write are not lost.
+        unsafe { AtomicU64::from_ptr(entry_ptr(table, index)) }.swap(value, Ordering::SeqCst)
     }
 }
 
@@ -198,12 +209,19 @@ fn cmd_ptreclaim_demo(args: &str) {
 fn cmd_ptstat(_: &str) {
     let mut w = crate::serial::Writer;
     let _ = PGTABLE_CTL.meminfo(&mut w);
+    crate::vmalloc::with_kernel_space(|k| {
+        crate::print!("kernel address space (root {}): ", k.root());
+        let _ = k.write_ptstat(&mut crate::serial::Writer);
+        if let Ok(c) = k.census() {
+            crate::println!("  leaves: 4 KiB {}  2 MiB {}  1 GiB {}", c.leaves[0], c.leaves[1], c.leaves[2]);
+        }
+    });
     let shown = crate::mm_struct::with_current(|mm| {
         crate::println!("current user address space (root {}):", mm.space.root());
         let _ = mm.space.write_ptstat(&mut crate::serial::Writer);
     });
     if shown.is_none() {
-        crate::println!("no user address space is current (the kernel's boot page tables are in CR3)");
+        crate::println!("no user address space is current (the kernel's page tables are in CR3)");
     }
 }
 
@@ -215,7 +233,6 @@ fn cmd_ptdump(args: &str) {
     let mut w = crate::serial::Writer;
     let done = crate::mm_struct::with_current(|mm| mm.space.ptdump(va, &mut crate::serial::Writer));
     if done.is_none() {
-        let root = Pfn::containing(cpu::page_table_root_phys());
-        let _ = mm::pgtable::ptdump_walk(&PT_MEM, root, va, |_| None, &mut w);
+        let _ = crate::vmalloc::with_kernel_space(|k| k.ptdump(va, &mut w));
     }
 }

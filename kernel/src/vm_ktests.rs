@@ -1,6 +1,7 @@
 //! In-kernel tests of virtual memory on real hardware paging: demand faults,
 //! `invlpg` after a remap, 2 MiB THP faults and their split, page-table pages
-//! returning to the allocator, and the page-table reclaim experiment.
+//! returning to the allocator, the page-table reclaim experiment, and the
+//! kernel's own mappings (direct map with 1 GiB pages, W^X image).
 
 use mm::addr::PAGE_SIZE;
 use mm::fault::ThpMode;
@@ -21,6 +22,8 @@ pub const KTESTS: &[crate::ktest::KTest] = &[
     crate::ktest!(thp_fault_maps_2mib_and_dontneed_splits_it),
     crate::ktest!(unmapping_everything_returns_page_tables_to_the_allocator),
     crate::ktest!(pt_reclaim_experiment_keeps_page_tables_flat),
+    crate::ktest!(kernel_page_tables_are_mm_owned_and_counted),
+    crate::ktest!(kernel_image_is_write_xor_execute),
 ];
 
 const RW: VmFlags = VmFlags::READ.union(VmFlags::WRITE).union(VmFlags::MAYREAD).union(VmFlags::MAYWRITE);
@@ -271,5 +274,54 @@ fn pt_reclaim_experiment_keeps_page_tables_flat() -> KResult {
     // Without reclaim every iteration leaves its PTE table behind.
     kassert!(off.pt_bytes_after >= off.pt_bytes_before + off.iterations * PAGE_SIZE, "reclaim-off run freed tables");
     kassert_eq!(crate::slab::nr_free_pages_settled(), free_before);
+    Ok(())
+}
+
+/// Every table of the kernel half is an mm page-table page whose live-entry
+/// count matches its entries (the boot tables would fail: mm keeps no count
+/// for them), and the direct map uses 1 GiB leaves where the CPU has them.
+fn kernel_page_tables_are_mm_owned_and_counted() -> KResult {
+    let census = crate::vmalloc::with_kernel_space(|k| k.census()).map_err(|e| err("kernel census", e))?;
+    kassert!(census.tables[2] > 0 && census.tables[0] > 0, "PUD and PTE tables exist: {:?}", census.tables);
+    let direct = crate::vmalloc::with_kernel_space(|k| k.translate(VirtAddr::try_new(crate::memmap::phys_to_virt(0x5000) as u64)?));
+    let direct = direct.ok_or("the direct map does not map physical 0x5000")?;
+    kassert_eq!(direct.phys_addr, 0x5000);
+    kassert!(direct.flags.contains(PteFlags::WRITABLE | PteFlags::NX), "direct map flags {:?}", direct.flags);
+    if crate::arch::x86_64::cpu::features().gbpages {
+        kassert_eq!(direct.level, Level::Pud);
+        kassert!(census.leaves[2] >= 4, "at least 4 GiB of 1 GiB leaves: {:?}", census.leaves);
+    }
+    // The local APIC's MMIO page, just below 4 GiB, is in the direct map.
+    let apic = crate::vmalloc::with_kernel_space(|k| k.translate(VirtAddr::try_new(crate::memmap::phys_to_virt(0xfee0_0000) as u64)?));
+    kassert_eq!(apic.map(|t| t.phys_addr), Some(0xfee0_0000));
+    Ok(())
+}
+
+static IMAGE_RODATA: [u64; 4] = [1, 2, 3, 4];
+static IMAGE_DATA: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(7);
+
+/// Text is read-only and executable, rodata read-only and never executable,
+/// data writable and never executable; no leaf of the image is both writable
+/// and executable.
+fn kernel_image_is_write_xor_execute() -> KResult {
+    let tr = |addr: usize| crate::vmalloc::with_kernel_space(|k| k.translate(VirtAddr::try_new(addr as u64)?));
+    let text = tr(kernel_image_is_write_xor_execute as *const () as usize).ok_or("text unmapped")?;
+    kassert!(!text.flags.contains(PteFlags::WRITABLE) && !text.flags.contains(PteFlags::NX), "text {:?}", text.flags);
+    let ro = tr(core::hint::black_box(&IMAGE_RODATA) as *const _ as usize).ok_or("rodata unmapped")?;
+    kassert!(!ro.flags.contains(PteFlags::WRITABLE) && ro.flags.contains(PteFlags::NX), "rodata {:?}", ro.flags);
+    let rw = tr(&IMAGE_DATA as *const _ as usize).ok_or("data unmapped")?;
+    kassert!(rw.flags.contains(PteFlags::WRITABLE | PteFlags::NX), "data {:?}", rw.flags);
+    IMAGE_DATA.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    let mut wx = 0u64;
+    let mut image_pages = 0u64;
+    let root = crate::pgtable::kernel_root();
+    mm::pgtable::walk_leaves(&crate::pgtable::DirectMapPt, root, 256..512, &mut |l| {
+        if l.va.as_u64() >= crate::init_64::KERNEL_IMAGE_REGION {
+            image_pages += 1;
+            wx += (l.flags.contains(PteFlags::WRITABLE) && !l.flags.contains(PteFlags::NX)) as u64;
+        }
+    });
+    kassert!(image_pages > 0, "no image leaves found");
+    kassert_eq!(wx, 0);
     Ok(())
 }

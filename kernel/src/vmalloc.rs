@@ -1,9 +1,9 @@
 //! The kernel's vmalloc area and its page tables.
 //!
 //! At boot the kernel moves from the bootloader's page tables to a PML4 that
-//! `mm` owns (`AddressSpace::new_kernel`): the bootloader's upper-half entries
-//! (image, stack, direct map) are copied in, and the PUD tables of the whole
-//! vmalloc range are preallocated, so user address spaces created later share
+//! `mm` owns (`AddressSpace::new_kernel`): `init_64` builds the direct map and
+//! re-creates the image, stack and other boot mappings in it, and the PUD
+//! tables of the whole vmalloc range are preallocated, so user address spaces created later share
 //! every vmalloc mapping (Linux `preallocate_vmalloc_pages`).
 //!
 //! [`vmalloc`] / [`vfree`] wrap `mm::vmalloc::Vmalloc`: every allocation a
@@ -15,10 +15,10 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use mm::addr::Pfn;
 use mm::gfp::{Gfp, GFP_KERNEL};
-use mm::pgtable::{AddressSpace, PtMem, VirtAddr, KERNEL_PML4_START, PTRS_PER_TABLE};
+use mm::pgtable::{AddressSpace, VirtAddr};
 use mm::sched_mm::MemallocScope;
 use mm::sync::SpinLock;
-use mm::vmalloc::{Caller, ScopedHeap, VmArea, Vmalloc, VmallocAddr, VmallocDeps, VmallocError, VMALLOC_START};
+use mm::vmalloc::{Caller, ScopedHeap, VmArea, Vmalloc, VmallocAddr, VmallocDeps, VmallocError};
 use spin::Once;
 
 use crate::arch::x86_64::cpu;
@@ -39,44 +39,45 @@ static KERNEL_ROOT_PFN: AtomicU64 = AtomicU64::new(0);
 /// Why the kernel page tables could not be set up.
 pub enum InitError {
     NoMemory,
-    /// The bootloader already mapped something in the vmalloc range.
-    VmallocRangeInUse { pml4_slot: usize },
+    Mappings(crate::init_64::InitError),
 }
 
 impl core::fmt::Display for InitError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             InitError::NoMemory => write!(f, "out of memory for the kernel page tables"),
-            InitError::VmallocRangeInUse { pml4_slot } => {
-                write!(f, "the bootloader mapped PML4 slot {} inside the vmalloc range", pml4_slot)
-            }
+            InitError::Mappings(e) => write!(f, "kernel mappings: {}", e),
         }
     }
 }
 
-/// Builds the kernel's own PML4 and switches to it. Call once, after the page
-/// allocator is up and before any user address space exists.
-pub fn init() -> Result<(), InitError> {
+/// Builds the kernel's own PML4 (direct map, image and the other boot
+/// mappings through `init_64`, plus the vmalloc PUD tables) and switches to
+/// it. Call once, after the page allocator is up and before any user address
+/// space exists.
+pub fn init(facts: &crate::memmap::BootFacts) -> Result<(), InitError> {
     let boot_root = Pfn::containing(cpu::page_table_root_phys());
     let mut space = AddressSpace::new_kernel(page_alloc(), &PT_MEM, &PGTABLE_CTL, GFP_KERNEL)
         .map_err(|_| InitError::NoMemory)?;
-    let first_vmalloc_slot = ((VMALLOC_START >> 39) & 511) as usize;
-    for i in KERNEL_PML4_START..PTRS_PER_TABLE {
-        let entry = PT_MEM.read_entry(boot_root, i);
-        if entry != 0 && (first_vmalloc_slot..first_vmalloc_slot + 64).contains(&i) {
-            return Err(InitError::VmallocRangeInUse { pml4_slot: i });
-        }
-        PT_MEM.write_entry(space.root(), i, entry);
-    }
+    let gbpages = cpu::features().gbpages;
+    let mappings = crate::init_64::init(&mut space, boot_root, facts, gbpages).map_err(InitError::Mappings)?;
     VMALLOC.preallocate_page_tables(&mut space, GFP_KERNEL).map_err(|_| InitError::NoMemory)?;
     let root = space.root();
-    // SAFETY: the new root maps the kernel half exactly like the boot root
-    // (its entries were copied) plus the empty vmalloc tables.
+    // SAFETY: the new root maps everything the boot root mapped in the kernel
+    // half (same frames; the direct map at the same offset, covering at least
+    // what the bootloader covered) plus the empty vmalloc tables. The lower
+    // half held nothing the kernel uses.
     unsafe { cpu::write_cr3(root.phys_addr()) };
     KERNEL_ROOT_PFN.store(root.0, Ordering::SeqCst);
     KERNEL_SPACE.call_once(|| SpinLock::new(space));
-    log::info!("vmalloc: kernel page tables at {}, vmalloc range {:#x}-{:#x}", root, VMALLOC.range().0, VMALLOC.range().1);
+    log::info!("kernel page tables at {}: {}", root, mappings);
+    log::info!("vmalloc: range {:#x}-{:#x}", VMALLOC.range().0, VMALLOC.range().1);
     Ok(())
+}
+
+/// Runs `f` on the kernel's address space (with its lock held).
+pub fn with_kernel_space<R>(f: impl FnOnce(&KernelSpace) -> R) -> R {
+    f(&KERNEL_SPACE.get().expect("vmalloc::init ran at boot").lock())
 }
 
 /// The kernel's PML4 (what user address spaces copy their upper half from).

@@ -296,6 +296,10 @@ pub enum PageSize {
     Size4K,
     /// A PMD-level 2 MiB page.
     Size2M,
+    /// A PUD-level 1 GiB page (Linux `pud_mkhuge`; the CPU must have
+    /// `pdpe1gb`). Only the kernel's direct map uses it: it is never split, so
+    /// an unmap or protect that covers one partly fails.
+    Size1G,
 }
 
 impl PageSize {
@@ -304,6 +308,7 @@ impl PageSize {
         match self {
             PageSize::Size4K => PAGE_SIZE,
             PageSize::Size2M => PMD_SIZE,
+            PageSize::Size1G => PUD_SIZE,
         }
     }
     /// The level whose entries are leaves of this size.
@@ -311,6 +316,7 @@ impl PageSize {
         match self {
             PageSize::Size4K => Level::Pte,
             PageSize::Size2M => Level::Pmd,
+            PageSize::Size1G => Level::Pud,
         }
     }
 }
@@ -454,6 +460,9 @@ pub enum UnmapError {
     /// A partially covered 2 MiB mapping needed a PTE table to split into and none
     /// could be allocated; the range below the huge page was unmapped.
     NoMemory,
+    /// The range covers a 1 GiB mapping only partly (1 GiB pages are never split);
+    /// the range below it was unmapped.
+    PartialGiantPage,
 }
 
 /// Errors of [`AddressSpace::protect`].
@@ -468,6 +477,9 @@ pub enum ProtectError {
     /// Splitting a partially covered huge page needed a table; the range below it
     /// was changed.
     NoMemory,
+    /// The range covers a 1 GiB mapping only partly (1 GiB pages are never split);
+    /// the range below it was changed.
+    PartialGiantPage,
 }
 
 /// Errors of [`AddressSpace::split_huge_pmd`].
@@ -590,6 +602,47 @@ pub fn ptdump_walk<M: PtMem>(
             Some(c) => level = c,
             None => return Ok(()),
         }
+    }
+}
+
+/// A present leaf found by [`walk_leaves`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Leaf {
+    pub va: VirtAddr,
+    pub pfn: Pfn,
+    pub size: PageSize,
+    pub flags: PteFlags,
+}
+
+/// Visits, in address order, every present leaf reachable from PML4 entries
+/// `slots` of the tree at `root`. Read-only and needs no metadata, so it also
+/// walks tables mm does not own: the kernel adopts the bootloader's mappings
+/// with it (Linux reads the early page tables the same way in `init_64.c`).
+pub fn walk_leaves<M: PtMem>(mem: &M, root: Pfn, slots: core::ops::Range<usize>, f: &mut impl FnMut(Leaf)) {
+    for slot in slots.start..slots.end.min(PTRS_PER_TABLE) {
+        walk_table(mem, root, Level::Pml4, slot as u64 * Level::Pml4.entry_span(), slot, f);
+    }
+}
+
+fn walk_table<M: PtMem>(mem: &M, table: Pfn, level: Level, lin: u64, idx: usize, f: &mut impl FnMut(Leaf)) {
+    let e = Pte(mem.read_entry(table, idx));
+    if !e.is_present() {
+        return;
+    }
+    let size = match level {
+        Level::Pte => Some(PageSize::Size4K),
+        Level::Pmd if e.is_huge() => Some(PageSize::Size2M),
+        Level::Pud if e.is_huge() => Some(PageSize::Size1G),
+        _ => None,
+    };
+    match (size, level.child()) {
+        (Some(size), _) => f(Leaf { va: VirtAddr::from_linear(lin), pfn: e.pfn(), size, flags: e.flags() }),
+        (None, Some(child)) => {
+            for i in 0..PTRS_PER_TABLE {
+                walk_table(mem, e.pfn(), child, lin + i as u64 * child.entry_span(), i, f);
+            }
+        }
+        (None, None) => {}
     }
 }
 
@@ -815,7 +868,7 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
     /// [`PteFlags::PROTNONE`] gets the hardware present bit cleared instead.
     pub(crate) fn leaf_flags(&self, flags: PteFlags, size: PageSize) -> PteFlags {
         let mut f = flags | PteFlags::PRESENT;
-        f.set(PteFlags::HUGE, size == PageSize::Size2M);
+        f.set(PteFlags::HUGE, size != PageSize::Size4K);
         match self.kind {
             SpaceKind::User if f.contains(PteFlags::PROTNONE) => (f | PteFlags::USER) - PteFlags::GLOBAL - PteFlags::PRESENT,
             SpaceKind::User => (f | PteFlags::USER) - PteFlags::GLOBAL,
@@ -1139,8 +1192,11 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
                     self.release_leaf(pte, level, ent_start, tlb);
                     continue;
                 }
-                if level != Level::Pmd || self.split_pmd_entry(table, idx, ent_start, gfp, tlb).is_err() {
-                    // A partly covered 1 GiB page (never created here) or no memory.
+                if level != Level::Pmd {
+                    result = Err(UnmapError::PartialGiantPage);
+                    break;
+                }
+                if self.split_pmd_entry(table, idx, ent_start, gfp, tlb).is_err() {
                     result = Err(UnmapError::NoMemory);
                     break;
                 }
@@ -1341,7 +1397,10 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
                     }
                     continue;
                 }
-                if level != Level::Pmd || self.split_pmd_entry(table, idx, ent_start, gfp, tlb).is_err() {
+                if level != Level::Pmd {
+                    return Err(ProtectError::PartialGiantPage);
+                }
+                if self.split_pmd_entry(table, idx, ent_start, gfp, tlb).is_err() {
                     return Err(ProtectError::NoMemory);
                 }
             }

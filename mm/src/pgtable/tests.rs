@@ -9,6 +9,7 @@ use crate::gfp::{GFP_KERNEL, GFP_NOWAIT};
 use crate::pt_reclaim::Census;
 use crate::tlb::{FlushPlan, MmuGather};
 use alloc::string::String;
+use alloc::vec::Vec;
 use std::collections::BTreeMap;
 
 type Space = AddressSpace<'static, PageAlloc<'static, HostPlatform>, FakeMem>;
@@ -647,4 +648,75 @@ fn batch_flush_bounds_what_a_large_unmap_queues() {
     finish(&env, tlb);
     assert_eq!(env.free(), base);
     destroy(&env, s);
+}
+
+#[test]
+fn giant_pages_map_translate_and_refuse_partial_changes() {
+    let env = Env::new(4096);
+    let before = env.free();
+    let mut k = AddressSpace::new_kernel(env.alloc, env.mem, env.ctl, GFP_KERNEL).unwrap();
+    const BASE: u64 = 0xffff_8880_0000_0000;
+    let mut tlb = MmuGather::new();
+    // 4 GiB of direct map in four entries of one PUD table: no PMD or PTE table.
+    let flags = RW | PteFlags::NX | PteFlags::GLOBAL;
+    k.map_range(va(BASE), Pfn(0), 4 * G1, PageSize::Size1G, flags, GFP_KERNEL, &mut tlb).unwrap();
+    assert!(tlb.is_empty());
+    let c = k.census().unwrap();
+    assert_eq!(c.tables, [0, 0, 1]);
+    assert_eq!(c.leaves, [0, 0, 4]);
+    let t = k.translate(va(BASE + 3 * G1 + 0x12_3456)).unwrap();
+    assert_eq!(t.level, Level::Pud);
+    assert_eq!(t.phys_addr, 3 * G1 + 0x12_3456);
+    assert_eq!(t.pfn, Pfn((3 * G1 + 0x12_3000) >> PAGE_SHIFT));
+    assert!(t.flags.contains(PteFlags::HUGE | PteFlags::NX | PteFlags::WRITABLE | PteFlags::GLOBAL));
+    // A frame that is not 1 GiB aligned, and a smaller page inside a giant one.
+    assert_eq!(k.map(va(BASE + 5 * G1), Pfn(512), PageSize::Size1G, RW, GFP_KERNEL), Err(MapError::Unaligned));
+    assert_eq!(k.map(va(BASE + G1 + K), Pfn(1), PageSize::Size4K, RW, GFP_KERNEL), Err(MapError::AlreadyMapped));
+    assert_eq!(k.map(va(BASE + G1), Pfn(0), PageSize::Size1G, RW, GFP_KERNEL), Err(MapError::AlreadyMapped));
+    // Giant pages are never split: partial changes fail and change nothing.
+    assert_eq!(k.unmap(va(BASE + G1), M2, GFP_KERNEL, &mut tlb), Err(UnmapError::PartialGiantPage));
+    assert_eq!(k.protect(va(BASE + G1 + M2), K, PteFlags::NX, GFP_KERNEL, &mut tlb), Err(ProtectError::PartialGiantPage));
+    assert!(k.translate(va(BASE + G1 + M2)).unwrap().flags.contains(PteFlags::WRITABLE));
+    assert_eq!(k.census().unwrap().leaves, [0, 0, 4]);
+    // Whole giant pages can be protected and unmapped.
+    k.protect(va(BASE + 2 * G1), G1, PteFlags::NX, GFP_KERNEL, &mut tlb).unwrap();
+    let t = k.translate(va(BASE + 2 * G1 + 5)).unwrap();
+    assert!(!t.flags.contains(PteFlags::WRITABLE) && t.flags.contains(PteFlags::HUGE));
+    k.unmap(va(BASE), G1, GFP_KERNEL, &mut tlb).unwrap();
+    assert!(k.translate(va(BASE + 0x1000)).is_none());
+    assert_eq!(k.census().unwrap().leaves, [0, 0, 3]);
+    let (rec, _) = finish(&env, tlb);
+    assert!(!rec.flushes.borrow().is_empty(), "the protect and the unmap are flushed");
+    destroy(&env, k);
+    assert_eq!(env.free(), before);
+}
+
+#[test]
+fn walk_leaves_finds_every_leaf_of_a_foreign_tree() {
+    let env = Env::new(4096);
+    let mut k = AddressSpace::new_kernel(env.alloc, env.mem, env.ctl, GFP_KERNEL).unwrap();
+    const BASE: u64 = 0xffff_8880_0000_0000;
+    const IMAGE: u64 = 0xffff_ffff_8000_0000;
+    let mut tlb = MmuGather::new();
+    k.map_range(va(BASE), Pfn(0), 2 * G1, PageSize::Size1G, RW, GFP_KERNEL, &mut tlb).unwrap();
+    k.map(va(BASE + 4 * G1), Pfn(512), PageSize::Size2M, RW, GFP_KERNEL).unwrap();
+    k.map(va(IMAGE), Pfn(7), PageSize::Size4K, PteFlags::empty(), GFP_KERNEL).unwrap();
+    k.map(va(IMAGE + 3 * K), Pfn(9), PageSize::Size4K, RW | PteFlags::NX, GFP_KERNEL).unwrap();
+    let mut seen = Vec::new();
+    walk_leaves(env.mem, k.root(), KERNEL_PML4_START..PTRS_PER_TABLE, &mut |l| seen.push((l.va.as_u64(), l.pfn, l.size)));
+    assert_eq!(
+        seen,
+        [
+            (BASE, Pfn(0), PageSize::Size1G),
+            (BASE + G1, Pfn(G1 >> PAGE_SHIFT), PageSize::Size1G),
+            (BASE + 4 * G1, Pfn(512), PageSize::Size2M),
+            (IMAGE, Pfn(7), PageSize::Size4K),
+            (IMAGE + 3 * K, Pfn(9), PageSize::Size4K),
+        ]
+    );
+    let mut flags = Vec::new();
+    walk_leaves(env.mem, k.root(), 511..512, &mut |l| flags.push(l.flags & (RW | PteFlags::NX)));
+    assert_eq!(flags, [PteFlags::empty(), RW | PteFlags::NX]);
+    finish(&env, tlb);
+    destroy(&env, k);
 }

@@ -119,6 +119,8 @@ pub struct Protections {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuFeatures {
     pub nx: bool,
+    /// 1 GiB pages (`pdpe1gb`, CPUID 0x8000_0001 EDX bit 26).
+    pub gbpages: bool,
     pub smep: bool,
     pub smap: bool,
 }
@@ -129,7 +131,7 @@ pub fn features() -> CpuFeatures {
     let max_ext = __cpuid(0x8000_0000).eax;
     let leaf7 = if max_leaf >= 7 { __cpuid_count(7, 0).ebx } else { 0 };
     let ext1 = if max_ext >= 0x8000_0001 { __cpuid(0x8000_0001).edx } else { 0 };
-    CpuFeatures { nx: ext1 & (1 << 20) != 0, smep: leaf7 & (1 << 7) != 0, smap: leaf7 & (1 << 20) != 0 }
+    CpuFeatures { nx: ext1 & (1 << 20) != 0, gbpages: ext1 & (1 << 26) != 0, smep: leaf7 & (1 << 7) != 0, smap: leaf7 & (1 << 20) != 0 }
 }
 
 /// CPU vendor string from CPUID leaf 0, e.g. `GenuineIntel`.
