@@ -243,7 +243,8 @@ fn main() {
                 big.drain_all_pages();
                 frees.push(t.elapsed().as_nanos() as f64 / nr as f64);
                 assert_eq!(big.check_consistency().unwrap().allocated, 0);
-                // The same through free_pages_bulk (prefetches the next blocks' metadata).
+                // The same through free_pages_bulk (groups the batch by max-order block, then
+                // frees it with the next blocks' metadata prefetched).
                 let mut pages: Vec<Pages> = (0..nr).map(|_| big.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
                 for i in (1..pages.len()).rev() {
                     pages.swap(i, (rng.next() % (i as u64 + 1)) as usize);

@@ -1263,9 +1263,31 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     }
 
     /// Frees many blocks (Linux `free_unref_folios` / `release_pages`): the same
-    /// as `free_pages` on each, in order, but the metadata of the next few blocks
-    /// is prefetched first, so their cache misses overlap.
-    pub fn free_pages_bulk<I: IntoIterator<Item = Pages>>(&self, pages: I) {
+    /// as `free_pages` on each block, with the same checks (a bad or doubly freed
+    /// block is reported through `AllocHooks::bad_page` and leaked, never applied
+    /// twice), counters and per-CPU list behaviour; only the order differs.
+    ///
+    /// Takes the batch by value as anything that is both a mutable slice and an
+    /// iterator of its elements (`Vec<Pages>`, `[Pages; N]`). A batch of more than
+    /// [`BULK_SORT_MIN`] blocks is first sorted in place by max-order block
+    /// (`pfn >> MAX_ORDER`: 4 MiB of memory, 32 KiB of `PageMeta`; no allocation)
+    /// and then freed in that order. The result does not depend on the order (the
+    /// buddy merges whatever is free), but grouped by max-order block, the
+    /// metadata that freeing and merging touch (each page's own entry, its buddies,
+    /// and their free-list neighbours, which were mostly linked moments earlier)
+    /// stays in L1/L2 while that block is being freed, instead of ~4 scattered
+    /// cache misses per page for a random batch. The metadata of the next few
+    /// blocks is also prefetched.
+    pub fn free_pages_bulk<B>(&self, mut pages: B)
+    where
+        B: core::borrow::BorrowMut<[Pages]> + IntoIterator<Item = Pages>,
+    {
+        let batch = pages.borrow_mut();
+        if batch.len() > BULK_SORT_MIN {
+            // In place, no allocation (`core`'s pattern-defeating quicksort); the key
+            // has few distinct values (one per 4 MiB), which that sort handles well.
+            batch.sort_unstable_by_key(|p| p.pfn.0 >> MAX_ORDER);
+        }
         const CHUNK: usize = 16;
         let mut it = pages.into_iter();
         let mut buf: [(u64, usize); CHUNK] = [(0, 0); CHUNK];
@@ -1353,6 +1375,10 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         false
     }
 }
+
+/// `free_pages_bulk` groups batches larger than this by max-order block; smaller
+/// ones touch few enough metadata lines that grouping would not pay.
+pub const BULK_SORT_MIN: usize = 64;
 
 #[cfg(test)]
 #[path = "page_alloc_tests.rs"]

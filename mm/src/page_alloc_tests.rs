@@ -844,6 +844,132 @@ fn pipelined_bulk_free_merges_everything() {
     }
 }
 
+// ------------------------------------- bulk free grouped by max-order block
+
+/// xorshift64 Fisher-Yates shuffle (deterministic).
+fn shuffle<T>(v: &mut [T], mut seed: u64) {
+    for i in (1..v.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+}
+
+/// Free blocks per order, summed over migrate types (independent of the order in
+/// which blocks were freed, unlike the per-type split after mixed merges).
+fn free_by_order(a: &PageAlloc<'_>) -> [u64; NR_PAGE_ORDERS] {
+    let s = a.stats();
+    core::array::from_fn(|o| s.zones.iter().map(|z| z.nr_free[o].iter().sum::<u64>()).sum())
+}
+
+#[test]
+fn sorted_bulk_free_of_shuffled_batch_merges_back_like_free_pages() {
+    // Two zones (the batch straddles 4 GiB), all three mergeable block types, orders
+    // 0..=3 through the per-CPU lists and 4 / 9 straight to the buddy, every frame
+    // allocated; then one shuffled batch, far above BULK_SORT_MIN.
+    let base = DMA32_END_PFN - 8192;
+    let nr = 16384;
+    let mk = || PageAlloc::<HostPlatform>::new(metas(nr), Pfn(base), &[Pfn(base)..Pfn(base + nr)], &NoPhysMem, leak(NoHooks), cfg()).unwrap();
+    let (bulk, single) = (mk(), mk());
+    let gfps = [GFP_KERNEL, GFP_HIGHUSER_MOVABLE, GFP_KERNEL | __GFP_RECLAIMABLE];
+    let orders = [0, 0, 0, 0, 0, 1, 2, 3, 0, 4, 0, 0];
+    let fill = |a: &PageAlloc<'static>| {
+        let mut held = Vec::new();
+        let mut i = 0usize;
+        loop {
+            let order = if i % 401 == 400 { 9 } else { orders[i % orders.len()] };
+            match a.alloc_pages(gfps[i % 3] | __GFP_NOWARN, order) {
+                Ok(p) => held.push(p),
+                Err(_) if order > 0 => {}
+                Err(_) => break,
+            }
+            i += 1;
+        }
+        held
+    };
+    let (mut b, mut s) = (fill(&bulk), fill(&single));
+    assert_eq!(check(&bulk).allocated, nr, "every frame allocated");
+    shuffle(&mut b, 7);
+    shuffle(&mut s, 7);
+    assert!(b.len() > BULK_SORT_MIN * 10);
+    let n = b.len() as u64;
+    let (before_b, before_s) = (bulk.stats(), single.stats());
+    bulk.free_pages_bulk(b);
+    for p in s {
+        single.free_pages(p);
+    }
+    let (after_b, after_s) = (bulk.stats(), single.stats());
+    assert_eq!(after_b.pgfree - before_b.pgfree, n);
+    assert_eq!(after_s.pgfree - before_s.pgfree, n);
+    assert_eq!(after_b.bad_page, 0);
+    // Frees do not allocate, fall back or pollute.
+    for (x, y) in [(after_b, before_b), (after_s, before_s)] {
+        assert_eq!((x.pgalloc, x.fallback, x.polluting, x.steal, x.claim_block), (y.pgalloc, y.fallback, y.polluting, y.steal, y.claim_block));
+    }
+    // The per-CPU lists were used as by single frees: order-0..=3 blocks passed
+    // through them (some are still cached until the drain).
+    assert!(after_b.zones.iter().map(|z| z.pcp).sum::<u64>() > 0);
+    check(&bulk);
+    bulk.drain_all_pages();
+    single.drain_all_pages();
+    assert_restored(&bulk);
+    assert_restored(&single);
+    // Everything is back in maximal blocks, exactly as after the single frees.
+    let f = free_by_order(&bulk);
+    assert_eq!(f[MAX_ORDER], nr >> MAX_ORDER);
+    assert_eq!(f, free_by_order(&single));
+    let blocks: u64 = bulk.stats().zones.iter().map(|z| z.blocks_by_mt.iter().sum::<u64>()).sum();
+    assert_eq!(blocks, nr / PAGEBLOCK_NR_PAGES);
+}
+
+#[test]
+fn sorted_bulk_free_refuses_double_and_foreign_frees_in_the_batch() {
+    let hooks = leak(CountingHooks::default());
+    let base = 1 << MAX_ORDER; // non-zero, so a pfn below the span can be forged
+    let a = PageAlloc::<HostPlatform>::new(metas(8192), Pfn(base), &[Pfn(base)..Pfn(base + 8192)], leak(NoPhysMem), hooks, cfg()).unwrap();
+    let mut pages: Vec<Pages> = (0..2000).map(|i| a.alloc_pages(if i % 2 == 0 { GFP_KERNEL } else { GFP_HIGHUSER_MOVABLE }, i % 3).unwrap()).collect();
+    let mut expect_bad = Vec::new();
+    // SAFETY (test): deliberately forged handles, to check that the bulk path
+    // refuses them exactly as `free_pages` does.
+    unsafe {
+        for k in [3, 1000, 1999] {
+            expect_bad.push(pages[k].pfn());
+            pages.push(Pages::from_raw(pages[k].pfn(), pages[k].order())); // double free
+        }
+        expect_bad.push(Pfn(base + 8192 + 5));
+        pages.push(Pages::from_raw(Pfn(base + 8192 + 5), 0)); // beyond the span
+        expect_bad.push(Pfn(3));
+        pages.push(Pages::from_raw(Pfn(3), 0)); // below the base
+        expect_bad.push(Pfn(base + 8190));
+        pages.push(Pages::from_raw(Pfn(base + 8190), 2)); // runs past the end
+    }
+    shuffle(&mut pages, 99);
+    let n = pages.len() as u64;
+    let pgfree = a.stats().pgfree;
+    a.free_pages_bulk(pages);
+    let mut bad = hooks.bad.lock().unwrap().clone();
+    bad.sort();
+    expect_bad.sort();
+    assert_eq!(bad, expect_bad);
+    assert_eq!(a.stats().bad_page, expect_bad.len() as u64);
+    assert_eq!(a.stats().pgfree - pgfree, n - expect_bad.len() as u64);
+    check(&a);
+    assert_restored(&a);
+    assert_eq!(free_by_order(&a)[MAX_ORDER], 8);
+}
+
+#[test]
+fn bulk_free_takes_arrays_and_small_unsorted_batches() {
+    let a = simple(4096, cfg());
+    let arr: [Pages; 3] = core::array::from_fn(|i| a.alloc_pages(GFP_KERNEL, i).unwrap());
+    a.free_pages_bulk(arr);
+    let small: Vec<Pages> = (0..BULK_SORT_MIN).map(|_| a.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
+    a.free_pages_bulk(small);
+    assert_eq!(a.stats().pgfree, 3 + BULK_SORT_MIN as u64);
+    assert_restored(&a);
+}
+
 // ------------------------------------------------------ GFP retry semantics
 
 /// Hooks with a fake reclaimable "cache" of pages: `direct_reclaim` frees up to

@@ -44,6 +44,7 @@ const PIPE_CHUNK: usize = 32;
 
 /// Number of per-CPU lists (Linux `NR_PCP_LISTS`).
 pub const NR_PCP_LISTS: usize = MIGRATE_PCPTYPES * (PCP_MAX_ORDER + 1);
+const _: () = assert!(NR_PCP_LISTS <= 32, "free_pcppages_bulk keeps a u32 mask of the lists");
 
 #[inline(always)]
 fn order_to_pindex(mt: MigrateType, order: usize) -> usize {
@@ -263,8 +264,12 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         let mut buf = [(0u64, 0usize); PIPE_CHUNK];
         let mut pi = 0;
         let mut freed = 0;
+        // Bit `i` set: list `i` is not empty (kept up to date by `pcp_pop_chunk`, the
+        // only one changing the lists while we hold them), so the round robin jumps
+        // straight to the next non-empty list instead of stepping over empty ones.
+        let mut nonempty = pcp.lists.iter().enumerate().fold(0u32, |m, (i, &h)| m | ((h != NONE) as u32) << i);
         loop {
-            let n = self.pcp_pop_chunk(slot, pcp, &mut pi, &mut freed, nr_pages, &mut buf);
+            let n = self.pcp_pop_chunk(slot, pcp, &mut pi, &mut nonempty, &mut freed, nr_pages, &mut buf);
             if n == 0 {
                 break;
             }
@@ -276,17 +281,25 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     }
 
     /// Takes up to `PIPE_CHUNK` blocks (at most `nr_pages - freed` pages' worth)
-    /// off the lists round-robin, prefetching their buddies' metadata.
+    /// off the lists round-robin (the next non-empty list at or after `pi`, found in
+    /// the `nonempty` mask), prefetching their buddies' metadata.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn pcp_pop_chunk(&self, slot: &PcpSlot<P>, pcp: &mut PerCpuPages, pi: &mut usize, freed: &mut u32, nr_pages: u32, buf: &mut [(u64, usize); PIPE_CHUNK]) -> usize {
+    fn pcp_pop_chunk(&self, slot: &PcpSlot<P>, pcp: &mut PerCpuPages, pi: &mut usize, nonempty: &mut u32, freed: &mut u32, nr_pages: u32, buf: &mut [(u64, usize); PIPE_CHUNK]) -> usize {
         let mut n = 0;
         while n < PIPE_CHUNK && *freed < nr_pages && slot.count.load(Relaxed) > 0 {
-            while pcp.lists[*pi] == NONE {
-                *pi = (*pi + 1) % NR_PCP_LISTS;
+            if *nonempty == 0 {
+                break; // `count` disagrees with the lists; `check_consistency` reports it
             }
+            let at_or_after = *nonempty & (u32::MAX << *pi);
+            *pi = if at_or_after != 0 { at_or_after } else { *nonempty }.trailing_zeros() as usize;
             let idx = pcp.lists[*pi];
             let m = &self.meta[idx as usize];
-            pcp.lists[*pi] = m.next();
+            let next = m.next();
+            pcp.lists[*pi] = next;
+            if next == NONE {
+                *nonempty &= !(1 << *pi);
+            }
             let order = *pi / MIGRATE_PCPTYPES;
             slot.add_count((1u32 << order).wrapping_neg());
             *freed += 1 << order;
