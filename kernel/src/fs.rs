@@ -184,7 +184,7 @@ impl FdTable {
 
     /// `open(path, flags)`; `proc_self` is the caller's rendering of the
     /// `/proc/self/*` file `path` names, if it names one.
-    pub fn open(&mut self, path: &str, flags: u64, proc_self: Option<String>) -> Result<u64, Errno> {
+    pub fn open(&mut self, path: &str, flags: u64, proc_self: Option<Result<String, Errno>>) -> Result<u64, Errno> {
         let path = normalise(path)?;
         let write = matches!(flags & O_ACCMODE, O_WRONLY | O_RDWR);
         let is_proc = path == "proc" || path.starts_with("proc/");
@@ -210,7 +210,7 @@ impl FdTable {
                     Some(_) => proc_self,
                     None => crate::procfs::generate(&path),
                 }
-                .ok_or(Errno::ENOENT)?;
+                .ok_or(Errno::ENOENT)??;
                 self.install(OpenFile::Data { bytes: FileBytes::Owned(text.into_bytes()), pos: 0, writable: false })
             }
         }

@@ -17,9 +17,30 @@ pub fn exists(path: &str) -> bool {
     FILES.contains(&path) || SELF_FILES.contains(&path)
 }
 
-/// Renders a system-wide `/proc` file.
-pub fn generate(path: &str) -> Option<String> {
-    let mut out = String::new();
+/// A string that grows with fallible allocation: a write that cannot get
+/// memory fails with `fmt::Error` instead of the kernel heap panicking (Linux
+/// `seq_file` retries with a bigger buffer or returns ENOMEM).
+#[derive(Default)]
+pub struct TryString(String);
+
+impl TryString {
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl Write for TryString {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.try_reserve(s.len()).map_err(|_| fmt::Error)?;
+        self.0.push_str(s);
+        Ok(())
+    }
+}
+
+/// Renders a system-wide `/proc` file (`None`: no such file, `ENOMEM`: the
+/// text did not fit in the kernel heap).
+pub fn generate(path: &str) -> Option<Result<String, mm::errno::Errno>> {
+    let mut out = TryString::default();
     let pa = crate::page_alloc::page_alloc();
     let r = match path {
         "proc/meminfo" => meminfo(&mut out),
@@ -29,7 +50,7 @@ pub fn generate(path: &str) -> Option<String> {
         "proc/vmstat" => pa.vmstat(&mut out),
         _ => return None,
     };
-    r.ok().map(|_| out)
+    Some(r.map(|()| out.into_string()).map_err(|_| mm::errno::Errno::ENOMEM))
 }
 
 /// `/proc/meminfo`: the allocator's lines, page tables, and where the rest

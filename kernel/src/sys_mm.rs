@@ -30,25 +30,61 @@ fn with_mm(f: impl FnOnce(&mut Mm, &mut MmuGather) -> SysResult) -> SysResult {
     r
 }
 
+/// Free pages above the min watermark the kernel wants before a call may add
+/// VMAs: each VMA costs kernel heap (tree nodes, and now and then a new slab of
+/// up to 32 KiB), which must not come out of the reserve below `min`.
+const VMA_GROWTH_HEADROOM_PAGES: u64 = 256;
+
+/// Whether the kernel's own memory is short: user pages have taken free
+/// memory down to the min watermark (a `MADV_POPULATE_WRITE` that failed with
+/// ENOMEM leaves it there) and reclaim cannot give enough back, so new kernel
+/// objects would have to live on the `__GFP_HIGH` reserve.
+fn kernel_memory_short() -> bool {
+    let pa = crate::page_alloc::page_alloc();
+    if pa.free_above_min() >= VMA_GROWTH_HEADROOM_PAGES {
+        return false;
+    }
+    crate::shrinker::direct_reclaim(mm::gfp::GFP_KERNEL, 0);
+    pa.free_above_min() < VMA_GROWTH_HEADROOM_PAGES
+}
+
+/// [`with_mm`] for the calls that can add VMAs (mmap, munmap and mprotect or
+/// madvise of part of a VMA, brk). While the kernel is short of memory the call
+/// may not raise the VMA count: `max_map_count` is lowered to the current
+/// count for its duration, so it fails with ENOMEM exactly as at the limit
+/// (Linux's answer too) instead of draining the reserve the kernel heap needs.
+fn with_mm_bounded(f: impl FnOnce(&mut Mm, &mut MmuGather) -> SysResult) -> SysResult {
+    if !kernel_memory_short() {
+        return with_mm(f);
+    }
+    with_mm(|mm, tlb| {
+        let (max, count) = (mm.vmas.max_map_count(), mm.vmas.map_count());
+        mm.vmas.set_max_map_count(count.min(max));
+        let r = f(mm, tlb);
+        mm.vmas.set_max_map_count(max);
+        r
+    })
+}
+
 pub fn mmap(addr: u64, len: u64, prot: u64, flags: u64, fd: u64, off: u64) -> SysResult {
-    with_mm(|mm, tlb| mm.mmap(addr, len, prot, flags, fd as i64, off, &mm_ops(), tlb))
+    with_mm_bounded(|mm, tlb| mm.mmap(addr, len, prot, flags, fd as i64, off, &mm_ops(), tlb))
 }
 
 pub fn munmap(addr: u64, len: u64) -> SysResult {
-    with_mm(|mm, tlb| mm.munmap(addr, len, tlb))
+    with_mm_bounded(|mm, tlb| mm.munmap(addr, len, tlb))
 }
 
 pub fn mprotect(addr: u64, len: u64, prot: u64) -> SysResult {
-    with_mm(|mm, tlb| mm.mprotect(addr, len, prot, tlb))
+    with_mm_bounded(|mm, tlb| mm.mprotect(addr, len, prot, tlb))
 }
 
 pub fn madvise(addr: u64, len: u64, advice: u64) -> SysResult {
-    with_mm(|mm, tlb| mm.madvise(addr, len, advice, &mm_ops(), tlb))
+    with_mm_bounded(|mm, tlb| mm.madvise(addr, len, advice, &mm_ops(), tlb))
 }
 
 /// `brk` never fails with an errno: it returns the (old or new) break.
 pub fn brk(addr: u64) -> u64 {
-    with_mm(|mm, tlb| Ok(mm.brk(addr, &mm_ops(), tlb))).unwrap_or(0)
+    with_mm_bounded(|mm, tlb| Ok(mm.brk(addr, &mm_ops(), tlb))).unwrap_or(0)
 }
 
 /// `prctl`: the THP options; any other option is `EINVAL`, as Linux answers
@@ -58,18 +94,20 @@ pub fn prctl(option: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> SysResult {
 }
 
 /// `/proc/self/status` and `/proc/self/maps` of the caller.
-pub fn proc_self(name: &str) -> Option<String> {
+/// `ENOMEM` when the kernel heap cannot hold the text (it is rendered with
+/// fallible allocation: a large `maps` must not exhaust the kernel).
+pub fn proc_self(name: &str) -> Option<Result<String, Errno>> {
     let (pid, comm) = (sched::current_pid(), sched::with_current(|t| t.name.clone())?);
-    let mut out = String::new();
-    mm_struct::with_current(|mm| match name {
-        "status" => {
-            let _ = write!(out, "Name:\t{}\nState:\tR (running)\nTgid:\t{}\nPid:\t{}\nPPid:\t0\n", comm, pid, pid);
-            mm.write_status(&mut out).ok()
-        }
-        "maps" => mm.write_maps(&mut out).ok(),
+    let mut out = crate::procfs::TryString::default();
+    let r = mm_struct::with_current(|mm| match name {
+        "status" => Some(
+            write!(out, "Name:\t{}\nState:\tR (running)\nTgid:\t{}\nPid:\t{}\nPPid:\t0\n", comm, pid, pid)
+                .and_then(|()| mm.write_status(&mut out)),
+        ),
+        "maps" => Some(mm.write_maps(&mut out)),
         _ => None,
     })??;
-    Some(out)
+    Some(r.map(|()| out.into_string()).map_err(|_| Errno::ENOMEM))
 }
 
 // ----- the program loader's helpers (on the current, new address space) ------

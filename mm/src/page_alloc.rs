@@ -530,6 +530,14 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         self.zones.iter().map(|z| z.managed_pages).sum()
     }
 
+    /// Free pages above the min watermarks, summed over the zones: what ordinary
+    /// (`GFP_KERNEL`, `GFP_USER`) allocations can still take before only the
+    /// reserves below `min` remain (Linux `zone_page_state(NR_FREE_PAGES) -
+    /// min_wmark_pages`). Pages on the per-CPU lists are not counted.
+    pub fn free_above_min(&self) -> u64 {
+        self.zones.iter().map(|z| z.nr_free.load(Relaxed).saturating_sub(z.wmark[Watermark::Min as usize])).sum()
+    }
+
     /// Switches `vm.defrag_mode`.
     pub fn set_defrag_mode(&self, on: bool) {
         self.defrag_mode.store(on, Relaxed);

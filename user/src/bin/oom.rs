@@ -4,7 +4,9 @@
 //! (SIGKILL from the OOM killer, shell status 137) while the kernel keeps
 //! running. On the way, `MADV_FREE` pages must be dropped under that
 //! pressure (before anything is killed) while a page written after the
-//! advice keeps its data. Never run this on a host you care about: it is
+//! advice keeps its data, and with memory full, splitting a mapping into
+//! tens of thousands of VMAs must meet ENOMEM, not exhaust the kernel's own
+//! memory. Never run this on a host you care about: it is
 //! excluded from `run-on-host.sh`.
 #![no_std]
 #![no_main]
@@ -35,6 +37,7 @@ fn main() {
     // SAFETY: the range is this program's own fresh mapping.
     unsafe {
         check_ret("populate_write_beyond_ram_enomem", madvise(a as usize, len, MADV_POPULATE_WRITE), -ENOMEM);
+        vma_splits_while_memory_is_full();
         check_ret("munmap_after_enomem", munmap(a as usize, len), 0);
     }
     let free_after = proc_field(c"/proc/meminfo", b"MemFree:").unwrap_or(0);
@@ -94,4 +97,35 @@ fn lazyfree_under_pressure(len: usize) {
         check_ret("lazyfree_munmap", munmap(hog, len), 0);
         check_ret("lazyfree_munmap_region", munmap(lazy, LAZY_LEN), 0);
     }
+}
+
+/// With memory full (the populated pages above are still mapped), splits one
+/// mapping into tens of thousands of VMAs, each of which costs the kernel heap
+/// memory: every `mprotect` must either succeed or fail with ENOMEM, and the
+/// kernel must not run out of its own memory.
+fn vma_splits_while_memory_is_full() {
+    const SPLITS: usize = 30_000;
+    let len = 2 * SPLITS * PAGE_SIZE;
+    let m = map(len, PROT_RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE);
+    check("split_region_mapped", m > 0);
+    if m <= 0 {
+        return;
+    }
+    let (mut done, mut enomem, mut other) = (0, 0, 0);
+    for i in 0..SPLITS {
+        // SAFETY: inside this program's own mapping; only permissions change.
+        match unsafe { mprotect(m as usize + 2 * i * PAGE_SIZE, PAGE_SIZE, PROT_READ) } {
+            0 => done += 1,
+            r if r == -ENOMEM => enomem += 1,
+            _ => other += 1,
+        }
+    }
+    println!("oom: {done} VMA splits done, {enomem} refused with ENOMEM while memory was full");
+    check_with(
+        "vma_splits_succeed_or_enomem",
+        other == 0 && done + enomem == SPLITS,
+        format_args!("{done} split, {enomem} ENOMEM, {other} other errors"),
+    );
+    // SAFETY: this program's own mapping.
+    check_ret("split_region_munmap", unsafe { munmap(m as usize, len) }, 0);
 }
