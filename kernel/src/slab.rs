@@ -9,6 +9,12 @@
 //! - `kmalloc` for sizes up to 8 KiB;
 //! - the page allocator for larger blocks (up to 4 MiB, order 10).
 //!
+//! A slab's preferred order (up to 3) is tried without reclaim first; when
+//! fragmentation defeats it, `mm::slab` falls back to the minimum order
+//! (`oo_min`, counted as `order_fallback`, shown by `slabinfo`), so a 4 KiB
+//! kmalloc only needs one free page. The per-CPU caches use the CPU-local lock
+//! (`KernelPlatform::CPU_LOCAL`): interrupts off and a plain flag, no atomics.
+//!
 //! Every allocation uses `GFP_KERNEL` narrowed by the current
 //! `memalloc_nofs/noio` scope, which is how vmalloc's bookkeeping honours its
 //! caller's flags. Empty slabs are given back by the slab shrinker.
@@ -34,12 +40,15 @@ use crate::vmalloc::MEMALLOC_SCOPE;
 pub struct SlabPages;
 
 impl SlabPageProvider for SlabPages {
+    #[inline]
     fn alloc_slab_pages(&self, gfp: Gfp, order: usize) -> Result<Pages, AllocError> {
         page_alloc().alloc_pages(gfp, order)
     }
+    #[inline]
     fn free_slab_pages(&self, pages: Pages) {
         page_alloc().free_pages(pages)
     }
+    #[inline(always)]
     fn slab_page(&self, pfn: Pfn) -> Option<&PageMeta> {
         page_alloc().page(pfn)
     }
@@ -53,9 +62,11 @@ pub struct KernelDirectMap;
 // `virt_to_pfn` is its inverse and rejects addresses outside the frames the
 // page allocator describes.
 unsafe impl DirectMap for KernelDirectMap {
+    #[inline]
     fn pfn_to_virt(&self, pfn: Pfn) -> *mut u8 {
         memmap::phys_to_virt(pfn.phys_addr())
     }
+    #[inline(always)]
     fn virt_to_pfn(&self, addr: usize) -> Option<Pfn> {
         let offset = memmap::facts().physical_memory_offset as usize;
         let pfn = Pfn((addr.checked_sub(offset)? >> PAGE_SHIFT) as u64);
@@ -184,14 +195,98 @@ pub fn nr_free_pages_settled() -> u64 {
     page_alloc().stats().free()
 }
 
-pub const COMMANDS: &[crate::console::Command] = &[crate::console::Command {
-    name: "slabinfo",
-    args: "",
-    help: "kmalloc caches, like /proc/slabinfo",
-    run: |_| {
-        let _ = KMALLOC.slabinfo(&mut crate::serial::Writer);
+pub const COMMANDS: &[crate::console::Command] = &[
+    crate::console::Command {
+        name: "slabinfo",
+        args: "",
+        help: "kmalloc caches, like /proc/slabinfo, then the order_fallback counters",
+        run: |_| {
+            let _ = KMALLOC.slabinfo(&mut crate::serial::Writer);
+            let _ = KMALLOC.slub_stats(&mut crate::serial::Writer);
+        },
     },
-}];
+    crate::console::Command {
+        name: "kmalloc-bench",
+        args: "[ROUNDS]",
+        help: "TSC per kmalloc+kfree pair vs linked_list_allocator (instructions under --icount)",
+        run: cmd_kmalloc_bench,
+    },
+];
+
+/// Pairs per timed batch of `kmalloc-bench`.
+const BENCH_BATCH: u64 = 1000;
+/// Most batches per allocator `kmalloc-bench` accepts (bounds its sample vectors).
+const BENCH_MAX_ROUNDS: usize = 10_000;
+
+/// TSC ticks of one batch of `BENCH_BATCH` pairs.
+fn bench_batch(pair: &mut impl FnMut()) -> u64 {
+    let t0 = crate::arch::x86_64::cpu::rdtsc();
+    for _ in 0..BENCH_BATCH {
+        pair();
+    }
+    crate::arch::x86_64::cpu::rdtsc() - t0
+}
+
+/// `kmalloc-bench [ROUNDS]`: median TSC ticks (instructions under `--icount`) per
+/// `kmalloc` + `kfree` pair of 32, 256 and 4096 bytes — the kernel's own
+/// configuration: CPU-local lock with `pushf; cli` / `popf`, the real direct map
+/// and `struct page` array — against a `linked_list_allocator::Heap` over 1 MiB,
+/// their batches of 1000 pairs interleaved, ROUNDS (default 51) batches each.
+fn cmd_kmalloc_bench(args: &str) {
+    let rounds = match args.trim() {
+        "" => 51,
+        a => match a.parse::<usize>() {
+            Ok(r @ 1..=BENCH_MAX_ROUNDS) => r,
+            _ => return crate::println!("kmalloc-bench: ROUNDS must be 1..={BENCH_MAX_ROUNDS}"),
+        },
+    };
+    let Ok(pages) = page_alloc().alloc_pages(GFP_KERNEL, 8) else {
+        return crate::println!("kmalloc-bench: no 1 MiB block for the comparison heap");
+    };
+    let mut ll = linked_list_allocator::Heap::empty();
+    // SAFETY: the 1 MiB block is ours until it is freed below, after the last use of
+    // `ll`; it is mapped by the direct map.
+    unsafe { ll.init(memmap::phys_to_virt(pages.phys_addr()), 1 << 20) };
+    for size in [32usize, 256, 4096] {
+        let Ok(layout) = Layout::from_size_align(size, 8) else { continue };
+        let mut ours = || {
+            if let Ok(p) = KMALLOC.kmalloc(core::hint::black_box(size), GFP_KERNEL) {
+                let _ = KMALLOC.kfree(core::hint::black_box(p));
+            }
+        };
+        let mut theirs = || {
+            if let Ok(p) = ll.allocate_first_fit(core::hint::black_box(layout)) {
+                // SAFETY: `p` was just allocated from `ll` with `layout`.
+                unsafe { ll.deallocate(core::hint::black_box(p), layout) };
+            }
+        };
+        bench_batch(&mut ours);
+        bench_batch(&mut theirs);
+        let (mut a, mut b) = (alloc::vec::Vec::with_capacity(rounds), alloc::vec::Vec::with_capacity(rounds));
+        for _ in 0..rounds {
+            a.push(bench_batch(&mut ours));
+            b.push(bench_batch(&mut theirs));
+        }
+        a.sort_unstable();
+        b.sort_unstable();
+        let (ka, kb) = (a[rounds / 2], b[rounds / 2]);
+        let per = |t: u64| (t / BENCH_BATCH, t % BENCH_BATCH / 100);
+        let ((ai, af), (bi, bf)) = (per(ka), per(kb));
+        let ratio = kb * 100 / ka.max(1);
+        crate::println!(
+            "kmalloc+kfree {:>4} B: median {}.{} TSC ticks per pair; linked_list_allocator {}.{} ({}.{:02}x ours) ({} rounds)",
+            size,
+            ai,
+            af,
+            bi,
+            bf,
+            ratio / 100,
+            ratio % 100,
+            rounds
+        );
+    }
+    page_alloc().free_pages(pages);
+}
 
 pub const KTESTS: &[crate::ktest::KTest] = &[
     crate::ktest!(kmalloc_serves_every_size_class_from_real_pages),

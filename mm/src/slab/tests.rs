@@ -4,6 +4,7 @@
 use super::*;
 use crate::fail_page_alloc::FaultAttr;
 use crate::gfp::*;
+use crate::page::PageState;
 use crate::page_alloc::{AllocConfig, NoHooks, NoPhysMem};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -337,8 +338,13 @@ fn gfp_flags_reach_the_page_allocator() {
     for (size, gfp) in cases {
         objs.push(k.kmalloc(size, gfp).unwrap());
         let (got, order) = *rec.gfps.lock().unwrap().last().unwrap();
-        assert_eq!(got, gfp.difference(__GFP_ZERO), "size {size}");
-        assert_eq!(order, k.caches()[kmalloc_index(size).unwrap()].pages_per_slab().trailing_zeros() as usize);
+        let s = &k.caches()[kmalloc_index(size).unwrap()];
+        let caller = gfp.difference(__GFP_ZERO);
+        // The preferred order is tried with NOWARN | NORETRY first (no reclaim) when a
+        // smaller order could serve; single-order caches see the caller's flags.
+        let want = if s.pages_per_slab() > 1 << s.min_order() { slab_high_order_gfp(caller) } else { caller };
+        assert_eq!(got, want, "size {size}");
+        assert_eq!(order, s.pages_per_slab().trailing_zeros() as usize);
     }
     assert_eq!(rec.gfps.lock().unwrap().len(), cases.len(), "one slab per class");
     for p in objs {
@@ -516,4 +522,537 @@ fn page_meta_marks_slab_heads() {
     e.k.shrink();
     assert!(matches!(e.pa.page(head).unwrap().state(), PageState::Free { .. } | PageState::PcpFree { .. }));
     e.assert_all_returned();
+}
+
+// ------------------------------------------------------- oo_min fallback
+
+/// A page allocator whose free memory is all order-0 blocks: every frame is allocated
+/// one page at a time, then every odd frame is freed. Their even buddies stay
+/// allocated, so nothing merges and every allocation above order 0 fails.
+struct Fragmented {
+    pa: &'static Alloc,
+    /// The even frames still held, by pfn.
+    held: BTreeMap<u64, Pages>,
+}
+
+fn fragmented() -> Fragmented {
+    let pa = page_alloc(NR_PAGES);
+    let mut held = BTreeMap::new();
+    // Twice: the first pass may leave a page on a per-CPU list below its watermark.
+    for _ in 0..2 {
+        while let Ok(p) = pa.alloc_pages(GFP_NOWAIT | __GFP_NOWARN, 0) {
+            held.insert(p.pfn().0, p);
+        }
+        pa.drain_all_pages();
+    }
+    assert_eq!(pa.stats().free(), 0);
+    let odd: Vec<u64> = held.keys().copied().filter(|pfn| pfn % 2 == 1).collect();
+    for pfn in odd {
+        pa.free_pages(held.remove(&pfn).unwrap());
+    }
+    pa.drain_all_pages();
+    assert!(pa.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 1).is_err(), "no block above order 0 is free");
+    assert!(pa.stats().free() > 1000);
+    Fragmented { pa, held }
+}
+
+impl Drop for Fragmented {
+    fn drop(&mut self) {
+        self.release_all();
+    }
+}
+
+impl Fragmented {
+    /// Frees the held frame `pfn` (even), making the order-1 block `pfn..pfn + 2` free.
+    fn release_pair(&mut self, pfn: u64) {
+        self.pa.free_pages(self.held.remove(&pfn).unwrap());
+        self.pa.drain_all_pages();
+    }
+    /// Frees every held frame: memory is no longer fragmented.
+    fn release_all(&mut self) {
+        for (_, p) in core::mem::take(&mut self.held) {
+            self.pa.free_pages(p);
+        }
+        self.pa.drain_all_pages();
+    }
+    fn kmalloc(&self) -> Box<Kmalloc<'static, Alloc, ArenaDirectMap>> {
+        Box::new(Kmalloc::new(self.pa, arena(NR_PAGES), SlabConfig::default()))
+    }
+}
+
+fn cache_of<'k, A: SlabPageProvider>(k: &'k Kmalloc<'static, A, ArenaDirectMap>, size: usize) -> &'k KmemCache {
+    &k.caches()[kmalloc_index(size).unwrap()]
+}
+
+#[test]
+fn min_order_geometry() {
+    let pa = page_alloc(64);
+    let k = Kmalloc::<_, _, HostPlatform>::new(pa, arena(64), SlabConfig::default());
+    let got: Vec<(usize, usize, usize, usize)> = k
+        .caches()
+        .iter()
+        .map(|s| (s.object_size(), s.pages_per_slab().trailing_zeros() as usize, s.min_order(), s.objs_per_min_slab()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (8, 0, 0, 496),
+            (16, 0, 0, 248),
+            (32, 0, 0, 124),
+            (64, 0, 0, 62),
+            (96, 0, 0, 41),
+            (128, 0, 0, 31),
+            (192, 0, 0, 20),
+            (256, 1, 0, 15),
+            (512, 2, 0, 7),
+            (1024, 3, 0, 3),
+            (2048, 3, 0, 1),
+            (4096, 3, 0, 1),
+            (8192, 3, 1, 1),
+        ]
+    );
+    assert_eq!(
+        slab_high_order_gfp(GFP_KERNEL),
+        __GFP_IO | __GFP_FS | __GFP_NOWARN | __GFP_NORETRY | __GFP_NOMEMALLOC,
+        "no reclaim, no reserves, no warning for the preferred order"
+    );
+    assert_eq!(slab_high_order_gfp(GFP_ATOMIC | __GFP_NOFAIL), GFP_ATOMIC | __GFP_NOWARN | __GFP_NORETRY);
+}
+
+#[test]
+fn fragmented_memory_serves_every_class_up_to_4k_from_order0() {
+    let f = fragmented();
+    let k = f.kmalloc();
+    let baseline = f.pa.stats().free();
+    let mut objs = Vec::new();
+    for i in 0..NR_KMALLOC_CACHES - 1 {
+        let size = kmalloc_size(i);
+        let p = k.kmalloc(size, GFP_KERNEL).unwrap_or_else(|e| panic!("kmalloc({size}) with order-0 memory: {e:?}"));
+        assert_eq!(p.as_ptr() as usize % expected_align(size), 0, "size {size} misaligned");
+        assert_eq!(k.ksize(p), Ok(size));
+        fill(p, size, i as u8);
+        objs.push((p, size, i as u8));
+    }
+    // 8 KiB needs two contiguous pages: a clean failure, nothing held.
+    let before = (k.stats().nr_slab_pages, f.pa.stats().free());
+    assert!(matches!(k.kmalloc(8192, GFP_KERNEL), Err(KmallocError::NoMemory(_))));
+    assert_eq!((k.stats().nr_slab_pages, f.pa.stats().free()), before, "a failed kmalloc(8192) holds nothing");
+    for s in k.caches() {
+        let fell_back = s.pages_per_slab() > 1 && s.object_size() < 8192;
+        assert_eq!(s.order_fallback(), fell_back as u64, "{}", s.name());
+    }
+    assert_eq!(k.stats().order_fallback, 5, "256, 512, 1k, 2k, 4k");
+    // Every slab is a one-page slab.
+    assert_eq!(k.stats().nr_slab_pages, (NR_KMALLOC_CACHES - 1) as u64);
+    assert_eq!(f.pa.stats().free(), baseline - (NR_KMALLOC_CACHES - 1) as u64);
+    for (p, size, tag) in objs {
+        assert!(bytes(p, size).iter().all(|&b| b == tag), "size {size} contents");
+        k.kfree(p).unwrap();
+    }
+    k.shrink();
+    assert_eq!(k.stats().nr_slab_pages, 0);
+    assert_eq!(f.pa.stats().free(), baseline, "every fallback slab back in the buddy");
+}
+
+#[test]
+fn kmalloc_8k_needs_an_order1_block() {
+    let mut f = fragmented();
+    let k = f.kmalloc();
+    assert!(matches!(k.kmalloc(8192, GFP_KERNEL), Err(KmallocError::NoMemory(_))));
+    assert_eq!(cache_of(&k, 8192).order_fallback(), 0, "no slab, no fallback");
+    let pfn = *f.held.keys().nth(100).unwrap();
+    f.release_pair(pfn);
+    let baseline = f.pa.stats().free();
+    let p = k.kmalloc(8000, GFP_KERNEL).unwrap();
+    assert_eq!(p.as_ptr() as usize % 8192, 0);
+    assert_eq!(k.map.virt_to_pfn(p.as_ptr() as usize), Some(Pfn(pfn)), "the only order-1 block");
+    fill(p, 8192, 0x5a);
+    assert_eq!(cache_of(&k, 8192).order_fallback(), 1);
+    assert_eq!(k.stats().nr_slab_pages, 2);
+    // The block is taken: a second 8 KiB object fails cleanly.
+    assert!(matches!(k.kmalloc(8192, GFP_KERNEL), Err(KmallocError::NoMemory(_))));
+    assert!(bytes(p, 8192).iter().all(|&b| b == 0x5a));
+    k.kfree(p).unwrap();
+    assert_eq!(k.kfree(p), Err(KfreeError::DoubleFree), "still on the per-CPU cache");
+    k.shrink();
+    assert_eq!(k.stats().nr_slab_pages, 0);
+    assert_eq!(f.pa.stats().free(), baseline, "the single-object slab went back at once");
+    assert_eq!(k.kfree(p), Err(KfreeError::NotSlab), "its pages are no slab any more");
+    assert_eq!(k.stats().double_frees, 1);
+}
+
+#[test]
+fn fallback_slab_objects_free_correctly_and_return_to_the_buddy() {
+    let f = fragmented();
+    let k = f.kmalloc();
+    let baseline = f.pa.stats().free();
+    let mut rng = Rng(99);
+    for i in 0..NR_KMALLOC_CACHES - 1 {
+        let s = &k.caches()[i];
+        let size = s.object_size();
+        // Several fallback slabs' worth, so objects span slabs and the node lists.
+        let n = s.objs_per_min_slab() * 3 + 1;
+        let mut objs: Vec<(NonNull<u8>, u8)> = (0..n)
+            .map(|j| {
+                let p = k.kmalloc(size, GFP_KERNEL).unwrap();
+                fill(p, size, j as u8);
+                (p, j as u8)
+            })
+            .collect();
+        let mut addrs: Vec<usize> = objs.iter().map(|(p, _)| p.as_ptr() as usize).collect();
+        addrs.sort();
+        assert!(addrs.windows(2).all(|w| w[1] - w[0] >= size), "{} overlap", s.name());
+        // Each one-page slab holds objs_per_min_slab objects.
+        assert_eq!(k.stats().nr_slab_pages, (n.div_ceil(s.objs_per_min_slab())) as u64, "{}", s.name());
+        while !objs.is_empty() {
+            let (p, tag) = objs.swap_remove(rng.next() as usize % objs.len());
+            assert!(bytes(p, size).iter().all(|&b| b == tag), "{} contents", s.name());
+            assert_eq!(k.ksize(p), Ok(size));
+            k.kfree(p).unwrap();
+        }
+        k.drain_cpu_caches();
+        let headerless = s.objs_per_min_slab() == 1 && s.min_order() == 0 && size == 4096;
+        let kept = if headerless { 0 } else { MAX_EMPTY_SLABS };
+        assert_eq!(k.stats().nr_slab_pages, kept, "{}: empty slabs beyond the cap go back", s.name());
+        k.shrink();
+        assert_eq!(f.pa.stats().free(), baseline, "{}", s.name());
+    }
+    assert_eq!(k.stats().double_frees + k.stats().invalid_frees, 0);
+    assert!(k.stats().order_fallback > 0);
+}
+
+#[test]
+fn fallback_and_preferred_order_slabs_mix_in_one_cache() {
+    let mut f = fragmented();
+    let k = f.kmalloc();
+    let mut live = Vec::new();
+    for size in [256usize, 1000, 4096] {
+        for _ in 0..20 {
+            let p = k.kmalloc(size, GFP_KERNEL).unwrap();
+            fill(p, size, size as u8);
+            live.push((p, size));
+        }
+    }
+    let fallbacks = k.stats().order_fallback;
+    assert_eq!(fallbacks, 20 + 7 + 2, "4k: one page per object, 1k: 3 per page, 256: 15 per page");
+    // Memory defragments: new slabs are of the preferred order again.
+    f.release_all();
+    for size in [256usize, 1000, 4096] {
+        for _ in 0..40 {
+            let p = k.kmalloc(size, GFP_KERNEL).unwrap();
+            fill(p, size, size as u8);
+            live.push((p, size));
+        }
+    }
+    assert_eq!(k.stats().order_fallback, fallbacks, "no fallback without fragmentation");
+    let mut pages: Vec<u64> = live
+        .iter()
+        .filter(|(_, size)| *size == 4096)
+        .map(|(p, _)| k.map.virt_to_pfn(p.as_ptr() as usize).unwrap().0)
+        .collect();
+    pages.sort();
+    assert!(pages.windows(2).any(|w| w[1] == w[0] + 1), "4k objects in order-3 slabs sit in adjacent pages");
+    // Free in an interleaved order: objects of both slab orders in the same arrays.
+    let mut rng = Rng(3);
+    while !live.is_empty() {
+        let (p, size) = live.swap_remove(rng.next() as usize % live.len());
+        assert!(bytes(p, size).iter().all(|&b| b == size as u8));
+        k.kfree(p).unwrap();
+    }
+    k.shrink();
+    assert_eq!(k.stats().nr_slab_pages, 0);
+    assert_eq!(f.pa.stats().free(), f.pa.managed_pages(), "all memory free again");
+    assert_eq!(k.stats().double_frees + k.stats().invalid_frees, 0);
+}
+
+#[test]
+fn double_and_invalid_frees_in_fallback_slabs() {
+    let f = fragmented();
+    let k = f.kmalloc();
+    let a = k.kmalloc(1024, GFP_KERNEL).unwrap(); // header slab of order 0
+    let b = k.kmalloc(4096, GFP_KERNEL).unwrap(); // single-object slab
+    assert_eq!(k.stats().order_fallback, 2);
+    // Inside an object, and the header area of the one-page 1k slab.
+    let inner = NonNull::new((a.as_ptr() as usize + 8) as *mut u8).unwrap();
+    assert_eq!(k.kfree(inner), Err(KfreeError::Misaligned));
+    let hdr = NonNull::new((a.as_ptr() as usize & !4095) as *mut u8).unwrap();
+    assert_eq!(k.kfree(hdr), Err(KfreeError::Misaligned));
+    let inner4k = NonNull::new((b.as_ptr() as usize + 2048) as *mut u8).unwrap();
+    assert_eq!(k.kfree(inner4k), Err(KfreeError::Misaligned));
+    // A never-allocated neighbour in the 1k slab.
+    let neighbour = NonNull::new((a.as_ptr() as usize + 1024) as *mut u8).unwrap();
+    let other = if k.ksize(neighbour).is_ok() { neighbour } else { NonNull::new((a.as_ptr() as usize - 1024) as *mut u8).unwrap() };
+    assert_eq!(k.kfree(other), Err(KfreeError::DoubleFree));
+    k.kfree(a).unwrap();
+    k.kfree(b).unwrap();
+    assert_eq!(k.kfree(a), Err(KfreeError::DoubleFree));
+    assert_eq!(k.kfree(b), Err(KfreeError::DoubleFree));
+    k.drain_cpu_caches();
+    assert_eq!(k.kfree(a), Err(KfreeError::DoubleFree), "back in its slab's free map");
+    assert_eq!(k.kfree(b), Err(KfreeError::NotSlab), "single-object slab already freed");
+    assert_eq!(k.stats().double_frees, 4);
+    assert_eq!(k.stats().invalid_frees, 4);
+    k.shrink();
+    assert_eq!(k.stats().nr_slab_pages, 0);
+}
+
+/// Records every slab page request and fails those above `max_order`.
+struct OrderLimited {
+    inner: &'static Alloc,
+    max_order: core::sync::atomic::AtomicUsize,
+    calls: Mutex<Vec<(Gfp, usize)>>,
+}
+
+impl SlabPageProvider for OrderLimited {
+    fn alloc_slab_pages(&self, gfp: Gfp, order: usize) -> Result<Pages, AllocError> {
+        self.calls.lock().unwrap().push((gfp, order));
+        if order > self.max_order.load(Relaxed) {
+            return Err(AllocError::NoMemory);
+        }
+        self.inner.alloc_pages(gfp, order)
+    }
+    fn free_slab_pages(&self, pages: Pages) {
+        self.inner.free_pages(pages)
+    }
+    fn slab_page(&self, pfn: Pfn) -> Option<&PageMeta> {
+        self.inner.page(pfn)
+    }
+}
+
+#[test]
+fn allocate_slab_tries_oo_quietly_then_oo_min_with_caller_flags() {
+    let pa = page_alloc(NR_PAGES);
+    let baseline = pa.stats().free();
+    let prov = leak(OrderLimited { inner: pa, max_order: 0.into(), calls: Mutex::new(Vec::new()) });
+    let k = Box::new(Kmalloc::<_, _, HostPlatform>::new(prov, arena(NR_PAGES), SlabConfig::default()));
+    let take = || core::mem::take(&mut *prov.calls.lock().unwrap());
+
+    let p = k.kmalloc(1024, GFP_KERNEL | __GFP_ZERO).unwrap();
+    assert_eq!(take(), [(slab_high_order_gfp(GFP_KERNEL), 3), (GFP_KERNEL, 0)]);
+    let q = k.kmalloc(300, GFP_NOFS | __GFP_NOFAIL).unwrap();
+    assert_eq!(
+        take(),
+        [(__GFP_IO | __GFP_NOWARN | __GFP_NORETRY | __GFP_NOMEMALLOC, 2), (GFP_NOFS | __GFP_NOFAIL, 0)],
+        "NOFAIL only on the attempt that must not fail"
+    );
+    let r = k.kmalloc(64, GFP_ATOMIC).unwrap();
+    assert_eq!(take(), [(GFP_ATOMIC, 0)], "order-0 caches: one attempt with the caller's flags");
+    assert_eq!(k.stats().order_fallback, 2);
+
+    // Both attempts fail: a clean error, nothing counted or held.
+    let held = k.stats().nr_slab_pages;
+    assert!(matches!(k.kmalloc(8192, GFP_KERNEL), Err(KmallocError::NoMemory(AllocError::NoMemory))));
+    assert_eq!(take(), [(slab_high_order_gfp(GFP_KERNEL), 3), (GFP_KERNEL, 1)]);
+    assert_eq!(cache_of(&k, 8192).order_fallback(), 0);
+    assert_eq!(k.stats().nr_slab_pages, held);
+
+    // Once order 3 works again, no fallback.
+    prov.max_order.store(MAX_SLAB_ORDER, Relaxed);
+    let big = k.kmalloc(8192, GFP_KERNEL).unwrap();
+    assert_eq!(take(), [(slab_high_order_gfp(GFP_KERNEL), 3)]);
+    assert_eq!(k.stats().order_fallback, 2);
+    for o in [p, q, r, big] {
+        k.kfree(o).unwrap();
+    }
+    k.shrink();
+    assert_eq!(pa.stats().free(), baseline);
+}
+
+#[test]
+fn slub_stats_lists_order_fallback() {
+    let f = fragmented();
+    let k = f.kmalloc();
+    let p = k.kmalloc(4096, GFP_KERNEL).unwrap();
+    let mut out = String::new();
+    k.slub_stats(&mut out).unwrap();
+    assert_eq!(out, "kmalloc-4k        order_fallback 1 (order 3 -> 0)\norder_fallback total 1\n");
+    // slabinfo counts the one-object, one-page slab.
+    let mut info = String::new();
+    k.slabinfo(&mut info).unwrap();
+    let l = info.lines().find(|l| l.starts_with("kmalloc-4k ")).unwrap();
+    let fields: Vec<&str> = l.split_whitespace().collect();
+    assert_eq!(&fields[1..3], &["1", "1"], "{l}");
+    assert_eq!(&fields[13..15], &["1", "1"], "{l}");
+    k.kfree(p).unwrap();
+    k.shrink();
+}
+
+// ------------------------------------------------- CPU-local fast path
+
+std::thread_local! {
+    static LOCAL_CPU: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+/// A platform that keeps the `CPU_LOCAL` promise on the host (like the kernel): each
+/// thread sets its own cpu id and no two threads share one at the same time, so the
+/// per-CPU caches are protected by a plain flag, without `lock`-prefixed atomics.
+struct LocalCpu;
+impl Platform for LocalCpu {
+    type IrqState = ();
+    fn irq_save() {}
+    fn irq_restore(_: ()) {}
+    fn cpu_id() -> usize {
+        LOCAL_CPU.with(|c| c.get())
+    }
+    const CPU_LOCAL: bool = true;
+}
+
+type LocalKmalloc = Kmalloc<'static, Alloc, ArenaDirectMap, LocalCpu>;
+
+fn on_cpu<R: Send + 'static>(cpu: usize, f: impl FnOnce() -> R + Send + 'static) -> R {
+    std::thread::spawn(move || {
+        LOCAL_CPU.with(|c| c.set(cpu));
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn cpu_local_platform_alloc_free_double_free_and_no_cache_cpu() {
+    let pa = page_alloc(NR_PAGES);
+    let baseline = pa.stats().free();
+    let k: &'static LocalKmalloc = leak(Kmalloc::new(pa, arena(NR_PAGES), SlabConfig::default()));
+    on_cpu(3, move || {
+        for i in 0..NR_KMALLOC_CACHES {
+            let size = kmalloc_size(i);
+            let objs: Vec<_> = (0..k.caches()[i].objs_per_slab() + 40).map(|_| k.kmalloc(size, GFP_KERNEL).unwrap()).collect();
+            for (j, p) in objs.iter().enumerate() {
+                fill(*p, size, j as u8);
+            }
+            for (j, p) in objs.iter().enumerate() {
+                assert!(bytes(*p, size).iter().all(|&b| b == j as u8));
+                k.kfree(*p).unwrap();
+            }
+            assert_eq!(k.kfree(objs[0]), Err(KfreeError::DoubleFree));
+        }
+        k.shrink();
+    });
+    // A CPU id beyond MAX_CPUS has no cache: straight to and from the slabs.
+    on_cpu(MAX_CPUS + 5, move || {
+        let p = k.kmalloc(100, GFP_KERNEL).unwrap();
+        let q = k.kmalloc(100, GFP_KERNEL).unwrap();
+        k.kfree(p).unwrap();
+        assert_eq!(k.kfree(p), Err(KfreeError::DoubleFree), "in its slab's free map");
+        k.kfree(q).unwrap();
+        assert_eq!(k.cached_objects(&k.caches()[kmalloc_index(100).unwrap()]), 0);
+        k.shrink();
+    });
+    assert_eq!(k.stats().double_frees, NR_KMALLOC_CACHES as u64 + 1);
+    assert_eq!(k.stats().nr_slab_pages, 0);
+    assert_eq!(pa.stats().free(), baseline);
+}
+
+#[test]
+fn cpu_local_remote_drain_is_done_by_the_owner() {
+    let pa = page_alloc(NR_PAGES);
+    let baseline = pa.stats().free();
+    let k: &'static LocalKmalloc = leak(Kmalloc::new(pa, arena(NR_PAGES), SlabConfig::default()));
+    let s = &k.caches()[kmalloc_index(64).unwrap()];
+    let (to_owner, owner_rx) = std::sync::mpsc::channel::<()>();
+    let (to_main, main_rx) = std::sync::mpsc::channel::<()>();
+    let owner = std::thread::spawn(move || {
+        LOCAL_CPU.with(|c| c.set(5));
+        let objs: Vec<_> = (0..40).map(|_| k.kmalloc(64, GFP_KERNEL).unwrap()).collect();
+        for p in &objs[..3] {
+            k.kfree(*p).unwrap();
+        }
+        to_main.send(()).unwrap();
+        owner_rx.recv().unwrap();
+        // A double free of an object on this CPU's cache, seen from here.
+        assert_eq!(k.kfree(objs[0]), Err(KfreeError::DoubleFree));
+        // 40 allocations took 3 batches of 16 (8 left), 3 frees: 11 cached. 21 frees
+        // fill the array (limit 32); the next flushes it all, as requested, instead of
+        // the oldest `batch`, and the last 15 frees stay cached: 16.
+        for p in &objs[3..] {
+            k.kfree(*p).unwrap();
+        }
+        to_main.send(()).unwrap();
+        owner_rx.recv().unwrap();
+        k.drain_cpu_caches(); // its own cache: drained at once
+        to_main.send(()).unwrap();
+    });
+    LOCAL_CPU.with(|c| c.set(0));
+    main_rx.recv().unwrap();
+    assert_eq!(k.cached_objects(s), 11);
+    // A double free of an object cached on CPU 5, seen from CPU 0 (snapshot read).
+    let cached = NonNull::new(s.cpu_slab[5].ac.get(0) as *mut u8).unwrap();
+    assert_eq!(k.kfree(cached), Err(KfreeError::DoubleFree));
+    k.drain_cpu_caches();
+    assert!(s.cpu_slab[5].drain_req.load(Relaxed), "CPU 0 may only ask");
+    assert_eq!(k.cached_objects(s), 11, "CPU 5's cache untouched");
+    to_owner.send(()).unwrap();
+    main_rx.recv().unwrap();
+    assert!(!s.cpu_slab[5].drain_req.load(Relaxed));
+    assert_eq!(k.cached_objects(s), 16, "drained by its owner (32 after a normal batch flush)");
+    to_owner.send(()).unwrap();
+    main_rx.recv().unwrap();
+    owner.join().unwrap();
+    assert_eq!(k.cached_objects(s), 0);
+    assert_eq!(k.stats().double_frees, 2);
+    k.shrink();
+    assert_eq!(k.stats().nr_slab_pages, 0);
+    assert_eq!(pa.stats().free(), baseline);
+}
+
+#[test]
+fn cpu_local_multithreaded_stress() {
+    let pa = page_alloc(NR_PAGES);
+    let baseline = pa.stats().free();
+    let k: &'static LocalKmalloc = leak(Kmalloc::new(pa, arena(NR_PAGES), SlabConfig::default()));
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<usize>>();
+    let rx = std::sync::Arc::new(Mutex::new(rx));
+    let handles: Vec<_> = (1..5)
+        .map(|cpu| {
+            let (tx, rx) = (tx.clone(), rx.clone());
+            std::thread::spawn(move || {
+                LOCAL_CPU.with(|c| c.set(cpu));
+                let mut rng = Rng(cpu as u64 * 31 + 7);
+                let mut live: Vec<(usize, usize, u8)> = Vec::new();
+                for step in 0..20_000u32 {
+                    let r = rng.next();
+                    if live.len() < 64 && r % 3 != 0 {
+                        let size = 1 + (rng.next() % 8192) as usize;
+                        let p = k.kmalloc(size, GFP_KERNEL).unwrap();
+                        fill(p, size.min(64), cpu as u8 ^ step as u8);
+                        live.push((p.as_ptr() as usize, size.min(64), cpu as u8 ^ step as u8));
+                    } else if !live.is_empty() {
+                        let (a, len, tag) = live.swap_remove(r as usize % live.len());
+                        let p = NonNull::new(a as *mut u8).unwrap();
+                        assert!(bytes(p, len).iter().all(|&b| b == tag), "contents");
+                        k.kfree(p).unwrap();
+                    }
+                    if step % 4000 == 0 {
+                        // Objects allocated here are freed on another CPU.
+                        tx.send(live.drain(..live.len() / 2).map(|(a, _, _)| a).collect()).unwrap();
+                        let got = rx.lock().unwrap().try_recv();
+                        for a in got.into_iter().flatten() {
+                            k.kfree(NonNull::new(a as *mut u8).unwrap()).unwrap();
+                        }
+                    }
+                }
+                for (a, _, _) in live {
+                    k.kfree(NonNull::new(a as *mut u8).unwrap()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    drop(tx);
+    let rest: Vec<usize> = rx.lock().unwrap().iter().flatten().collect();
+    on_cpu(1, move || {
+        for a in rest {
+            k.kfree(NonNull::new(a as *mut u8).unwrap()).unwrap();
+        }
+    });
+    // Each CPU drains its own caches.
+    for cpu in 0..5 {
+        on_cpu(cpu, move || k.drain_cpu_caches());
+    }
+    assert_eq!(k.stats().double_frees + k.stats().invalid_frees, 0);
+    k.shrink();
+    assert_eq!(k.stats().nr_slab_pages, 0);
+    assert_eq!(pa.stats().free(), baseline);
 }
