@@ -4,7 +4,7 @@
 //! repeated batches, ratios measured in the same run. See docs/benchmarks.md.
 
 mod util;
-use util::{median, rdtsc, Rng};
+use util::{median, rdtsc, CpuLocal, Rng};
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Mutex;
@@ -19,21 +19,6 @@ use mm::page_alloc::{AllocConfig, NoHooks, NoPhysMem, PageAlloc, Pages};
 use mm::sync::HostPlatform;
 
 type Alloc = PageAlloc<'static, HostPlatform>;
-
-/// The kernel's configuration on the host: one CPU whose per-CPU lists are
-/// protected by a plain flag (`CPU_LOCAL`, Linux `local_lock`) instead of an
-/// atomic lock. Sound here because the benchmark is single-threaded (the promise
-/// of `Platform::CPU_LOCAL`: only this "CPU" touches its lists). Interrupt
-/// disabling is a no-op on the host (the kernel pays `pushf; cli` / `popf`).
-struct CpuLocal;
-impl mm::sync::Platform for CpuLocal {
-    type IrqState = ();
-    #[inline(always)]
-    fn irq_save() {}
-    #[inline(always)]
-    fn irq_restore(_: ()) {}
-    const CPU_LOCAL: bool = true;
-}
 
 fn new_alloc_local(nr: u64) -> PageAlloc<'static, CpuLocal> {
     PageAlloc::new(metas(nr), Pfn(0), &[Pfn(0)..Pfn(nr)], &NoPhysMem, &NoHooks, AllocConfig { min_free_kbytes: Some(0), ..AllocConfig::default() }).unwrap()

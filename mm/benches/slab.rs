@@ -13,7 +13,7 @@
 //! allocator in named functions (`icount_*`), for `valgrind --tool=callgrind`.
 
 mod util;
-use util::{median, rdtsc, Rng};
+use util::{median, rdtsc, CpuLocal, Rng};
 use std::alloc::Layout;
 use std::hint::black_box;
 use std::ptr::NonNull;
@@ -30,21 +30,6 @@ const HEAP_BYTES: usize = 64 << 20;
 const SAMPLES: usize = 501;
 const BATCH: usize = 1000;
 const ICOUNT_PAIRS: usize = 100_000;
-
-/// The kernel's configuration on the host: one CPU whose per-CPU caches are protected
-/// by a plain flag (`CPU_LOCAL`, Linux `local_lock`) instead of an atomic lock. Sound
-/// here because the benchmark is single-threaded (the promise of
-/// `Platform::CPU_LOCAL`: only this "CPU" touches its caches). Interrupt disabling is
-/// a no-op on the host (the kernel pays `pushf; cli` / `popf`).
-struct CpuLocal;
-impl Platform for CpuLocal {
-    type IrqState = ();
-    #[inline(always)]
-    fn irq_save() {}
-    #[inline(always)]
-    fn irq_restore(_: ()) {}
-    const CPU_LOCAL: bool = true;
-}
 
 type Slab<P> = Kmalloc<'static, PageAlloc<'static, P>, ArenaDirectMap, P>;
 

@@ -5,6 +5,7 @@ use crate::compaction::{MigrateOps, Migration};
 use crate::fail_page_alloc::FaultAttr;
 use crate::gfp::*;
 use crate::page::{PageState, Rmap};
+use crate::sync::testing::{set_test_cpu, LocalCpu};
 use crate::vmstat::ConsistencyReport;
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -1111,25 +1112,9 @@ fn gfp_nofail_loops_until_reclaim_frees() {
 
 // ------------------------------------------- CPU-local per-CPU list protection
 
-std::thread_local! {
-    static LOCAL_CPU: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
-}
 
-/// A platform that keeps the `CPU_LOCAL` promise on the host: each test thread
-/// sets its own cpu id, and no two threads use the same id at the same time.
-struct LocalCpuPlatform;
-impl Platform for LocalCpuPlatform {
-    type IrqState = ();
-    fn irq_save() {}
-    fn irq_restore(_: ()) {}
-    fn cpu_id() -> usize {
-        LOCAL_CPU.with(|c| c.get())
-    }
-    const CPU_LOCAL: bool = true;
-}
-
-fn local_alloc(nr: u64, nr_cpus: usize) -> &'static PageAlloc<'static, LocalCpuPlatform> {
-    leak(PageAlloc::<LocalCpuPlatform>::new(metas(nr), Pfn(0), &[Pfn(0)..Pfn(nr)], &NoPhysMem, leak(NoHooks), AllocConfig { nr_cpus, ..cfg() }).unwrap())
+fn local_alloc(nr: u64, nr_cpus: usize) -> &'static PageAlloc<'static, LocalCpu> {
+    leak(PageAlloc::<LocalCpu>::new(metas(nr), Pfn(0), &[Pfn(0)..Pfn(nr)], &NoPhysMem, leak(NoHooks), AllocConfig { nr_cpus, ..cfg() }).unwrap())
 }
 
 #[test]
@@ -1172,7 +1157,7 @@ fn cpu_local_remote_drain_is_a_request_done_by_the_owner() {
     let pfns: Vec<(u64, usize)> = pages.into_iter().map(|p| (p.leak().0, 0)).collect();
     std::thread::scope(|s| {
         s.spawn(|| {
-            LOCAL_CPU.with(|c| c.set(1));
+            set_test_cpu(1);
             for &(pfn, order) in &pfns {
                 // SAFETY: leaked above, freed once.
                 a.free_pages(unsafe { Pages::from_raw(Pfn(pfn), order) });
@@ -1190,7 +1175,7 @@ fn cpu_local_remote_drain_is_a_request_done_by_the_owner() {
     // CPU 1's next allocation misses the fast path and drains first.
     std::thread::scope(|s| {
         s.spawn(|| {
-            LOCAL_CPU.with(|c| c.set(1));
+            set_test_cpu(1);
             let p = a.alloc_pages(GFP_KERNEL, 0).unwrap();
             assert!(!a.zones[0].pcp[1].drain_req.load(Relaxed));
             a.free_pages(p);
@@ -1207,7 +1192,7 @@ fn cpu_local_cpu_without_lists_uses_the_buddy() {
     let a = local_alloc(1024, 1);
     std::thread::scope(|s| {
         s.spawn(|| {
-            LOCAL_CPU.with(|c| c.set(5)); // >= nr_cpus: no per-CPU lists
+            set_test_cpu(5); // >= nr_cpus: no per-CPU lists
             let p = a.alloc_pages(GFP_KERNEL, 0).unwrap();
             a.free_pages(p);
             assert!(a.try_alloc_pages(0, 0).is_some_and(|p| {
@@ -1231,7 +1216,7 @@ fn cpu_local_two_cpus_hammer_own_lists_and_cross_free() {
     std::thread::scope(|s| {
         for (cpu, tx, rx) in [(0usize, tx0, rx0), (1, tx1, rx1)] {
             s.spawn(move || {
-                LOCAL_CPU.with(|c| c.set(cpu));
+                set_test_cpu(cpu);
                 let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ cpu as u64;
                 let mut mine = Vec::new();
                 for i in 0..20_000u32 {

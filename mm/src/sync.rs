@@ -318,3 +318,44 @@ mod tests {
         let _h = unsafe { c.lock_saved(()) };
     }
 }
+
+/// Platforms for host tests that need several "CPUs": each test thread sets its
+/// own CPU id with [`set_test_cpu`](testing::set_test_cpu).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Platform;
+
+    std::thread_local! {
+        static TEST_CPU: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+    }
+
+    /// Makes the calling thread "CPU" `cpu` for [`ThreadCpu`] and [`LocalCpu`].
+    pub(crate) fn set_test_cpu(cpu: usize) {
+        TEST_CPU.with(|c| c.set(cpu));
+    }
+
+    /// CPU id per thread; per-CPU data behind the atomic lock (threads may share an id).
+    pub(crate) struct ThreadCpu;
+    impl Platform for ThreadCpu {
+        type IrqState = ();
+        fn irq_save() {}
+        fn irq_restore(_: ()) {}
+        fn cpu_id() -> usize {
+            TEST_CPU.with(|c| c.get())
+        }
+    }
+
+    /// Keeps the `CPU_LOCAL` promise on the host, like the kernel: each thread sets
+    /// its own CPU id and no two threads use one at the same time, so per-CPU data
+    /// is protected by a plain flag, without `lock`-prefixed atomics.
+    pub(crate) struct LocalCpu;
+    impl Platform for LocalCpu {
+        type IrqState = ();
+        fn irq_save() {}
+        fn irq_restore(_: ()) {}
+        fn cpu_id() -> usize {
+            TEST_CPU.with(|c| c.get())
+        }
+        const CPU_LOCAL: bool = true;
+    }
+}

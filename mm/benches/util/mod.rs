@@ -1,5 +1,5 @@
 //! Shared measuring helpers of the `mm` benchmarks: a serialised TSC read,
-//! the median, and a tiny deterministic PRNG.
+//! the median, a tiny deterministic PRNG, and the kernel's CPU-local platform.
 
 /// The time-stamp counter, fenced on both sides so the measured code cannot
 /// move across the read.
@@ -31,4 +31,19 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
+}
+
+/// The kernel's configuration on the host: one CPU whose per-CPU lists and caches
+/// are protected by a plain flag (`CPU_LOCAL`, Linux `local_lock`) instead of an
+/// atomic lock. Sound here because the benchmarks are single-threaded (the promise
+/// of `Platform::CPU_LOCAL`: only this "CPU" touches its lists). Interrupt
+/// disabling is a no-op on the host (the kernel pays `pushf; cli` / `popf`).
+pub struct CpuLocal;
+impl mm::sync::Platform for CpuLocal {
+    type IrqState = ();
+    #[inline(always)]
+    fn irq_save() {}
+    #[inline(always)]
+    fn irq_restore(_: ()) {}
+    const CPU_LOCAL: bool = true;
 }

@@ -6,6 +6,7 @@ use crate::fail_page_alloc::FaultAttr;
 use crate::gfp::*;
 use crate::page::PageState;
 use crate::page_alloc::{AllocConfig, NoHooks, NoPhysMem};
+use crate::sync::testing::{set_test_cpu, LocalCpu, ThreadCpu};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -434,20 +435,6 @@ fn slabinfo_matches_linux_format() {
     e.assert_all_returned();
 }
 
-std::thread_local! {
-    static CPU: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
-}
-
-/// A platform whose CPU id is per thread, so threads use different array caches.
-struct ThreadCpu;
-impl Platform for ThreadCpu {
-    type IrqState = ();
-    fn irq_save() {}
-    fn irq_restore(_: ()) {}
-    fn cpu_id() -> usize {
-        CPU.with(|c| c.get())
-    }
-}
 
 #[test]
 fn multithreaded_stress_with_cross_cpu_frees() {
@@ -462,7 +449,7 @@ fn multithreaded_stress_with_cross_cpu_frees() {
             let tx = tx.clone();
             let rx = rx.clone();
             std::thread::spawn(move || {
-                CPU.with(|c| c.set(t));
+                set_test_cpu(t);
                 let mut rng = Rng(t as u64 * 7919 + 1);
                 let mut live: Vec<(usize, usize, u8)> = Vec::new();
                 for step in 0..30_000u32 {
@@ -879,29 +866,12 @@ fn slub_stats_lists_order_fallback() {
 
 // ------------------------------------------------- CPU-local fast path
 
-std::thread_local! {
-    static LOCAL_CPU: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
-}
-
-/// A platform that keeps the `CPU_LOCAL` promise on the host (like the kernel): each
-/// thread sets its own cpu id and no two threads share one at the same time, so the
-/// per-CPU caches are protected by a plain flag, without `lock`-prefixed atomics.
-struct LocalCpu;
-impl Platform for LocalCpu {
-    type IrqState = ();
-    fn irq_save() {}
-    fn irq_restore(_: ()) {}
-    fn cpu_id() -> usize {
-        LOCAL_CPU.with(|c| c.get())
-    }
-    const CPU_LOCAL: bool = true;
-}
 
 type LocalKmalloc = Kmalloc<'static, Alloc, ArenaDirectMap, LocalCpu>;
 
 fn on_cpu<R: Send + 'static>(cpu: usize, f: impl FnOnce() -> R + Send + 'static) -> R {
     std::thread::spawn(move || {
-        LOCAL_CPU.with(|c| c.set(cpu));
+        set_test_cpu(cpu);
         f()
     })
     .join()
@@ -952,7 +922,7 @@ fn cpu_local_remote_drain_is_done_by_the_owner() {
     let (to_owner, owner_rx) = std::sync::mpsc::channel::<()>();
     let (to_main, main_rx) = std::sync::mpsc::channel::<()>();
     let owner = std::thread::spawn(move || {
-        LOCAL_CPU.with(|c| c.set(5));
+        set_test_cpu(5);
         let objs: Vec<_> = (0..40).map(|_| k.kmalloc(64, GFP_KERNEL).unwrap()).collect();
         for p in &objs[..3] {
             k.kfree(*p).unwrap();
@@ -972,7 +942,7 @@ fn cpu_local_remote_drain_is_done_by_the_owner() {
         k.drain_cpu_caches(); // its own cache: drained at once
         to_main.send(()).unwrap();
     });
-    LOCAL_CPU.with(|c| c.set(0));
+    set_test_cpu(0);
     main_rx.recv().unwrap();
     assert_eq!(k.cached_objects(s), 11);
     // A double free of an object cached on CPU 5, seen from CPU 0 (snapshot read).
@@ -1006,7 +976,7 @@ fn cpu_local_multithreaded_stress() {
         .map(|cpu| {
             let (tx, rx) = (tx.clone(), rx.clone());
             std::thread::spawn(move || {
-                LOCAL_CPU.with(|c| c.set(cpu));
+                set_test_cpu(cpu);
                 let mut rng = Rng(cpu as u64 * 31 + 7);
                 let mut live: Vec<(usize, usize, u8)> = Vec::new();
                 for step in 0..20_000u32 {
