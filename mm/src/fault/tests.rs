@@ -16,19 +16,6 @@ use core::cell::RefCell;
 const K: u64 = 4096;
 const M2: u64 = 2 << 20;
 
-impl ClearPages for FakeMem {
-    fn clear_page(&self, pfn: Pfn) {
-        self.zero(pfn);
-        self.page_clears.set(self.page_clears.get() + 1);
-    }
-    fn clear_huge_page(&self, base: Pfn, nr_subpages: u64, hint_subpage: u64) {
-        for i in 0..nr_subpages {
-            self.zero(Pfn(base.0 + i));
-        }
-        self.huge_clears.borrow_mut().push((base, nr_subpages, hint_subpage));
-    }
-}
-
 /// Records the GFP flags and order of every allocation.
 struct RecAlloc {
     inner: &'static PageAlloc<'static, HostPlatform>,
@@ -196,7 +183,7 @@ fn thp_maps_aligned_region_at_pmd_level() {
     let t = s.translate(va(addr)).unwrap();
     assert_eq!((t.level, t.pfn), (Level::Pmd, Pfn(pfn.0 + 5)));
     assert!(t.flags.contains(PteFlags::HUGE | PteFlags::DIRTY | PteFlags::WRITABLE));
-    assert_eq!(*fx.env.mem.huge_clears.borrow(), [(pfn, 512, 5)], "faulting sub-page is the hint");
+    assert_eq!(*fx.env.mem.huge_clears.lock().unwrap(), [(pfn, 512, 5)], "faulting sub-page is the hint");
     assert!((0..512).all(|i| fx.env.mem.is_zero(Pfn(pfn.0 + i))));
     let log = fx.alloc.log.borrow().clone();
     let huge = log.iter().find(|(_, o)| *o == 9).unwrap();

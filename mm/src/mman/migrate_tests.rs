@@ -14,8 +14,8 @@ use crate::fail_page_alloc::FaultAttr;
 use crate::fault::ThpMode;
 use crate::gfp::{__GFP_NOWARN, GFP_KERNEL, GFP_TRANSHUGE_LIGHT};
 use crate::page::{MovableOpsId, PageMeta, PageState, Rmap};
-use crate::page_alloc::{AllocConfig, NoHooks, PageAlloc, PhysMem};
-use crate::pgtable::testutil::va;
+use crate::page_alloc::{AllocConfig, NoHooks, PageAlloc};
+use crate::pgtable::testutil::{va, FakeMem};
 use crate::pgtable::{Level, MigrateAnonError, PgtableCtl, Translation};
 use crate::sync::HostPlatform;
 use crate::tlb::TlbFlush;
@@ -23,82 +23,15 @@ use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 type Alloc = PageAlloc<'static, HostPlatform>;
-type Mm = UserMm<'static, Alloc, SyncMem>;
+type Mm = UserMm<'static, Alloc, FakeMem>;
 
 const K: u64 = PAGE_SIZE;
 const BASE: u64 = 0x4000_0000;
 const RW: u64 = PROT_READ | PROT_WRITE;
 const FIXED: u64 = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
-/// What an untouched word reads as.
-const GARBAGE: u64 = 0xdead_beef_dead_beef;
-
-/// Physical memory for the page tables, the page contents and the allocator's
-/// copies: 512 words per frame, materialised on first write; `Sync` as
-/// [`PhysMem`] requires.
-#[derive(Default)]
-struct SyncMem {
-    frames: Mutex<HashMap<u64, Box<[u64; 512]>>>,
-}
-
-impl SyncMem {
-    fn read(&self, pfn: Pfn, index: usize) -> u64 {
-        self.frames.lock().unwrap().get(&pfn.0).map_or(GARBAGE, |f| f[index])
-    }
-    fn write(&self, pfn: Pfn, index: usize, value: u64) {
-        self.frames.lock().unwrap().entry(pfn.0).or_insert_with(|| Box::new([GARBAGE; 512]))[index] = value;
-    }
-    fn zero(&self, pfn: Pfn) {
-        self.frames.lock().unwrap().insert(pfn.0, Box::new([0; 512]));
-    }
-    fn frame(&self, pfn: Pfn) -> [u64; 512] {
-        self.frames.lock().unwrap().get(&pfn.0).map_or([GARBAGE; 512], |f| **f)
-    }
-}
-
-impl PtMem for SyncMem {
-    fn read_entry(&self, table: Pfn, index: usize) -> u64 {
-        self.read(table, index)
-    }
-    fn write_entry(&self, table: Pfn, index: usize, value: u64) {
-        self.write(table, index, value)
-    }
-    fn zero_table(&self, table: Pfn) {
-        self.zero(table)
-    }
-}
-
-impl PhysMem for SyncMem {
-    unsafe fn zero_frames(&self, pfn: Pfn, nr_pages: u64) {
-        for i in 0..nr_pages {
-            self.zero(Pfn(pfn.0 + i));
-        }
-    }
-    unsafe fn copy_frames(&self, src: Pfn, dst: Pfn, nr_pages: u64) {
-        let mut frames = self.frames.lock().unwrap();
-        for i in 0..nr_pages {
-            match frames.get(&(src.0 + i)).cloned() {
-                Some(f) => frames.insert(dst.0 + i, f),
-                None => frames.remove(&(dst.0 + i)),
-            };
-        }
-    }
-}
-
-impl ClearPages for SyncMem {
-    fn clear_page(&self, pfn: Pfn) {
-        self.zero(pfn)
-    }
-    fn clear_huge_page(&self, base: Pfn, nr_subpages: u64, _hint: u64) {
-        for i in 0..nr_subpages {
-            self.zero(Pfn(base.0 + i));
-        }
-    }
-}
-
 /// Records flushes as `(start, nr_pages)`; `u64::MAX` pages for a full flush.
 struct RecFlush<'r>(&'r Mutex<Vec<(u64, u64)>>);
 
@@ -161,7 +94,7 @@ impl MigrateOps for AnonOwner {
 /// The fixture: allocator, memory, the owner with its address spaces.
 struct Fx {
     alloc: &'static Alloc,
-    mem: &'static SyncMem,
+    mem: &'static FakeMem,
     ctl: &'static PgtableCtl,
     thp: &'static ThpCtl,
     owner: &'static AnonOwner,
@@ -181,7 +114,7 @@ impl Fx {
     fn with_config(nr_frames: u64, thp: ThpMode, cfg: AllocConfig) -> Fx {
         let meta: &'static [PageMeta] =
             Box::leak((0..nr_frames).map(|_| PageMeta::new()).collect::<Vec<_>>().into_boxed_slice());
-        let mem: &'static SyncMem = leak(SyncMem::default());
+        let mem: &'static FakeMem = leak(FakeMem::default());
         let alloc: &'static Alloc =
             leak(PageAlloc::new(meta, Pfn(0), &[Pfn(0)..Pfn(nr_frames)], mem, leak(NoHooks), cfg).expect("allocator"));
         let owner = leak(AnonOwner {
@@ -208,7 +141,7 @@ impl Fx {
     }
 
     /// Runs `f` on address space `i` with a gather that is finished afterwards.
-    fn with_mm<R>(&self, i: usize, f: impl FnOnce(&mut Mm, &MmOps<'_, SyncMem>, &mut MmuGather) -> R) -> R {
+    fn with_mm<R>(&self, i: usize, f: impl FnOnce(&mut Mm, &MmOps<'_, FakeMem>, &mut MmuGather) -> R) -> R {
         let ops = MmOps { thp: self.thp, clear: self.mem };
         let mut tlb = MmuGather::new();
         let r = f(&mut self.owner.mms.lock().unwrap()[i], &ops, &mut tlb);

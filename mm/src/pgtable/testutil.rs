@@ -1,14 +1,17 @@
-//! Host fakes shared by the page-table and fault tests: Vec/HashMap-backed
-//! physical memory, a recording TLB, and an allocator over fake frames.
+//! Host fakes shared by the page-table, fault, mman and migration tests:
+//! HashMap-backed physical memory (also the allocator's `PhysMem` and the fault
+//! handler's `ClearPages`), a recording TLB, and an allocator over fake frames.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::cell::{Cell, RefCell};
+use core::cell::RefCell;
+use core::sync::atomic::AtomicU64;
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use crate::addr::Pfn;
 use crate::page::PageMeta;
-use crate::page_alloc::{AllocConfig, NoHooks, NoPhysMem, PageAlloc};
+use crate::page_alloc::{AllocConfig, NoHooks, NoPhysMem, PageAlloc, PhysMem};
 use crate::pgtable::{PgtableCtl, PtMem, VirtAddr};
 use crate::sync::HostPlatform;
 use crate::tlb::TlbFlush;
@@ -18,26 +21,31 @@ use crate::tlb::TlbFlush;
 pub(crate) const GARBAGE: u64 = 0xdead_beef_dead_beef;
 
 /// Physical memory as 512 u64 words per frame, materialised on first write.
+/// `Sync`, so it can also be the allocator's [`PhysMem`] (migration copies).
 #[derive(Default)]
 pub(crate) struct FakeMem {
-    frames: RefCell<HashMap<u64, Box<[u64; 512]>>>,
+    frames: Mutex<HashMap<u64, Box<[u64; 512]>>>,
     /// `(base, nr_subpages, hint)` of every clear_huge_page call.
-    pub(crate) huge_clears: RefCell<Vec<(Pfn, u64, u64)>>,
-    pub(crate) page_clears: Cell<u64>,
+    pub(crate) huge_clears: Mutex<Vec<(Pfn, u64, u64)>>,
+    pub(crate) page_clears: AtomicU64,
 }
 
 impl FakeMem {
     pub(crate) fn read(&self, pfn: Pfn, index: usize) -> u64 {
-        self.frames.borrow().get(&pfn.0).map_or(GARBAGE, |f| f[index])
+        self.frames.lock().unwrap().get(&pfn.0).map_or(GARBAGE, |f| f[index])
     }
     pub(crate) fn write(&self, pfn: Pfn, index: usize, value: u64) {
-        self.frames.borrow_mut().entry(pfn.0).or_insert_with(|| Box::new([GARBAGE; 512]))[index] = value;
+        self.frames.lock().unwrap().entry(pfn.0).or_insert_with(|| Box::new([GARBAGE; 512]))[index] = value;
     }
     pub(crate) fn zero(&self, pfn: Pfn) {
-        self.frames.borrow_mut().insert(pfn.0, Box::new([0; 512]));
+        self.frames.lock().unwrap().insert(pfn.0, Box::new([0; 512]));
     }
     pub(crate) fn is_zero(&self, pfn: Pfn) -> bool {
-        self.frames.borrow().get(&pfn.0).is_some_and(|f| f.iter().all(|&w| w == 0))
+        self.frames.lock().unwrap().get(&pfn.0).is_some_and(|f| f.iter().all(|&w| w == 0))
+    }
+    /// A copy of the whole frame.
+    pub(crate) fn frame(&self, pfn: Pfn) -> [u64; 512] {
+        self.frames.lock().unwrap().get(&pfn.0).map_or([GARBAGE; 512], |f| **f)
     }
 }
 
@@ -50,6 +58,37 @@ impl PtMem for FakeMem {
     }
     fn zero_table(&self, table: Pfn) {
         self.zero(table)
+    }
+}
+
+impl PhysMem for FakeMem {
+    unsafe fn zero_frames(&self, pfn: Pfn, nr_pages: u64) {
+        for i in 0..nr_pages {
+            self.zero(Pfn(pfn.0 + i));
+        }
+    }
+    unsafe fn copy_frames(&self, src: Pfn, dst: Pfn, nr_pages: u64) {
+        let mut frames = self.frames.lock().unwrap();
+        for i in 0..nr_pages {
+            match frames.get(&(src.0 + i)).cloned() {
+                Some(f) => frames.insert(dst.0 + i, f),
+                None => frames.remove(&(dst.0 + i)),
+            };
+        }
+    }
+}
+
+/// Zeroes like the kernel and records every call.
+impl crate::fault::ClearPages for FakeMem {
+    fn clear_page(&self, pfn: Pfn) {
+        self.zero(pfn);
+        self.page_clears.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+    fn clear_huge_page(&self, base: Pfn, nr_subpages: u64, hint_subpage: u64) {
+        for i in 0..nr_subpages {
+            self.zero(Pfn(base.0 + i));
+        }
+        self.huge_clears.lock().unwrap().push((base, nr_subpages, hint_subpage));
     }
 }
 

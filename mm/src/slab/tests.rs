@@ -436,44 +436,54 @@ fn slabinfo_matches_linux_format() {
 }
 
 
-#[test]
-fn multithreaded_stress_with_cross_cpu_frees() {
-    let pa = page_alloc(NR_PAGES);
-    let baseline = pa.stats().free();
-    let k: &'static Kmalloc<'static, Alloc, ArenaDirectMap, ThreadCpu> =
-        leak(Kmalloc::new(pa, arena(NR_PAGES), SlabConfig { init_on_free: true, init_on_alloc: false }));
+/// The cross-CPU stress of two tests: one thread per CPU in `cpus` makes `steps`
+/// random kmalloc (1..=`max_size` bytes, the first `check_len` of them filled with a
+/// tag) / kfree (tag checked) steps with at most 64 objects live; every `handoff`
+/// steps it sends half of its objects to the channel and frees what another
+/// thread sent. Each frees what it still holds at the end. Returns the objects
+/// left in the channel once every thread has finished.
+struct Stress {
+    steps: u32,
+    max_size: usize,
+    check_len: usize,
+    handoff: u32,
+}
+
+fn cross_cpu_stress<P: Platform + 'static>(
+    k: &'static Kmalloc<'static, Alloc, ArenaDirectMap, P>,
+    cpus: core::ops::Range<usize>,
+    seed: fn(usize) -> u64,
+    st: Stress,
+) -> Vec<usize> {
     let (tx, rx) = std::sync::mpsc::channel::<Vec<usize>>();
     let rx = std::sync::Arc::new(Mutex::new(rx));
-    let handles: Vec<_> = (0..4)
-        .map(|t| {
-            let tx = tx.clone();
-            let rx = rx.clone();
+    let handles: Vec<_> = cpus
+        .map(|cpu| {
+            let (tx, rx) = (tx.clone(), rx.clone());
             std::thread::spawn(move || {
-                set_test_cpu(t);
-                let mut rng = Rng(t as u64 * 7919 + 1);
+                set_test_cpu(cpu);
+                let mut rng = Rng(seed(cpu));
                 let mut live: Vec<(usize, usize, u8)> = Vec::new();
-                for step in 0..30_000u32 {
+                for step in 0..st.steps {
                     let r = rng.next();
                     if live.len() < 64 && r % 3 != 0 {
-                        let size = 1 + (rng.next() % 2048) as usize;
+                        let size = 1 + (rng.next() % st.max_size as u64) as usize;
+                        let len = size.min(st.check_len);
                         let p = k.kmalloc(size, GFP_KERNEL).unwrap();
-                        fill(p, size, t as u8 ^ step as u8);
-                        live.push((p.as_ptr() as usize, size, t as u8 ^ step as u8));
+                        fill(p, len, cpu as u8 ^ step as u8);
+                        live.push((p.as_ptr() as usize, len, cpu as u8 ^ step as u8));
                     } else if !live.is_empty() {
-                        let (a, size, tag) = live.swap_remove(r as usize % live.len());
+                        let (a, len, tag) = live.swap_remove(r as usize % live.len());
                         let p = NonNull::new(a as *mut u8).unwrap();
-                        assert!(bytes(p, size).iter().all(|&b| b == tag), "contents");
+                        assert!(bytes(p, len).iter().all(|&b| b == tag), "contents");
                         k.kfree(p).unwrap();
                     }
-                    if step % 5000 == 0 {
-                        // Hand some objects to another CPU and free what others sent.
-                        let give: Vec<usize> = live.drain(..live.len() / 2).map(|(a, _, _)| a).collect();
-                        tx.send(give).unwrap();
+                    if step % st.handoff == 0 {
+                        // Objects allocated here are freed on another CPU.
+                        tx.send(live.drain(..live.len() / 2).map(|(a, _, _)| a).collect()).unwrap();
                         let got = rx.lock().unwrap().try_recv();
-                        if let Ok(objs) = got {
-                            for a in objs {
-                                k.kfree(NonNull::new(a as *mut u8).unwrap()).unwrap();
-                            }
+                        for a in got.into_iter().flatten() {
+                            k.kfree(NonNull::new(a as *mut u8).unwrap()).unwrap();
                         }
                     }
                 }
@@ -487,10 +497,19 @@ fn multithreaded_stress_with_cross_cpu_frees() {
         h.join().unwrap();
     }
     drop(tx);
-    for objs in rx.lock().unwrap().iter() {
-        for a in objs {
-            k.kfree(NonNull::new(a as *mut u8).unwrap()).unwrap();
-        }
+    let rest = rx.lock().unwrap().iter().flatten().collect();
+    rest
+}
+
+#[test]
+fn multithreaded_stress_with_cross_cpu_frees() {
+    let pa = page_alloc(NR_PAGES);
+    let baseline = pa.stats().free();
+    let k: &'static Kmalloc<'static, Alloc, ArenaDirectMap, ThreadCpu> =
+        leak(Kmalloc::new(pa, arena(NR_PAGES), SlabConfig { init_on_free: true, init_on_alloc: false }));
+    let stress = Stress { steps: 30_000, max_size: 2048, check_len: usize::MAX, handoff: 5000 };
+    for a in cross_cpu_stress(k, 0..4, |t| t as u64 * 7919 + 1, stress) {
+        k.kfree(NonNull::new(a as *mut u8).unwrap()).unwrap();
     }
     assert_eq!(k.stats().double_frees + k.stats().invalid_frees, 0);
     k.shrink();
@@ -970,48 +989,8 @@ fn cpu_local_multithreaded_stress() {
     let pa = page_alloc(NR_PAGES);
     let baseline = pa.stats().free();
     let k: &'static LocalKmalloc = leak(Kmalloc::new(pa, arena(NR_PAGES), SlabConfig::default()));
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<usize>>();
-    let rx = std::sync::Arc::new(Mutex::new(rx));
-    let handles: Vec<_> = (1..5)
-        .map(|cpu| {
-            let (tx, rx) = (tx.clone(), rx.clone());
-            std::thread::spawn(move || {
-                set_test_cpu(cpu);
-                let mut rng = Rng(cpu as u64 * 31 + 7);
-                let mut live: Vec<(usize, usize, u8)> = Vec::new();
-                for step in 0..20_000u32 {
-                    let r = rng.next();
-                    if live.len() < 64 && r % 3 != 0 {
-                        let size = 1 + (rng.next() % 8192) as usize;
-                        let p = k.kmalloc(size, GFP_KERNEL).unwrap();
-                        fill(p, size.min(64), cpu as u8 ^ step as u8);
-                        live.push((p.as_ptr() as usize, size.min(64), cpu as u8 ^ step as u8));
-                    } else if !live.is_empty() {
-                        let (a, len, tag) = live.swap_remove(r as usize % live.len());
-                        let p = NonNull::new(a as *mut u8).unwrap();
-                        assert!(bytes(p, len).iter().all(|&b| b == tag), "contents");
-                        k.kfree(p).unwrap();
-                    }
-                    if step % 4000 == 0 {
-                        // Objects allocated here are freed on another CPU.
-                        tx.send(live.drain(..live.len() / 2).map(|(a, _, _)| a).collect()).unwrap();
-                        let got = rx.lock().unwrap().try_recv();
-                        for a in got.into_iter().flatten() {
-                            k.kfree(NonNull::new(a as *mut u8).unwrap()).unwrap();
-                        }
-                    }
-                }
-                for (a, _, _) in live {
-                    k.kfree(NonNull::new(a as *mut u8).unwrap()).unwrap();
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
-    drop(tx);
-    let rest: Vec<usize> = rx.lock().unwrap().iter().flatten().collect();
+    let stress = Stress { steps: 20_000, max_size: 8192, check_len: 64, handoff: 4000 };
+    let rest = cross_cpu_stress(k, 1..5, |cpu| cpu as u64 * 31 + 7, stress);
     on_cpu(1, move || {
         for a in rest {
             k.kfree(NonNull::new(a as *mut u8).unwrap()).unwrap();
