@@ -216,6 +216,7 @@ fn main() {
             let mut frees = Vec::new();
             let mut bulk_frees = Vec::new();
             let mut peer_frees = Vec::new();
+            let (mut half_loop, mut half_bulk) = (Vec::new(), Vec::new());
             for _rep in 0..7 {
                 let mut pages: Vec<Pages> = (0..nr).map(|_| big.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
                 for i in (1..pages.len()).rev() {
@@ -239,6 +240,28 @@ fn main() {
                 big.drain_all_pages();
                 bulk_frees.push(t.elapsed().as_nanos() as f64 / nr as f64);
                 assert_eq!(big.check_consistency().unwrap().allocated, 0);
+                // A random half of all pages (fewer runs: a pair of buddies is both in
+                // the half a quarter of the time), loop and bulk on the same half; the
+                // other half is freed untimed.
+                for bulk in [false, true] {
+                    let mut pages: Vec<Pages> = (0..nr).map(|_| big.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
+                    for i in (1..pages.len()).rev() {
+                        pages.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+                    }
+                    let rest = pages.split_off(nr as usize / 2);
+                    let t = Instant::now();
+                    if bulk {
+                        big.free_pages_bulk(pages);
+                    } else {
+                        pages.into_iter().for_each(|p| big.free_pages(p));
+                    }
+                    big.drain_all_pages();
+                    let ns = t.elapsed().as_nanos() as f64 / (nr / 2) as f64;
+                    if bulk { half_bulk.push(ns) } else { half_loop.push(ns) }
+                    big.free_pages_bulk(rest);
+                    big.drain_all_pages();
+                    assert_eq!(big.check_consistency().unwrap().allocated, 0);
+                }
                 if huge {
                     continue;
                 }
@@ -257,9 +280,13 @@ fn main() {
             if huge {
                 rows.push((format!("free 256 Ki order-0 pages, random order, merging, free_pages loop, metadata on 2 MiB pages (median ns/page; AnonHugePages {} kB)", anon_huge_kb()), format!("{:.1}", median(frees))));
                 rows.push(("same, free_pages_bulk, metadata on 2 MiB pages (median ns/page)".into(), format!("{:.1}", median(bulk_frees))));
+                rows.push(("a random half of them, free_pages loop, 2 MiB pages (median ns/page)".into(), format!("{:.1}", median(half_loop))));
+                rows.push(("a random half of them, free_pages_bulk, 2 MiB pages (median ns/page)".into(), format!("{:.1}", median(half_bulk))));
             } else {
                 rows.push(("same, free_pages loop, metadata on 4 KiB pages (median ns/page)".into(), format!("{:.1}", median(frees))));
                 rows.push(("same, free_pages_bulk, metadata on 4 KiB pages (median ns/page)".into(), format!("{:.1}", median(bulk_frees))));
+                rows.push(("a random half of them, free_pages loop, 4 KiB pages (median ns/page)".into(), format!("{:.1}", median(half_loop))));
+                rows.push(("a random half of them, free_pages_bulk, 4 KiB pages (median ns/page)".into(), format!("{:.1}", median(half_bulk))));
                 rows.push(("same with FrameAllocator (median ns/page)".into(), format!("{:.1}", median(peer_frees))));
             }
         }

@@ -1220,7 +1220,7 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     /// With `claim`, the head is taken over with a compare-and-swap, so two racing
     /// frees of the same block (a misused `from_raw`) cannot both succeed.
     #[inline(always)]
-    fn free_pages_prepare(&self, pages: Pages, claim: bool) -> Option<(u64, usize)> {
+    pub(crate) fn free_pages_prepare(&self, pages: Pages, claim: bool) -> Option<(u64, usize)> {
         let (pfn, order) = (pages.pfn.0, pages.order());
         core::mem::forget(pages);
         let i = pfn.wrapping_sub(self.base_pfn);
@@ -1263,59 +1263,11 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
 
     /// `free_pages` of a block that does not go to a per-CPU list.
     #[inline(never)]
-    fn free_pages_buddy(&self, z: &Zone<P>, pfn: u64, order: usize) {
+    pub(crate) fn free_pages_buddy(&self, z: &Zone<P>, pfn: u64, order: usize) {
         self.meta(pfn).set_kind(Kind::Tail, 0);
         let mut a = self.lock_zone(z);
         self.__free_one_page(z, &mut a, pfn, order, self.block_mt(pfn));
         self.events.pgfree.fetch_add(1, Relaxed);
-    }
-
-    /// Frees many blocks (Linux `free_unref_folios` / `release_pages`): the same
-    /// as `free_pages` on each block, with the same checks (a bad or doubly freed
-    /// block is reported through `AllocHooks::bad_page` and leaked, never applied
-    /// twice), counters and per-CPU list behaviour; only the order differs.
-    ///
-    /// Takes the batch by value as anything that is both a mutable slice and an
-    /// iterator of its elements (`Vec<Pages>`, `[Pages; N]`). A batch of more than
-    /// [`BULK_SORT_MIN`] blocks is first sorted in place by max-order block
-    /// (`pfn >> MAX_ORDER`: 4 MiB of memory, 32 KiB of `PageMeta`; no allocation)
-    /// and then freed in that order. The result does not depend on the order (the
-    /// buddy merges whatever is free), but grouped by max-order block, the
-    /// metadata that freeing and merging touch (each page's own entry, its buddies,
-    /// and their free-list neighbours, which were mostly linked moments earlier)
-    /// stays in L1/L2 while that block is being freed, instead of ~4 scattered
-    /// cache misses per page for a random batch. The metadata of the next few
-    /// blocks is also prefetched.
-    pub fn free_pages_bulk<B>(&self, mut pages: B)
-    where
-        B: core::borrow::BorrowMut<[Pages]> + IntoIterator<Item = Pages>,
-    {
-        let batch = pages.borrow_mut();
-        if batch.len() > BULK_SORT_MIN {
-            // In place, no allocation (`core`'s pattern-defeating quicksort); the key
-            // has few distinct values (one per 4 MiB), which that sort handles well.
-            batch.sort_unstable_by_key(|p| p.pfn.0 >> MAX_ORDER);
-        }
-        const CHUNK: usize = 16;
-        let mut it = pages.into_iter();
-        let mut buf: [(u64, usize); CHUNK] = [(0, 0); CHUNK];
-        loop {
-            let mut n = 0;
-            while n < CHUNK {
-                let Some(p) = it.next() else { break };
-                let (pfn, order) = (p.pfn.0, p.order());
-                core::mem::forget(p);
-                self.prefetch_meta(pfn);
-                buf[n] = (pfn, order);
-                n += 1;
-            }
-            for &(pfn, order) in &buf[..n] {
-                self.free_pages(Pages::new(Pfn(pfn), order));
-            }
-            if n < CHUNK {
-                return;
-            }
-        }
     }
 
     /// Any-context free (Linux `free_pages_nolock`): per-CPU list or buddy if their
@@ -1384,9 +1336,6 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     }
 }
 
-/// `free_pages_bulk` groups batches larger than this by max-order block; smaller
-/// ones touch few enough metadata lines that grouping would not pay.
-pub const BULK_SORT_MIN: usize = 64;
 
 #[cfg(test)]
 #[path = "page_alloc_tests.rs"]

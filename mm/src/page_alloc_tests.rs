@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::compaction::{MigrateOps, Migration};
+use crate::page_alloc_bulk::BULK_SORT_MIN;
 use crate::fail_page_alloc::FaultAttr;
 use crate::gfp::*;
 use crate::page::{PageState, Rmap};
@@ -635,6 +636,8 @@ enum Op {
     Alloc { order: usize, kind: u8 },
     Free(usize),
     FreeNolock(usize),
+    /// `free_pages_bulk` of the last `n % (live + 1)` live blocks.
+    FreeBulk(usize),
     TryAlloc(usize),
     Drain,
     Compact,
@@ -645,6 +648,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (prop_oneof![3 => 0..4usize, 1 => 4..=MAX_ORDER], 0..4u8).prop_map(|(order, kind)| Op::Alloc { order, kind }),
         3 => any::<usize>().prop_map(Op::Free),
         1 => any::<usize>().prop_map(Op::FreeNolock),
+        1 => any::<usize>().prop_map(Op::FreeBulk),
         1 => (0..5usize).prop_map(Op::TryAlloc),
         1 => Just(Op::Drain),
         1 => Just(Op::Compact),
@@ -684,6 +688,10 @@ fn run_ops(ops: &[Op], config: AllocConfig) {
                     drop(pages);
                     a.free_pages(p);
                 }
+            }
+            Op::FreeBulk(n) => {
+                let batch = live.split_off(live.len() - n % (live.len() + 1));
+                a.free_pages_bulk(batch);
             }
             Op::TryAlloc(order) => live.extend(a.try_alloc_pages(0, order)),
             Op::Drain => a.drain_all_pages(),
@@ -915,9 +923,11 @@ fn sorted_bulk_free_of_shuffled_batch_merges_back_like_free_pages() {
     for (x, y) in [(after_b, before_b), (after_s, before_s)] {
         assert_eq!((x.pgalloc, x.fallback, x.polluting, x.steal, x.claim_block), (y.pgalloc, y.fallback, y.polluting, y.steal, y.claim_block));
     }
-    // The per-CPU lists were used as by single frees: order-0..=3 blocks passed
-    // through them (some are still cached until the drain).
-    assert!(after_b.zones.iter().map(|z| z.pcp).sum::<u64>() > 0);
+    // Every frame was in the batch, so every page had its neighbours there: the
+    // runs went to the buddy whole, nothing waits on a per-CPU list, and memory is
+    // in maximal blocks before any drain.
+    assert_eq!(after_b.zones.iter().map(|z| z.pcp).sum::<u64>(), 0);
+    assert_eq!(free_by_order(&bulk)[MAX_ORDER], nr >> MAX_ORDER);
     check(&bulk);
     bulk.drain_all_pages();
     single.drain_all_pages();
@@ -929,6 +939,70 @@ fn sorted_bulk_free_of_shuffled_batch_merges_back_like_free_pages() {
     assert_eq!(f, free_by_order(&single));
     let blocks: u64 = bulk.stats().zones.iter().map(|z| z.blocks_by_mt.iter().sum::<u64>()).sum();
     assert_eq!(blocks, nr / PAGEBLOCK_NR_PAGES);
+}
+
+#[test]
+fn bulk_free_of_part_of_memory_equals_single_frees_after_drain() {
+    // Part of the memory freed (so runs and lone pages mix), one page block
+    // isolated meanwhile (its runs must land on the Isolate lists, unmerged with
+    // its neighbours), against a twin freeing the same handles one by one.
+    let nr = 8192;
+    let (bulk, single) = (simple(nr, cfg()), simple(nr, cfg()));
+    let gfps = [GFP_KERNEL, GFP_HIGHUSER_MOVABLE, GFP_KERNEL | __GFP_RECLAIMABLE];
+    let fill = |a: &PageAlloc<'static>| {
+        let mut held = Vec::new();
+        for i in 0.. {
+            match a.alloc_pages(gfps[i % 3] | __GFP_NOWARN, [0, 0, 1, 0, 2][i % 5]) {
+                Ok(p) => held.push(p),
+                Err(_) if i % 5 == 2 || i % 5 == 4 => {} // orders 1 and 2
+                Err(_) => break,
+            }
+        }
+        held
+    };
+    let (mut b, mut s) = (fill(&bulk), fill(&single));
+    assert_eq!(check(&bulk).allocated, nr);
+    let isolated = 3 * PAGEBLOCK_NR_PAGES;
+    for a in [&bulk, &single] {
+        let z = &a.zones[a.zone_idx(isolated)];
+        let mut area = a.lock_zone(z);
+        let mt = a.block_mt(isolated);
+        a.move_freepages_block(z, &mut area, isolated, mt, MigrateType::Isolate);
+    }
+    shuffle(&mut b, 11);
+    shuffle(&mut s, 11);
+    // Keep every third handle: what is freed has gaps, lone pages and runs.
+    let (mut kept_b, mut kept_s) = (Vec::new(), Vec::new());
+    let (mut free_b, mut free_s) = (Vec::new(), Vec::new());
+    for (i, (x, y)) in b.into_iter().zip(s).enumerate() {
+        assert_eq!((x.pfn(), x.order()), (y.pfn(), y.order()), "twins allocate alike");
+        if i % 3 == 0 { (kept_b.push(x), kept_s.push(y)) } else { (free_b.push(x), free_s.push(y)) };
+    }
+    let n = free_b.len() as u64;
+    bulk.free_pages_bulk(free_b);
+    for p in free_s {
+        single.free_pages(p);
+    }
+    assert_eq!(bulk.stats().pgfree, single.stats().pgfree);
+    assert!(n > 1000);
+    // Every 4 MiB share was large: runs and lone pages all went to the buddy, which
+    // already holds what the one-by-one frees reach only after a drain.
+    assert_eq!(bulk.stats().zones.iter().map(|z| z.pcp).sum::<u64>(), 0);
+    check(&bulk);
+    single.drain_all_pages();
+    assert_eq!(free_by_order(&bulk), free_by_order(&single));
+    for a in [&bulk, &single] {
+        let s = a.stats();
+        let iso: u64 = s.zones.iter().map(|z| z.free_by_mt[MigrateType::Isolate.index()]).sum();
+        let in_block = (isolated..isolated + PAGEBLOCK_NR_PAGES).filter(|&p| a.meta(p).kind() == Kind::Buddy).map(|p| 1u64 << a.meta(p).order()).sum::<u64>();
+        assert_eq!(iso, in_block, "the isolated block's free pages are on the Isolate lists");
+        assert!(iso > 0);
+    }
+    for (x, y) in kept_b.into_iter().zip(kept_s) {
+        bulk.free_pages(x);
+        single.free_pages(y);
+    }
+    check(&bulk);
 }
 
 #[test]
@@ -971,7 +1045,11 @@ fn sorted_bulk_free_refuses_double_and_foreign_frees_in_the_batch() {
 fn bulk_free_takes_arrays_and_small_unsorted_batches() {
     let a = simple(4096, cfg());
     let arr: [Pages; 3] = core::array::from_fn(|i| a.alloc_pages(GFP_KERNEL, i).unwrap());
+    let pcp = || a.stats().zones.iter().map(|z| z.pcp).sum::<u64>();
+    let before = pcp();
     a.free_pages_bulk(arr);
+    // Fewer than BULK_MERGE_MIN blocks of one 4 MiB: the per-CPU path, as `free_pages`.
+    assert_eq!(pcp() - before, 1 + 2 + 4);
     let small: Vec<Pages> = (0..BULK_SORT_MIN).map(|_| a.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
     a.free_pages_bulk(small);
     assert_eq!(a.stats().pgfree, 3 + BULK_SORT_MIN as u64);

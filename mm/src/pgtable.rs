@@ -49,6 +49,7 @@
 //! [`PtRef`](crate::pt_reclaim::PtRef) (see `pt_reclaim`).
 
 use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
@@ -358,6 +359,10 @@ pub trait PtAlloc {
     fn alloc_pages(&self, gfp: Gfp, order: usize) -> Result<Pages, AllocError>;
     /// Frees a block.
     fn free_pages(&self, pages: Pages);
+    /// Frees every block of `pages`, leaving the vector empty with its buffer.
+    fn free_pages_bulk(&self, pages: &mut Vec<Pages>) {
+        pages.drain(..).for_each(|p| self.free_pages(p));
+    }
     /// Metadata of a frame (the live-entry count of page-table pages, anon mapcounts).
     fn page(&self, pfn: Pfn) -> Option<&PageMeta>;
 }
@@ -368,6 +373,9 @@ impl<P: Platform> PtAlloc for PageAlloc<'_, P> {
     }
     fn free_pages(&self, pages: Pages) {
         PageAlloc::free_pages(self, pages)
+    }
+    fn free_pages_bulk(&self, pages: &mut Vec<Pages>) {
+        PageAlloc::free_pages_bulk(self, crate::page_alloc_bulk::DrainVec(pages))
     }
     fn page(&self, pfn: Pfn) -> Option<&PageMeta> {
         PageAlloc::page(self, pfn)
