@@ -80,17 +80,23 @@ pub fn normalise(path: &str) -> Result<String, Errno> {
     if path.len() >= PATH_MAX {
         return Err(Errno::ENAMETOOLONG);
     }
-    let mut parts: Vec<&str> = Vec::new();
+    // The result is never longer than `path`: one fallible reservation, no growth
+    // (a full kernel heap gives ENOMEM, not a panic).
+    let mut out = String::new();
+    out.try_reserve_exact(path.len()).map_err(|_| Errno::ENOMEM)?;
     for part in path.split('/') {
         match part {
             "" | "." => {}
-            ".." => {
-                parts.pop();
+            ".." => out.truncate(out.rfind('/').unwrap_or(0)),
+            p => {
+                if !out.is_empty() {
+                    out.push('/');
+                }
+                out.push_str(p);
             }
-            p => parts.push(p),
         }
     }
-    Ok(parts.join("/"))
+    Ok(out)
 }
 
 /// The regular files under `dir` (for the demo: every program in `/bin`).
@@ -255,4 +261,26 @@ impl FdTable {
     pub fn close_all(&mut self) {
         self.fds.clear();
     }
+}
+
+pub const KTESTS: &[crate::ktest::KTest] = &[crate::ktest!(normalise_resolves_dots_and_refuses_bad_paths)];
+
+fn normalise_resolves_dots_and_refuses_bad_paths() -> crate::ktest::KResult {
+    for (path, want) in [
+        ("/", ""),
+        ("/bin/hello", "bin/hello"),
+        ("bin//./hello/", "bin/hello"),
+        ("/a/b/../c", "a/c"),
+        ("/a/../../b", "b"),
+        ("/a/b/c/../..", "a"),
+        ("..", ""),
+        ("/proc/self/../self/maps", "proc/self/maps"),
+    ] {
+        let got = normalise(path);
+        crate::kassert!(got.as_deref() == Ok(want), "normalise({path:?}) = {got:?}, want {want:?}");
+    }
+    crate::kassert_eq!(normalise(""), Err(Errno::ENOENT));
+    let long = "a/".repeat(PATH_MAX / 2);
+    crate::kassert_eq!(normalise(&long), Err(Errno::ENAMETOOLONG));
+    Ok(())
 }

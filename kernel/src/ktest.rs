@@ -43,6 +43,7 @@ pub const SUITES: &[&[KTest]] = &[
     crate::userland::KTESTS,
     crate::cmdline::KTESTS,
     crate::sysctl::KTESTS,
+    crate::fs::KTESTS,
     crate::clear_page::KTESTS,
     crate::console::KTESTS,
 ];

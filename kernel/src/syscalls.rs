@@ -8,7 +8,6 @@
 //! through [`crate::sys_mm`]. An unknown number returns `-ENOSYS` and is
 //! logged once.
 
-use alloc::vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use mm::errno::{Errno, SysResult, sys_ret};
@@ -119,7 +118,9 @@ fn sys_read(fd: u64, buf: u64, count: u64) -> SysResult {
     if !uaccess::access_ok(buf, count as usize) {
         return Err(Errno::EFAULT);
     }
-    let mut kbuf = vec![0u8; CHUNK];
+    // On the kernel stack: a syscall's bounce buffer never needs the heap, so a
+    // full heap cannot fail (or panic) a read.
+    let mut kbuf = [0u8; CHUNK];
     let mut done = 0u64;
     while done < count {
         let want = (count - done).min(CHUNK as u64) as usize;
@@ -143,8 +144,11 @@ fn read_console(buf: u64, count: u64) -> SysResult {
     if !uaccess::access_ok(buf, count as usize) {
         return Err(Errno::EFAULT);
     }
-    let mut kbuf = alloc::vec::Vec::new();
-    while kbuf.is_empty() {
+    // What is there, at most one chunk (a short read, as from a tty).
+    let want = count.min(CHUNK as u64) as usize;
+    let mut kbuf = [0u8; CHUNK];
+    let mut n = 0;
+    while n == 0 {
         if sched::kill_pending() {
             return Err(Errno::EINTR);
         }
@@ -152,20 +156,26 @@ fn read_console(buf: u64, count: u64) -> SysResult {
         // arrives in between wakes the halt instead of being missed.
         x86_64::instructions::interrupts::disable();
         match serial::try_read_byte() {
-            Some(b) => kbuf.push(b),
+            Some(b) => {
+                kbuf[0] = b;
+                n = 1;
+            }
             None if sched::has_runnable() => sched::schedule(),
             None => cpu::enable_irqs_and_halt(),
         }
         cpu::enable_irqs();
     }
-    while (kbuf.len() as u64) < count {
+    while n < want {
         match serial::try_read_byte() {
-            Some(b) => kbuf.push(b),
+            Some(b) => {
+                kbuf[n] = b;
+                n += 1;
+            }
             None => break,
         }
     }
-    uaccess::copy_to_user(buf, &kbuf)?;
-    Ok(kbuf.len() as u64)
+    uaccess::copy_to_user(buf, &kbuf[..n])?;
+    Ok(n as u64)
 }
 
 fn sys_write(fd: u64, buf: u64, count: u64) -> SysResult {
@@ -179,7 +189,7 @@ fn write_console(buf: u64, count: u64) -> SysResult {
     if !uaccess::access_ok(buf, count as usize) {
         return Err(Errno::EFAULT);
     }
-    let mut kbuf = vec![0u8; CHUNK];
+    let mut kbuf = [0u8; CHUNK];
     let mut done = 0u64;
     while done < count {
         let n = (count - done).min(CHUNK as u64) as usize;
@@ -198,7 +208,9 @@ fn sys_writev(fd: u64, iov: u64, iovcnt: u64) -> SysResult {
         return Err(Errno::EINVAL);
     }
     files(|f| f.check_writable(fd))?;
-    let mut vecs = vec![(0u64, 0u64); iovcnt as usize];
+    let mut vecs = alloc::vec::Vec::new();
+    vecs.try_reserve_exact(iovcnt as usize).map_err(|_| Errno::ENOMEM)?;
+    vecs.resize(iovcnt as usize, (0u64, 0u64));
     let mut total = 0u64;
     for (i, v) in vecs.iter_mut().enumerate() {
         let [base, len] = uaccess::get_user::<[u64; 2]>(iov + 16 * i as u64)?;

@@ -102,7 +102,8 @@ pub fn put_user<T: Copy>(dst: u64, value: &T) -> Result<(), Errno> {
 
 /// Copies a NUL-terminated string of at most `max` bytes (without the NUL)
 /// from user memory (Linux `strncpy_from_user` + `getname`):
-/// `ENAMETOOLONG` if there is no NUL within `max`, `EFAULT` on a bad pointer.
+/// `ENAMETOOLONG` if there is no NUL within `max`, `EFAULT` on a bad pointer,
+/// `ENOMEM` if the kernel heap cannot hold the copy.
 pub fn strncpy_from_user(src: u64, max: usize) -> Result<alloc::string::String, Errno> {
     let mut out = alloc::vec::Vec::new();
     let mut byte = [0u8; 1];
@@ -111,6 +112,7 @@ pub fn strncpy_from_user(src: u64, max: usize) -> Result<alloc::string::String, 
         if byte[0] == 0 {
             return alloc::string::String::from_utf8(out).map_err(|_| Errno::ENOENT);
         }
+        out.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
         out.push(byte[0]);
     }
     Err(Errno::ENAMETOOLONG)
