@@ -184,6 +184,7 @@ impl FdTable {
         if self.fds.len() >= NR_OPEN {
             return Err(Errno::EMFILE);
         }
+        self.fds.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
         self.fds.push(Some(file));
         Ok(self.fds.len() as u64 - 1)
     }

@@ -1,24 +1,26 @@
 //! Freeing many blocks at once (Linux `free_unref_folios` / `release_pages`),
 //! with the contiguous runs of the batch merged before they reach a free list.
 //!
-//! A batch is grouped by max-order block (`pfn >> MAX_ORDER`: 4 MiB of memory,
-//! 32 KiB of `PageMeta`). A max-order block's share of at least
-//! [`BULK_MERGE_MIN`] handles is freed in two steps:
+//! * **Per-CPU lists**: as long as this CPU's lists stay below their `high` mark,
+//!   blocks go onto them through `free_pages`. Memory freed and soon allocated
+//!   again (an `munmap`, then page faults) stays on the fast path, cache-hot, as
+//!   in Linux. A batch that fits is freed this way and nothing else happens.
+//! * **Merged into the buddy**: a larger batch is sorted by max-order block
+//!   (`pfn >> MAX_ORDER`: 4 MiB of memory, 32 KiB of `PageMeta`), and each block's
+//!   share is freed together. The share first fills the lists up to just below
+//!   `high`; the rest, if it has at least [`BULK_MERGE_MIN`] handles, goes to the
+//!   buddy as a list above `high` would hand it anyway:
+//!   1. each handle is checked exactly as [`PageAlloc::free_pages`] checks it and
+//!      recorded in a 1024-bit map of the block;
+//!   2. under one zone lock, the map is cut into the largest aligned runs of freed
+//!      frames (at most a page block, `2^PAGEBLOCK_ORDER`), and each run enters the
+//!      buddy as *one* block through `__free_one_page`, which merges it with its
+//!      free buddies by the usual rules (migrate types, isolated blocks).
 //!
-//! 1. each handle is checked exactly as [`PageAlloc::free_pages`] checks it and
-//!    recorded in a 1024-bit map of the block;
-//! 2. under one zone lock, the map is cut into the largest aligned runs of freed
-//!    frames (at most a page block, `2^PAGEBLOCK_ORDER`), and each run enters the
-//!    buddy as *one* block through `__free_one_page`, which merges it with its
-//!    free buddies by the usual rules (migrate types, isolated blocks).
-//!
-//! Why: freeing `n` contiguous pages one by one costs `n - 1` free-list unlinks
-//! and links on scattered metadata to build the block that the map finds with a
-//! few word compares; and a page with no neighbour in the batch is merged while
-//! its block's metadata is in the cache. Such a share bypasses the per-CPU lists,
-//! as a per-CPU list above `high` would hand it to the buddy anyway; smaller shares
-//! (a few pages of a large batch, or a small batch) take the per-CPU path of
-//! `free_pages` and stay cache-hot for the next allocation.
+//!   Freeing `n` contiguous pages one by one costs `n - 1` free-list unlinks and
+//!   links on scattered metadata to build the block that the map finds with a few
+//!   word compares; a page with no neighbour in the batch is merged while its
+//!   block's metadata is in the cache.
 //!
 //! The result (which frames are free, counters) equals freeing the batch with
 //! `free_pages` in any order, up to where the free pages sit (buddy or per-CPU
@@ -36,8 +38,8 @@ use alloc::vec::Vec;
 /// ones touch few enough metadata lines that grouping would not pay.
 pub const BULK_SORT_MIN: usize = 64;
 
-/// A max-order block's share of a batch goes through the run map to the buddy from
-/// this many handles on; fewer are freed one by one (per-CPU lists).
+/// A max-order block's share of a batch may go through the run map to the buddy
+/// from this many handles on; fewer are freed one by one (per-CPU lists).
 pub const BULK_MERGE_MIN: usize = 8;
 
 /// A `Vec` lent to [`PageAlloc::free_pages_bulk`]: the handles are freed and the
@@ -71,6 +73,8 @@ const MAP_WORDS: usize = BLOCK_PAGES / 64;
 
 /// Metadata prefetch distance (handles) while checking a group.
 const PREFETCH_AHEAD: usize = 8;
+/// Handles whose metadata is prefetched together before they are freed one by one.
+const PREFETCH_CHUNK: usize = 16;
 
 /// Which frames of one max-order block a batch frees (bit `i`: frame `base + i`).
 struct RunMap([u64; MAP_WORDS]);
@@ -131,20 +135,37 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     /// Frees many blocks (Linux `free_unref_folios` / `release_pages`) with the same
     /// checks as `free_pages` on each block (a bad or doubly freed block is
     /// reported through `AllocHooks::bad_page` and leaked, never applied twice)
-    /// and the same counters; where the batch holds many blocks of the same 4 MiB,
-    /// their contiguous runs are merged first and enter the buddy as one block (see
-    /// the module documentation).
+    /// and the same counters.
+    ///
+    /// A batch that this CPU's per-CPU lists can take below `high` is freed block
+    /// by block onto them. A larger one of more than [`BULK_SORT_MIN`] blocks is
+    /// first sorted in place by max-order block (no allocation), so that each
+    /// 4 MiB block's share is freed together while its metadata (32 KiB) is in
+    /// L1/L2; what the lists cannot take is merged into the buddy in runs (see the
+    /// module documentation).
     ///
     /// Takes the batch by value as anything that is both a mutable slice and an
-    /// iterator of its elements (`Vec<Pages>`, `[Pages; N]`, [`DrainVec`]). A batch of more than
-    /// [`BULK_SORT_MIN`] blocks is first sorted in place by max-order block (no
-    /// allocation), so that each 4 MiB block's share is freed together: its
-    /// metadata (32 KiB) stays in L1/L2 meanwhile, and its runs are found.
+    /// iterator of its elements (`Vec<Pages>`, `[Pages; N]`, [`DrainVec`]).
     pub fn free_pages_bulk<B>(&self, mut pages: B)
     where
         B: core::borrow::BorrowMut<[Pages]> + IntoIterator<Item = Pages>,
     {
         let batch = pages.borrow_mut();
+        let nr_pages: u64 = batch.iter().map(Pages::nr_pages).sum();
+        if nr_pages <= self.zones.iter().map(|z| self.pcp_room(z)).min().unwrap_or(0) as u64 {
+            // All of it fits on the per-CPU lists: nothing to sort or merge.
+            self.free_each(batch);
+        } else {
+            self.free_grouped(batch);
+        }
+        // Every handle was consumed above, by its pfn and order.
+        pages.into_iter().for_each(core::mem::forget);
+    }
+
+    /// Frees a batch by 4 MiB block: each block's share to the per-CPU lists while
+    /// they have room, the rest merged into the buddy. Consumes the handles (the
+    /// caller forgets them).
+    fn free_grouped(&self, batch: &mut [Pages]) {
         if batch.len() > BULK_SORT_MIN {
             // In place, no allocation (`core`'s pattern-defeating quicksort); the key
             // has few distinct values (one per 4 MiB), which that sort handles well.
@@ -156,24 +177,33 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
             let key = batch[i].pfn().0 >> MAX_ORDER;
             let n = batch[i..].iter().take_while(|p| p.pfn().0 >> MAX_ORDER == key).count();
             let group = &batch[i..i + n];
-            if n >= BULK_MERGE_MIN {
-                self.free_block_share_merged(group);
-            } else {
-                self.free_block_share_each(group);
-            }
             i += n;
+            if n < BULK_MERGE_MIN {
+                self.free_each(group);
+                continue;
+            }
+            // The handles that fit below `high` go to the per-CPU lists, the rest
+            // is merged into the buddy.
+            let mut room = self.pcp_room(&self.zones[self.zone_idx(key << MAX_ORDER)]) as u64;
+            let to_pcp = group.iter().take_while(|p| room.checked_sub(p.nr_pages()).map(|r| room = r).is_some()).count();
+            self.free_each(&group[..to_pcp]);
+            match &group[to_pcp..] {
+                rest if rest.len() >= BULK_MERGE_MIN => self.free_block_share_merged(rest),
+                rest => self.free_each(rest),
+            }
         }
-        // Every handle was consumed above, by its pfn and order.
-        pages.into_iter().for_each(core::mem::forget);
     }
 
-    /// A few blocks: `free_pages` on each, their metadata prefetched first.
-    fn free_block_share_each(&self, group: &[Pages]) {
-        for p in group {
-            self.prefetch_meta(p.pfn().0);
-        }
-        for p in group {
-            self.free_pages(Pages::new(p.pfn(), p.order()));
+    /// `free_pages` on each block, the metadata of the next few prefetched first.
+    /// Consumes the handles (the caller forgets them).
+    fn free_each(&self, blocks: &[Pages]) {
+        for chunk in blocks.chunks(PREFETCH_CHUNK) {
+            for p in chunk {
+                self.prefetch_meta(p.pfn().0);
+            }
+            for p in chunk {
+                self.free_pages(Pages::new(p.pfn(), p.order()));
+            }
         }
     }
 

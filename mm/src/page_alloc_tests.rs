@@ -923,11 +923,11 @@ fn sorted_bulk_free_of_shuffled_batch_merges_back_like_free_pages() {
     for (x, y) in [(after_b, before_b), (after_s, before_s)] {
         assert_eq!((x.pgalloc, x.fallback, x.polluting, x.steal, x.claim_block), (y.pgalloc, y.fallback, y.polluting, y.steal, y.claim_block));
     }
-    // Every frame was in the batch, so every page had its neighbours there: the
-    // runs went to the buddy whole, nothing waits on a per-CPU list, and memory is
-    // in maximal blocks before any drain.
-    assert_eq!(after_b.zones.iter().map(|z| z.pcp).sum::<u64>(), 0);
-    assert_eq!(free_by_order(&bulk)[MAX_ORDER], nr >> MAX_ORDER);
+    // The per-CPU lists took what fits below `high`; the rest went to the buddy in
+    // merged runs.
+    let high = bulk.pcp_room(&bulk.zones[0]) as u64 + 1 + after_b.zones[0].pcp;
+    let on_lists: u64 = after_b.zones.iter().map(|z| z.pcp).sum();
+    assert!(on_lists > 0 && on_lists <= 2 * high, "{on_lists} on the lists, high {high}");
     check(&bulk);
     bulk.drain_all_pages();
     single.drain_all_pages();
@@ -985,10 +985,8 @@ fn bulk_free_of_part_of_memory_equals_single_frees_after_drain() {
     }
     assert_eq!(bulk.stats().pgfree, single.stats().pgfree);
     assert!(n > 1000);
-    // Every 4 MiB share was large: runs and lone pages all went to the buddy, which
-    // already holds what the one-by-one frees reach only after a drain.
-    assert_eq!(bulk.stats().zones.iter().map(|z| z.pcp).sum::<u64>(), 0);
     check(&bulk);
+    bulk.drain_all_pages();
     single.drain_all_pages();
     assert_eq!(free_by_order(&bulk), free_by_order(&single));
     for a in [&bulk, &single] {
@@ -1003,6 +1001,33 @@ fn bulk_free_of_part_of_memory_equals_single_frees_after_drain() {
         single.free_pages(y);
     }
     check(&bulk);
+}
+
+#[test]
+fn bulk_free_fills_the_per_cpu_lists_before_merging() {
+    let a = simple(8192, cfg());
+    let pcp = || a.stats().zones.iter().map(|z| z.pcp).sum::<u64>();
+    assert_eq!(pcp(), 0);
+    let high = a.pcp_room(&a.zones[0]) as u64 + 1; // empty lists: room = high - 1
+    let mut first: Vec<Pages> = (0..high + 30).map(|_| a.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
+    let second = first.split_off(high as usize - 10); // 40 pages, room left for 10
+    let block = |v: &[Pages]| v.iter().map(|p| p.pfn().0 >> MAX_ORDER).collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(block(&first).len(), 1, "one 4 MiB share each");
+    assert_eq!(block(&second).len(), 1);
+    a.drain_all_pages();
+    assert_eq!(pcp(), 0);
+    // Fits below `high`: onto the per-CPU lists, for the next allocations.
+    let n = first.len() as u64;
+    a.free_pages_bulk(first);
+    assert_eq!(pcp(), n);
+    // Does not fit any more: the lists are filled up to just below `high` (no
+    // trim), the other 31 pages are merged into the buddy.
+    let before = check(&a).free;
+    a.free_pages_bulk(second);
+    assert_eq!(pcp(), high - 1);
+    assert_eq!(check(&a).free - before, 31);
+    check(&a);
+    assert_restored(&a);
 }
 
 #[test]

@@ -180,6 +180,14 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         Some((slot, g))
     }
 
+    /// Pages this CPU's lists of zone `z` take before they reach `high` and are
+    /// trimmed (0 if this CPU has none). A snapshot: the caller only uses it to
+    /// choose a path.
+    pub(crate) fn pcp_room(&self, z: &Zone<P>) -> u32 {
+        let Some((slot, pcp)) = self.pcp_lock_zone(z, false) else { return 0 };
+        pcp.high.saturating_sub(slot.count.load(Relaxed) + 1)
+    }
+
     /// Pops a block off this CPU's list `(order, mt)` without refilling: the
     /// allocation fast path. `None` if the list is empty (or a drain is pending).
     #[inline(always)]
