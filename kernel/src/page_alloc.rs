@@ -200,7 +200,59 @@ pub const COMMANDS: &[crate::console::Command] = &[
     crate::console::Command { name: "pageblocks", args: "", help: "page-block map: one character per 2 MiB block", run: cmd_pageblocks },
     crate::console::Command { name: "vmstat", args: "", help: "allocator event counters, like /proc/vmstat", run: cmd_vmstat },
     crate::console::Command { name: "compact", args: "", help: "compact memory now (migrate movable pages)", run: cmd_compact },
+    crate::console::Command {
+        name: "fragmentation",
+        args: "[ROUNDS] [full]",
+        help: "the Weiner/Gorman experiment on a private allocator (simulation: page metadata only)",
+        run: cmd_fragmentation,
+    },
 ];
+
+/// Most rounds `fragmentation` accepts (each costs seconds under emulation).
+const FRAG_MAX_ROUNDS: usize = 50;
+
+/// `fragmentation [ROUNDS] [full]`: the Weiner / Gorman experiment of
+/// `mm::fragtest`, the same code as `cargo run --release -p mm --example
+/// fragmentation`, on a private allocator over page metadata only (never the
+/// kernel's own allocator), ROUNDS (default 15) rounds per configuration, with
+/// progress after each round. By default a quarter of the host's memory and
+/// steps (`FragConfig::quarter`: about a minute under TCG; with 16 page blocks
+/// it shows more fallbacks than the full size); `full` runs the host's size,
+/// four times longer, and prints the host's tables number for number.
+fn cmd_fragmentation(args: &str) {
+    use mm::fragtest::{self, FragConfig};
+    let mut words = args.split_whitespace();
+    let rounds = match words.next() {
+        None => 15,
+        Some(a) => match a.parse::<usize>() {
+            Ok(r @ 1..=FRAG_MAX_ROUNDS) => r,
+            _ => return crate::println!("fragmentation: ROUNDS must be 1..={FRAG_MAX_ROUNDS}"),
+        },
+    };
+    let cfg = match (words.next(), words.next()) {
+        (None, _) => FragConfig::quarter(rounds),
+        (Some("full"), None) => FragConfig { rounds, ..FragConfig::default() },
+        _ => return crate::println!("fragmentation: usage: fragmentation [ROUNDS] [full]"),
+    };
+    crate::println!(
+        "fragmentation: simulation on a private allocator ({} MiB of page metadata only; the kernel's allocator is not touched), {} rounds of {} steps, {} order-9 requests per round; same code as the host program",
+        cfg.nr_pages * 4096 >> 20,
+        cfg.rounds,
+        cfg.steps_per_round,
+        cfg.thp_burst
+    );
+    let mut results = alloc::vec::Vec::new();
+    for (name, config) in fragtest::configurations() {
+        crate::print!("{name}: round");
+        let run = fragtest::run(name, &cfg, config, |r| crate::print!(" {r}"));
+        crate::println!();
+        match run {
+            Ok(r) => results.push(r),
+            Err(e) => return crate::println!("fragmentation: {name}: {e:?}"),
+        }
+    }
+    let _ = fragtest::report(&results, cfg.thp_burst, &mut crate::serial::Writer);
+}
 
 fn print_with(f: impl FnOnce(&mut crate::serial::Writer) -> core::fmt::Result) {
     if !is_ready() {

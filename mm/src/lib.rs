@@ -20,6 +20,7 @@ pub mod fail_page_alloc;
 pub mod gfp;
 pub mod page;
 pub mod page_alloc;
+pub mod fragtest;
 pub mod page_alloc_bulk;
 pub mod page_alloc_locks;
 pub mod pageblock;
