@@ -1,4 +1,4 @@
-//! In-kernel tests of the page allocator over real memory: every order,
+//! In-kernel tests of the page allocator over real memory: every order, bulk free,
 //! `__GFP_ZERO`, exhaustion, and the NMI-safety proof of
 //! `try_alloc_pages()` / `free_pages_nolock()` with a real NMI (self-IPI
 //! through the local APIC) and with a timer interrupt hammering both calls
