@@ -13,10 +13,9 @@
 //! allocator in named functions (`icount_*`), for `valgrind --tool=callgrind`.
 
 mod util;
-use util::{median, rdtsc, CpuLocal, Rng};
+use util::{fragment, median, rdtsc, CpuLocal};
 use std::alloc::Layout;
 use std::hint::black_box;
-use std::ptr::NonNull;
 
 use mm::addr::Pfn;
 use mm::gfp::GFP_KERNEL;
@@ -118,24 +117,6 @@ fn talc_heap() -> &'static mut talc::Talc<talc::ErrOnOom> {
     // SAFETY: `mem` is leaked, so it is valid and unused by anything else forever.
     unsafe { t.claim(talc::Span::from(mem)).unwrap() };
     t
-}
-
-/// Mixed-size warm-up: 20000 allocations of 8..2048 bytes, every other one freed.
-/// `op(Ok(layout))` allocates, `op(Err((ptr, layout)))` frees.
-fn fragment(mut op: impl FnMut(Result<Layout, (NonNull<u8>, Layout)>) -> Option<NonNull<u8>>) {
-    let mut rng = Rng(12345);
-    let mut v = Vec::new();
-    for _ in 0..20_000 {
-        let l = Layout::from_size_align(8 + (rng.next() % 2040) as usize, 8).unwrap();
-        v.push((op(Ok(l)).unwrap(), l));
-    }
-    for (i, (p, l)) in v.into_iter().enumerate() {
-        if i % 2 == 0 {
-            op(Err((p, l)));
-        } else {
-            let _ = p; // stays live for the rest of the run
-        }
-    }
 }
 
 fn fragment_slab<P: Platform>(k: &'static Slab<P>) {

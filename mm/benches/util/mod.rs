@@ -1,5 +1,10 @@
 //! Shared measuring helpers of the `mm` benchmarks: a serialised TSC read,
-//! the median, a tiny deterministic PRNG, and the kernel's CPU-local platform.
+//! the median, a tiny deterministic PRNG, the kernel's CPU-local platform, and the
+//! fragmenting warm-up of the heap benchmarks. Each bench uses a part of it.
+#![allow(dead_code)]
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
 
 /// The time-stamp counter, fenced on both sides so the measured code cannot
 /// move across the read.
@@ -47,3 +52,22 @@ impl mm::sync::Platform for CpuLocal {
     fn irq_restore(_: ()) {}
     const CPU_LOCAL: bool = true;
 }
+
+/// Mixed-size warm-up: 20000 allocations of 8..2048 bytes, every other one freed.
+/// `op(Ok(layout))` allocates, `op(Err((ptr, layout)))` frees.
+pub fn fragment(mut op: impl FnMut(Result<Layout, (NonNull<u8>, Layout)>) -> Option<NonNull<u8>>) {
+    let mut rng = Rng(12345);
+    let mut v = Vec::new();
+    for _ in 0..20_000 {
+        let l = Layout::from_size_align(8 + (rng.next() % 2040) as usize, 8).unwrap();
+        v.push((op(Ok(l)).unwrap(), l));
+    }
+    for (i, (p, l)) in v.into_iter().enumerate() {
+        if i % 2 == 0 {
+            op(Err((p, l)));
+        } else {
+            let _ = p; // stays live for the rest of the run
+        }
+    }
+}
+
