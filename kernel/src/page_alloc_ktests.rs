@@ -12,6 +12,7 @@ use mm::addr::{Pfn, PAGE_SIZE};
 use mm::gfp::{GFP_KERNEL, __GFP_NOWARN, __GFP_ZERO};
 use mm::page_alloc::{AllocError, Pages, MAX_ORDER, NUMA_NO_NODE, PCP_MAX_ORDER};
 use mm::page_alloc_bulk::DrainVec;
+use mm::rng::XorShift64;
 
 use crate::arch::x86_64::{apic, pit, trap};
 use crate::ktest::KResult;
@@ -95,13 +96,7 @@ fn bulk_free_of_a_shuffled_batch_merges_and_loses_nothing() -> KResult {
     for _ in 0..NR {
         batch.push(a.alloc_pages(GFP_KERNEL, 0).map_err(|_| "allocation failed")?);
     }
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    for i in (1..batch.len()).rev() {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        batch.swap(i, (seed % (i as u64 + 1)) as usize);
-    }
+    XorShift64(0x9e37_79b9_7f4a_7c15).shuffle(&mut batch);
     // SAFETY (test): a second handle to a block that is in the batch, to check that
     // the bulk path refuses the double free instead of freeing the block twice.
     batch.push(unsafe { Pages::from_raw(batch[7].pfn(), 0) });
@@ -265,19 +260,17 @@ fn timer_irq_hammers_nolock_pair_while_allocating() -> KResult {
     pit::set_frequency(1000);
     pit::set_tick_hook(Some(hammer_tick));
     let start = crate::time::uptime_ns().unwrap_or(0);
-    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut rng = XorShift64(0x2545_f491_4f6c_dd1d);
     let mut held: Vec<Pages> = Vec::with_capacity(64);
     let mut normal_ops = 0u64;
     while crate::time::uptime_ns().unwrap_or(u64::MAX) - start < RUN_NS {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        if held.len() < 64 && (rng & 1 == 0 || held.is_empty()) {
-            if let Ok(p) = a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, (rng >> 8) as usize % 5) {
+        let r = rng.next();
+        if held.len() < 64 && (r & 1 == 0 || held.is_empty()) {
+            if let Ok(p) = a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, (r >> 8) as usize % 5) {
                 held.push(p);
             }
         } else {
-            let i = (rng >> 16) as usize % held.len();
+            let i = (r >> 16) as usize % held.len();
             a.free_pages(held.swap_remove(i));
         }
         normal_ops += 1;

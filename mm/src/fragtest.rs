@@ -25,6 +25,7 @@ use crate::compaction::{MigrateOps, Migration};
 use crate::gfp::{__GFP_MOVABLE, __GFP_NOWARN, __GFP_RECLAIMABLE, GFP_HIGHUSER_MOVABLE, GFP_KERNEL, GFP_TRANSHUGE};
 use crate::page::{PageMeta, Rmap};
 use crate::page_alloc::{AllocConfig, NoHooks, NoPhysMem, PageAlloc, Pages};
+use crate::rng::XorShift64;
 use crate::sync::{HostPlatform, SpinLock};
 
 /// The size of one experiment.
@@ -99,20 +100,6 @@ pub enum FragError {
     Inconsistent,
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Owner of the movable pages: id -> handle, pfn -> id (migration changes pfns).
 struct AnonOwner {
     inner: SpinLock<(BTreeMap<u64, Pages>, BTreeMap<u64, u64>), HostPlatform>,
@@ -148,7 +135,7 @@ struct Workload<'w, 'a> {
     owner: &'w AnonOwner,
     ops: crate::page::MovableOpsId,
     cfg: FragConfig,
-    rng: Rng,
+    rng: XorShift64,
     expiry: BinaryHeap<Reverse<(u64, u64)>>,
     held: BTreeMap<u64, Held>,
     next_id: u64,
@@ -276,7 +263,7 @@ pub fn run(
         owner: &owner,
         ops,
         cfg: *cfg,
-        rng: Rng(0x5eed_1234_abcd_ef01),
+        rng: XorShift64(0x5eed_1234_abcd_ef01),
         expiry: BinaryHeap::new(),
         held: BTreeMap::new(),
         next_id: 0,

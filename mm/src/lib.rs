@@ -37,6 +37,7 @@ pub mod tlb;
 pub mod slab;
 
 pub mod overflow;
+pub mod rng;
 pub mod sched_mm;
 pub mod shrinker;
 pub mod vmalloc;

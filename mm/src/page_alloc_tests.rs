@@ -863,13 +863,8 @@ fn pipelined_bulk_free_merges_everything() {
 // ------------------------------------- bulk free grouped by max-order block
 
 /// xorshift64 Fisher-Yates shuffle (deterministic).
-fn shuffle<T>(v: &mut [T], mut seed: u64) {
-    for i in (1..v.len()).rev() {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        v.swap(i, (seed % (i as u64 + 1)) as usize);
-    }
+fn shuffle<T>(v: &mut [T], seed: u64) {
+    crate::rng::XorShift64(seed).shuffle(v)
 }
 
 /// Free blocks per order, summed over migrate types (independent of the order in

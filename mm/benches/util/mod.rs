@@ -27,16 +27,7 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// xorshift64: reproducible pseudo-random numbers.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+pub use mm::rng::XorShift64 as Rng;
 
 /// The kernel's configuration on the host: one CPU whose per-CPU lists and caches
 /// are protected by a plain flag (`CPU_LOCAL`, Linux `local_lock`) instead of an

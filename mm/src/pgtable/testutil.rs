@@ -151,19 +151,5 @@ pub(crate) fn va(addr: u64) -> VirtAddr {
     VirtAddr::try_new(addr).expect("canonical test address")
 }
 
-/// A tiny deterministic PRNG (xorshift64*).
-pub(crate) struct Rng(pub(crate) u64);
-
-impl Rng {
-    pub(crate) fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+/// The tests' deterministic PRNG.
+pub(crate) use crate::rng::XorShift64Star as Rng;

@@ -81,15 +81,7 @@ fn bytes(p: NonNull<u8>, len: usize) -> Vec<u8> {
     unsafe { core::slice::from_raw_parts(p.as_ptr(), len) }.to_vec()
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+use crate::rng::XorShift64 as Rng;
 
 /// Linux's alignment guarantee: power-of-two sizes aligned to their size, 96 to 32,
 /// 192 to 64, everything to ARCH_KMALLOC_MINALIGN.

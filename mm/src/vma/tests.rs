@@ -1188,23 +1188,7 @@ fn hostile_inputs_never_panic_and_keep_invariants() {
 
 // ----- property tests against a per-page model -------------------------------------
 
-/// xorshift64*: small, deterministic, good enough to drive the tests.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, one_in: u64) -> bool {
-        self.below(one_in) == 0
-    }
-}
+use crate::rng::XorShift64Star as Rng;
 
 /// What the model knows about one page of the window.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
