@@ -145,6 +145,8 @@ fn console_shows_allocator_state_in_linux_formats() {
         step("mm> ", "ptdump 0x8000000000000\n"),
         step("mm> ", "vmallocinfo\n"),
         step("mm> ", "vmalloc-bench 3\n"),
+        step("mm> ", "vmalloc-bench 99999999999999\n"),
+        step("mm> ", "kmalloc-bench 0\n"),
         step("mm> ", "slabinfo\n"),
         step("mm> ", "drop_caches 3\n"),
         step("mm> ", "drop_caches 6\n"),
@@ -165,6 +167,9 @@ fn console_shows_allocator_state_in_linux_formats() {
     assert!(run.output.contains("ptdump: need a canonical virtual address"), "non-canonical address accepted");
     assert!(run.output.contains("VmallocUsed:"), "vmallocinfo summary missing");
     assert!(run.output.contains("vmalloc+vfree  1024 KiB: median"), "vmalloc-bench output missing");
+    // A count beyond the bound is refused (it used to size a vector: a kernel panic).
+    assert!(run.output.contains("vmalloc-bench: ROUNDS must be 1..=10000"));
+    assert!(run.output.contains("kmalloc-bench: ROUNDS must be 1..=10000"));
     assert!(run.output.contains("slabinfo - version: 2.1"), "slabinfo header missing");
     // drop_caches logs who asked and the value, unless bit 4 is set.
     assert_eq!(run.output.matches("console (1): drop_caches: 3").count(), 1);

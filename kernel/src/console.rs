@@ -32,6 +32,27 @@ pub const COMMANDS: &[Command] = &[
     Command { name: "poweroff", args: "", help: "power the machine off", run: cmd_poweroff },
 ];
 
+/// A command's optional count argument: `default` when `word` is `None`, the number
+/// when it is one in `1..=max`; otherwise prints `CMD: NAME must be 1..=MAX` and
+/// returns `None`. The bound keeps a typed number from sizing an allocation or a loop
+/// beyond what the command can do.
+pub fn count_arg(cmd: &str, name: &str, word: Option<&str>, default: usize, max: usize) -> Option<usize> {
+    match word.map(str::parse::<usize>) {
+        None => Some(default),
+        Some(Ok(n)) if (1..=max).contains(&n) => Some(n),
+        Some(_) => {
+            println!("{cmd}: {name} must be 1..={max}");
+            None
+        }
+    }
+}
+
+/// `args` as a single optional word (`None` if empty; several words stay one word, so
+/// that a number parser rejects them).
+pub fn single_arg(args: &str) -> Option<&str> {
+    Some(args.trim()).filter(|a| !a.is_empty())
+}
+
 fn all_commands() -> impl Iterator<Item = &'static Command> {
     COMMAND_SETS.iter().flat_map(|set| set.iter())
 }

@@ -222,12 +222,8 @@ const FRAG_MAX_ROUNDS: usize = 50;
 fn cmd_fragmentation(args: &str) {
     use mm::fragtest::{self, FragConfig};
     let mut words = args.split_whitespace();
-    let rounds = match words.next() {
-        None => 15,
-        Some(a) => match a.parse::<usize>() {
-            Ok(r @ 1..=FRAG_MAX_ROUNDS) => r,
-            _ => return crate::println!("fragmentation: ROUNDS must be 1..={FRAG_MAX_ROUNDS}"),
-        },
+    let Some(rounds) = crate::console::count_arg("fragmentation", "ROUNDS", words.next(), 15, FRAG_MAX_ROUNDS) else {
+        return;
     };
     let cfg = match (words.next(), words.next()) {
         (None, _) => FragConfig::quarter(rounds),

@@ -233,12 +233,9 @@ fn bench_batch(pair: &mut impl FnMut()) -> u64 {
 /// and `struct page` array — against a `linked_list_allocator::Heap` over 1 MiB,
 /// their batches of 1000 pairs interleaved, ROUNDS (default 51) batches each.
 fn cmd_kmalloc_bench(args: &str) {
-    let rounds = match args.trim() {
-        "" => 51,
-        a => match a.parse::<usize>() {
-            Ok(r @ 1..=BENCH_MAX_ROUNDS) => r,
-            _ => return crate::println!("kmalloc-bench: ROUNDS must be 1..={BENCH_MAX_ROUNDS}"),
-        },
+    let word = crate::console::single_arg(args);
+    let Some(rounds) = crate::console::count_arg("kmalloc-bench", "ROUNDS", word, 51, BENCH_MAX_ROUNDS) else {
+        return;
     };
     let Ok(pages) = page_alloc().alloc_pages(GFP_KERNEL, 8) else {
         return crate::println!("kmalloc-bench: no 1 MiB block for the comparison heap");

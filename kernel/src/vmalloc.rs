@@ -180,8 +180,17 @@ fn bench_pair(size: usize, rounds: usize) -> Option<u64> {
     samples.get(rounds / 2).copied()
 }
 
+/// Most rounds `vmalloc-bench` accepts (bounds its sample vector; a 1 MiB pair costs
+/// about a million instructions).
+const VMALLOC_BENCH_MAX_ROUNDS: usize = 10_000;
+
+/// `vmalloc-bench [ROUNDS]`: median TSC ticks (instructions under `--icount`) of
+/// ROUNDS (default 101) vmalloc+vfree pairs of 64 KiB and of 1 MiB.
 fn cmd_vmalloc_bench(args: &str) {
-    let rounds = args.trim().parse::<usize>().ok().filter(|&r| r > 0).unwrap_or(101);
+    let word = crate::console::single_arg(args);
+    let Some(rounds) = crate::console::count_arg("vmalloc-bench", "ROUNDS", word, 101, VMALLOC_BENCH_MAX_ROUNDS) else {
+        return;
+    };
     // One warm-up pair so the area list and page tables exist.
     let _ = bench_pair(4096, 1);
     for size in [64usize << 10, 1 << 20] {
