@@ -216,9 +216,10 @@ const FRAG_MAX_ROUNDS: usize = 50;
 /// fragmentation`, on a private allocator over page metadata only (never the
 /// kernel's own allocator), ROUNDS (default 15) rounds per configuration, with
 /// progress after each round. By default a quarter of the host's memory and
-/// steps (`FragConfig::quarter`: about a minute under TCG; with 16 page blocks
-/// it shows more fallbacks than the full size); `full` runs the host's size,
-/// four times longer, and prints the host's tables number for number.
+/// steps with a smaller spike (`FragConfig::quarter`: about a minute under TCG;
+/// it shows defrag mode keeping every block pure, as the full size does); `full`
+/// runs the host's size, four times longer, and prints the host's tables number
+/// for number.
 fn cmd_fragmentation(args: &str) {
     use mm::fragtest::{self, FragConfig};
     let mut words = args.split_whitespace();
