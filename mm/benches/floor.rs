@@ -4,7 +4,8 @@
 //! than `buddy_system_allocator::FrameAllocator`" and "kmalloc pair ≥ 5× faster than
 //! `linked_list_allocator`" ask for a fixed ratio to a peer. This program measures, in
 //! the same process and harness as the peers (batches of 1000 pairs between
-//! `lfence; rdtsc; lfence`, the contenders' batches interleaved, median of 501), the
+//! `lfence; rdtsc; lfence`, the contenders' batches interleaved, median of 501: the
+//! harness of `benches/util`), the
 //! cheapest code that still does what *any* allocator with that interface must do:
 //!
 //! * **page floor**: a per-CPU order-0 pair with per-migrate-type lists (what the
@@ -22,7 +23,7 @@
 //! See docs/benchmarks.md.
 
 mod util;
-use util::{fragment, median, rdtsc, CpuLocal};
+use util::{fragment, pair_cycles4, CpuLocal};
 use std::alloc::Layout;
 use std::hint::black_box;
 
@@ -32,54 +33,9 @@ use mm::gfp::GFP_KERNEL;
 use mm::page::PageMeta;
 use mm::page_alloc::{AllocConfig, NoHooks, NoPhysMem, PageAlloc, Pages};
 use mm::slab::{ArenaDirectMap, Kmalloc, SlabConfig, kmalloc_index, NR_KMALLOC_CACHES};
+use mm::sync::{HostPlatform, Platform};
 
-const SAMPLES: usize = 501;
-const BATCH: usize = 1000;
 const NR_FRAMES: u64 = 65536;
-
-/// Cycles per pair of one batch.
-#[inline(always)]
-fn batch_cycles(pair: &mut impl FnMut()) -> f64 {
-    let t0 = rdtsc();
-    for _ in 0..BATCH {
-        pair();
-    }
-    (rdtsc() - t0) as f64 / BATCH as f64
-}
-
-/// Median cycles per pair of three contenders, their batches interleaved.
-fn interleaved3(mut a: impl FnMut(), mut b: impl FnMut(), mut c: impl FnMut()) -> [f64; 3] {
-    for _ in 0..4 {
-        batch_cycles(&mut a);
-        batch_cycles(&mut b);
-        batch_cycles(&mut c);
-    }
-    let mut v: [Vec<f64>; 3] = Default::default();
-    for _ in 0..SAMPLES {
-        v[0].push(batch_cycles(&mut a));
-        v[1].push(batch_cycles(&mut b));
-        v[2].push(batch_cycles(&mut c));
-    }
-    v.map(median)
-}
-
-/// Median cycles per pair of four contenders, their batches interleaved.
-fn interleaved4(mut a: impl FnMut(), mut b: impl FnMut(), mut c: impl FnMut(), mut d: impl FnMut()) -> [f64; 4] {
-    for _ in 0..4 {
-        batch_cycles(&mut a);
-        batch_cycles(&mut b);
-        batch_cycles(&mut c);
-        batch_cycles(&mut d);
-    }
-    let mut v: [Vec<f64>; 4] = Default::default();
-    for _ in 0..SAMPLES {
-        v[0].push(batch_cycles(&mut a));
-        v[1].push(batch_cycles(&mut b));
-        v[2].push(batch_cycles(&mut c));
-        v[3].push(batch_cycles(&mut d));
-    }
-    v.map(median)
-}
 
 // ------------------------------------------------------------------ page floor
 
@@ -125,19 +81,26 @@ impl PcpFloor {
     }
 }
 
-fn page_floor() -> [f64; 3] {
-    // Ours and the peer in the bench's fragmented state (4096 frames allocated, every
-    // other one freed again): the peer's cheapest state, where it neither splits nor
-    // merges.
+/// Our allocator over `NR_FRAMES` in the bench's fragmented state: 4096 frames
+/// allocated, every other one freed again. Returns it and the frames kept.
+fn fragmented_ours<P: Platform>() -> (&'static PageAlloc<'static, P>, Vec<Pages>) {
     let metas = Box::leak((0..NR_FRAMES).map(|_| PageMeta::new()).collect::<Vec<_>>().into_boxed_slice());
     let cfg = AllocConfig { min_free_kbytes: Some(0), ..AllocConfig::default() };
-    let ours: &'static PageAlloc<'static, CpuLocal> =
+    let a: &'static PageAlloc<'static, P> =
         Box::leak(Box::new(PageAlloc::new(metas, Pfn(0), &[Pfn(0)..Pfn(NR_FRAMES)], &NoPhysMem, &NoHooks, cfg).unwrap()));
-    let held: Vec<Pages> = (0..4096).map(|_| ours.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
+    let held: Vec<Pages> = (0..4096).map(|_| a.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
     let mut keep = Vec::new();
     for (i, p) in held.into_iter().enumerate() {
-        if i % 2 == 0 { ours.free_pages(p) } else { keep.push(p) }
+        if i % 2 == 0 { a.free_pages(p) } else { keep.push(p) }
     }
+    (a, keep)
+}
+
+/// `[ours CPU-local, ours with the atomic host lock, FrameAllocator, floor]`, all in
+/// the same fragmented state (for the peer its cheapest: it neither splits nor merges).
+fn page_floor() -> [f64; 4] {
+    let (local, keep_local) = fragmented_ours::<CpuLocal>();
+    let (host, keep_host) = fragmented_ours::<HostPlatform>();
     let mut fa = FrameAllocator::<32>::new();
     fa.add_frame(0, NR_FRAMES as usize);
     let fa_held: Vec<usize> = (0..4096).map(|_| fa.alloc(1).unwrap()).collect();
@@ -145,10 +108,14 @@ fn page_floor() -> [f64; 3] {
         fa.dealloc(*f, 1);
     }
     let mut floor = Box::new(PcpFloor::new());
-    let r = interleaved3(
+    let r = pair_cycles4(
         || {
-            let p = ours.alloc_pages(GFP_KERNEL, 0).unwrap();
-            ours.free_pages(black_box(p));
+            let p = local.alloc_pages(GFP_KERNEL, 0).unwrap();
+            local.free_pages(black_box(p));
+        },
+        || {
+            let p = host.alloc_pages(GFP_KERNEL, 0).unwrap();
+            host.free_pages(black_box(p));
         },
         || {
             let f = fa.alloc(1).unwrap();
@@ -159,7 +126,8 @@ fn page_floor() -> [f64; 3] {
             floor.free(black_box(p));
         },
     );
-    keep.into_iter().for_each(|p| ours.free_pages(p));
+    keep_local.into_iter().for_each(|p| local.free_pages(p));
+    keep_host.into_iter().for_each(|p| host.free_pages(p));
     r
 }
 
@@ -255,7 +223,7 @@ fn slab_floor(size: usize, warm: bool) -> [f64; 4] {
     }
     let mut floor = Box::new(SlabFloor::new());
     let layout = Layout::from_size_align(size, 8).unwrap();
-    interleaved4(
+    pair_cycles4(
         || {
             let p = ours.kmalloc(black_box(size), GFP_KERNEL).unwrap();
             ours.kfree(black_box(p)).unwrap();
@@ -280,11 +248,16 @@ fn slab_floor(size: usize, warm: bool) -> [f64; 4] {
 fn main() {
     println!("| pair | ours | peer | floor | peer / floor | target ratio | ours / floor |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    let [ours, fa, floor] = page_floor();
+    let [ours, host, fa, floor] = page_floor();
     println!(
         "| order-0 page, `FrameAllocator` (fragmented) | {ours:.1} | {fa:.1} | {floor:.1} | {:.2}x | 10x | {:.2}x |",
         fa / floor,
         ours / floor
+    );
+    println!(
+        "| same, ours with the atomic host lock | {host:.1} | {fa:.1} | {floor:.1} | {:.2}x | 10x | {:.2}x |",
+        fa / floor,
+        host / floor
     );
     for (warm, state) in [(false, "fresh"), (true, "after warm-up")] {
         for size in [32, 256] {

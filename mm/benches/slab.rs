@@ -13,7 +13,7 @@
 //! allocator in named functions (`icount_*`), for `valgrind --tool=callgrind`.
 
 mod util;
-use util::{fragment, median, rdtsc, CpuLocal};
+use util::{fragment, pair_cycles2, pair_cycles4, CpuLocal};
 use std::alloc::Layout;
 use std::hint::black_box;
 
@@ -26,69 +26,9 @@ use mm::sync::{HostPlatform, Platform};
 
 const NR_PAGES: u64 = 16384; // 64 MiB
 const HEAP_BYTES: usize = 64 << 20;
-const SAMPLES: usize = 501;
-const BATCH: usize = 1000;
 const ICOUNT_PAIRS: usize = 100_000;
 
 type Slab<P> = Kmalloc<'static, PageAlloc<'static, P>, ArenaDirectMap, P>;
-
-/// Cycles per pair of one batch.
-#[inline(always)]
-fn batch_cycles(pair: &mut impl FnMut()) -> f64 {
-    let t0 = rdtsc();
-    for _ in 0..BATCH {
-        pair();
-    }
-    (rdtsc() - t0) as f64 / BATCH as f64
-}
-
-/// Above this many cycles per pair in the warm-up, an allocator gets only
-/// [`SLOW_SAMPLES`] batches (linked_list_allocator's fragmented 4 KiB pair costs ~3M
-/// cycles: 501 batches of it would take ~10 minutes).
-const SLOW_PAIR_CYCLES: f64 = 100_000.0;
-const SLOW_SAMPLES: usize = 11;
-
-/// Median cycles per pair of four allocators, their batches interleaved.
-fn pair_cycles4(mut a: impl FnMut(), mut b: impl FnMut(), mut c: impl FnMut(), mut d: impl FnMut()) -> [f64; 4] {
-    let mut warm = [0.0f64; 4];
-    for _ in 0..4 {
-        warm[0] = batch_cycles(&mut a);
-        warm[1] = batch_cycles(&mut b);
-        warm[2] = batch_cycles(&mut c);
-        warm[3] = batch_cycles(&mut d);
-    }
-    let n = warm.map(|w| if w > SLOW_PAIR_CYCLES { SLOW_SAMPLES } else { SAMPLES });
-    let mut v: [Vec<f64>; 4] = Default::default();
-    for i in 0..SAMPLES {
-        if i < n[0] {
-            v[0].push(batch_cycles(&mut a));
-        }
-        if i < n[1] {
-            v[1].push(batch_cycles(&mut b));
-        }
-        if i < n[2] {
-            v[2].push(batch_cycles(&mut c));
-        }
-        if i < n[3] {
-            v[3].push(batch_cycles(&mut d));
-        }
-    }
-    v.map(median)
-}
-
-/// Median cycles per pair of two allocators, their batches interleaved.
-fn pair_cycles2(mut a: impl FnMut(), mut b: impl FnMut()) -> [f64; 2] {
-    for _ in 0..4 {
-        batch_cycles(&mut a);
-        batch_cycles(&mut b);
-    }
-    let mut v: [Vec<f64>; 2] = Default::default();
-    for _ in 0..SAMPLES {
-        v[0].push(batch_cycles(&mut a));
-        v[1].push(batch_cycles(&mut b));
-    }
-    v.map(median)
-}
 
 fn slab<P: Platform>(config: SlabConfig) -> &'static Slab<P> {
     let metas = Box::leak((0..NR_PAGES).map(|_| PageMeta::new()).collect::<Vec<_>>().into_boxed_slice());
