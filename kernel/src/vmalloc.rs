@@ -90,8 +90,13 @@ pub fn kernel_root() -> Option<Pfn> {
 
 fn with_deps<R>(f: impl FnOnce(&VmallocDeps<'_, KernelPageAlloc, SpinLock<KernelSpace, KernelPlatform>, ScopedHeap<'_>, X86Tlb>) -> R) -> R {
     let kernel_pt = KERNEL_SPACE.get().expect("vmalloc::init ran at boot");
-    let book = ScopedHeap { scope: &MEMALLOC_SCOPE };
+    let book = ScopedHeap { scope: &MEMALLOC_SCOPE, nofail_stall: bookkeeping_stall };
     f(&VmallocDeps { alloc: page_alloc(), kernel_pt, book: &book, tlb: &TLB })
+}
+
+/// A `__GFP_NOFAIL` vmalloc keeps failing to allocate its bookkeeping.
+fn bookkeeping_stall(gfp: Gfp, capacity: usize, tries: u64) {
+    log::warn!("vmalloc: bookkeeping allocation loops for long: {} entries, mode:{:?}, {} tries (__GFP_NOFAIL keeps trying)", capacity, gfp, tries);
 }
 
 /// Linux `vmalloc(size)` with explicit flags: virtually contiguous, physically

@@ -365,6 +365,11 @@ pub trait PtAlloc {
     }
     /// Metadata of a frame (the live-entry count of page-table pages, anon mapcounts).
     fn page(&self, pfn: Pfn) -> Option<&PageMeta>;
+    /// Frames the allocator manages (Linux `totalram_pages()`); vmalloc refuses larger
+    /// requests. Unknown: `u64::MAX`.
+    fn totalram_pages(&self) -> u64 {
+        u64::MAX
+    }
 }
 
 impl<P: Platform> PtAlloc for PageAlloc<'_, P> {
@@ -379,6 +384,9 @@ impl<P: Platform> PtAlloc for PageAlloc<'_, P> {
     }
     fn page(&self, pfn: Pfn) -> Option<&PageMeta> {
         PageAlloc::page(self, pfn)
+    }
+    fn totalram_pages(&self) -> u64 {
+        PageAlloc::totalram_pages(self)
     }
 }
 

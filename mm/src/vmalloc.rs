@@ -37,8 +37,19 @@
 //! permissive than the caller allowed, and fails (instead of aborting) on OOM.
 //! Those two allocations also happen *outside* every vmalloc lock (the busy list
 //! grows by allocating a larger vector first and swapping it in under the lock,
-//! Linux's "preload" pattern), so they may reclaim. `__GFP_NOFAIL` bookkeeping is
-//! retried a bounded number of times.
+//! Linux's "preload" pattern), so they may reclaim.
+//!
+//! # `__GFP_NOFAIL`
+//!
+//! As in Linux, `__GFP_NOFAIL` with direct reclaim never fails for lack of memory:
+//! the data pages and page tables loop in the page allocator, and the bookkeeping
+//! is retried until it succeeds, with [`VmallocBookkeeping::nofail_stall`] every
+//! [`NOFAIL_STALL_INTERVAL`] tries (the kernel logs it). Without reclaim
+//! (`GFP_NOWAIT | __GFP_NOFAIL`, which Linux does not support either) the
+//! bookkeeping gets [`NOFAIL_NORECLAIM_TRIES`] tries. Requests that can never be
+//! satisfied still fail whatever the flags, as in Linux: a size beyond all managed
+//! memory (`VmallocError::TooLarge`, Linux "exceeds total pages") or beyond the
+//! range, and an exhausted virtual range.
 //!
 //! # Failure and cleanup
 //!
@@ -68,7 +79,7 @@ use core::panic::Location;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::addr::{PAGE_SHIFT, PAGE_SIZE, Pfn};
-use crate::gfp::Gfp;
+use crate::gfp::{Gfp, gfpflags_allow_blocking};
 use crate::page_alloc::{AllocError, Pages};
 use crate::pgtable::{AddressSpace, MapError, PageSize, PteFlags, PtAlloc, PtMem, VirtAddr};
 use crate::pt_reclaim::PreallocError;
@@ -102,8 +113,12 @@ pub const PAGE_KERNEL: PteFlags = PteFlags::WRITABLE
     .union(PteFlags::GLOBAL)
     .union(PteFlags::NX);
 
-/// Attempts for `__GFP_NOFAIL` bookkeeping before giving up (Linux loops forever).
-const NOFAIL_RETRIES: usize = 16;
+/// Attempts for `__GFP_NOFAIL` bookkeeping that may not reclaim, before it fails
+/// (with reclaim it retries until it succeeds).
+pub const NOFAIL_NORECLAIM_TRIES: u64 = 16;
+/// `__GFP_NOFAIL` bookkeeping tries between two [`VmallocBookkeeping::nofail_stall`]
+/// calls.
+pub const NOFAIL_STALL_INTERVAL: u64 = 1000;
 
 /// Whether `va` lies in the default vmalloc range (Linux `is_vmalloc_addr`).
 pub const fn is_vmalloc_addr(va: VirtAddr) -> bool {
@@ -141,7 +156,7 @@ impl fmt::Display for Caller {
 pub enum VmallocError {
     /// Zero size, or the size overflows when rounded to pages.
     InvalidSize,
-    /// Larger than the whole range.
+    /// Larger than the whole range, or than all managed memory.
     TooLarge,
     /// No free virtual range large enough (plus guard page).
     NoVirtualSpace,
@@ -160,6 +175,9 @@ pub trait VmallocBookkeeping {
     /// An empty vector with room for exactly `capacity` elements, allocated no more
     /// permissively than `gfp` allows, or an error (never an abort).
     fn try_vec<T>(&self, gfp: Gfp, capacity: usize) -> Result<Vec<T>, AllocError>;
+    /// A `__GFP_NOFAIL` bookkeeping allocation has failed `tries` times and goes on
+    /// (Linux's "loops for long" warning). Default: nothing.
+    fn nofail_stall(&self, _gfp: Gfp, _capacity: usize, _tries: u64) {}
 }
 
 /// The kernel's bookkeeping: the global allocator under a scope made from `gfp`.
@@ -168,6 +186,9 @@ pub trait VmallocBookkeeping {
 pub struct ScopedHeap<'s> {
     /// The current task's allocation scope.
     pub scope: &'s MemallocScope,
+    /// Reports a `__GFP_NOFAIL` bookkeeping stall (the kernel logs it):
+    /// `(gfp, capacity, tries)`.
+    pub nofail_stall: fn(Gfp, usize, u64),
 }
 
 impl VmallocBookkeeping for ScopedHeap<'_> {
@@ -176,6 +197,9 @@ impl VmallocBookkeeping for ScopedHeap<'_> {
         let mut v = Vec::new();
         v.try_reserve_exact(capacity).map_err(|_| AllocError::NoMemory)?;
         Ok(v)
+    }
+    fn nofail_stall(&self, gfp: Gfp, capacity: usize, tries: u64) {
+        (self.nofail_stall)(gfp, capacity, tries)
     }
 }
 
@@ -417,7 +441,7 @@ impl<P: Platform> Vmalloc<P> {
         let nr_pages = bytes >> PAGE_SHIFT;
         // Plus the guard page.
         let area_size = bytes.checked_add(PAGE_SIZE).ok_or(VmallocError::TooLarge)?;
-        if area_size > self.end - self.start {
+        if area_size > self.end - self.start || nr_pages > deps.alloc.totalram_pages() {
             return Err(VmallocError::TooLarge);
         }
         let book_gfp = gfp & GFP_RECLAIM_MASK;
@@ -604,17 +628,30 @@ impl<P: Platform> Vmalloc<P> {
     }
 }
 
-/// `book.try_vec`, retried a bounded number of times for `__GFP_NOFAIL`.
+/// `book.try_vec`, once; for `__GFP_NOFAIL` until it succeeds if `gfp` may reclaim
+/// (reporting a stall every [`NOFAIL_STALL_INTERVAL`] tries), else
+/// [`NOFAIL_NORECLAIM_TRIES`] times.
 fn try_vec_nofail<T, B: VmallocBookkeeping>(book: &B, gfp: Gfp, capacity: usize) -> Result<Vec<T>, AllocError> {
-    let tries = if gfp.contains(Gfp::NOFAIL) { NOFAIL_RETRIES } else { 1 };
-    let mut last = AllocError::NoMemory;
-    for _ in 0..tries {
-        match book.try_vec(gfp, capacity) {
+    let max_tries = match (gfp.contains(Gfp::NOFAIL), gfpflags_allow_blocking(gfp)) {
+        (false, _) => 1,
+        (true, false) => NOFAIL_NORECLAIM_TRIES,
+        (true, true) => u64::MAX,
+    };
+    let mut tries = 0;
+    loop {
+        let e = match book.try_vec(gfp, capacity) {
             Ok(v) => return Ok(v),
-            Err(e) => last = e,
+            Err(e) => e,
+        };
+        tries += 1;
+        if tries >= max_tries {
+            return Err(e);
         }
+        if tries % NOFAIL_STALL_INTERVAL == 0 {
+            book.nofail_stall(gfp, capacity, tries);
+        }
+        core::hint::spin_loop();
     }
-    Err(last)
 }
 
 #[cfg(test)]

@@ -48,13 +48,18 @@ impl PtAlloc for FailAt {
     fn page(&self, pfn: Pfn) -> Option<&PageMeta> {
         self.inner.page(pfn)
     }
+    fn totalram_pages(&self) -> u64 {
+        self.inner.totalram_pages()
+    }
 }
 
-/// Bookkeeping that records flags and can fail the k-th request.
+/// Bookkeeping that records flags and can fail the k-th request, or the first n.
 #[derive(Default)]
 struct Book {
     calls: Cell<usize>,
     fail_at: Cell<Option<usize>>,
+    fail_first: Cell<usize>,
+    stalls: Cell<u64>,
     gfps: RefCell<Vec<Gfp>>,
 }
 
@@ -62,7 +67,13 @@ impl Book {
     fn arm(&self, k: Option<usize>) {
         self.calls.set(0);
         self.fail_at.set(k);
+        self.fail_first.set(0);
+        self.stalls.set(0);
         self.gfps.borrow_mut().clear();
+    }
+    fn fail_first(&self, n: usize) {
+        self.arm(None);
+        self.fail_first.set(n);
     }
 }
 
@@ -71,12 +82,16 @@ impl VmallocBookkeeping for Book {
         let n = self.calls.get();
         self.calls.set(n + 1);
         self.gfps.borrow_mut().push(gfp);
-        if self.fail_at.get() == Some(n) {
+        if self.fail_at.get() == Some(n) || n < self.fail_first.get() {
             return Err(AllocError::Injected);
         }
         let mut v = Vec::new();
         v.try_reserve_exact(capacity).map_err(|_| AllocError::NoMemory)?;
         Ok(v)
+    }
+    fn nofail_stall(&self, _gfp: Gfp, _capacity: usize, tries: u64) {
+        assert_eq!(tries % NOFAIL_STALL_INTERVAL, 0);
+        self.stalls.set(self.stalls.get() + 1);
     }
 }
 
@@ -417,7 +432,7 @@ fn vmalloc_many_areas_grow_the_list_outside_the_lock() {
 #[test]
 fn vmalloc_scoped_heap_bookkeeping() {
     let scope = MemallocScope::new();
-    let heap = ScopedHeap { scope: &scope };
+    let heap = ScopedHeap { scope: &scope, nofail_stall: |_, _, _| {} };
     let v: Vec<u64> = heap.try_vec(GFP_NOFS, 10).unwrap();
     assert!(v.capacity() >= 10);
     assert_eq!(scope.flags(), 0, "scope closed again");
@@ -433,7 +448,7 @@ fn vmalloc_spinlocked_kernel_space_works_too() {
     let ks: SpinLock<_> = SpinLock::new(ks);
     let vm: Vmalloc = Vmalloc::new();
     let scope = MemallocScope::new();
-    let heap = ScopedHeap { scope: &scope };
+    let heap = ScopedHeap { scope: &scope, nofail_stall: |_, _, _| {} };
     let tlb = env.tlb();
     let deps = VmallocDeps { alloc: env.alloc, kernel_pt: &ks, book: &heap, tlb: &tlb };
     vm.preallocate_page_tables(&mut ks.lock(), GFP_KERNEL).unwrap();
@@ -450,4 +465,38 @@ fn vmalloc_spinlocked_kernel_space_works_too() {
     core::mem::forget(ks); // the third, empty root is leaked on purpose (1 page)
     let _ = g.finish(&tlb, env.alloc);
     assert_eq!(env.free(), before - 1);
+}
+
+#[test]
+fn nofail_bookkeeping_is_retried_until_it_succeeds() {
+    let fx = Fx::new();
+    // 1 500 failures: one stall report (at 1 000 tries), then success.
+    fx.book.fail_first(1500);
+    let a = fx.alloc(3 * 4096, GFP_KERNEL | __GFP_NOFAIL).expect("__GFP_NOFAIL with reclaim never fails for memory");
+    assert_eq!(fx.book.calls.get(), 1500 + 2, "every failure retried, then the page array");
+    assert_eq!(fx.book.stalls.get(), 1);
+    fx.free(a);
+    // The same failures without __GFP_NOFAIL: one try, a clean error.
+    fx.book.fail_first(1500);
+    assert_eq!(fx.alloc(3 * 4096, GFP_KERNEL).unwrap_err(), VmallocError::NoBookkeepingMemory);
+    assert_eq!(fx.book.calls.get(), 1);
+    // __GFP_NOFAIL without reclaim (Linux does not support it either): bounded tries.
+    fx.book.fail_first(usize::MAX);
+    assert_eq!(fx.alloc(4096, GFP_NOWAIT | __GFP_NOFAIL).unwrap_err(), VmallocError::NoBookkeepingMemory);
+    assert_eq!(fx.book.calls.get() as u64, NOFAIL_NORECLAIM_TRIES);
+    assert_eq!(fx.book.stalls.get(), 0);
+    fx.book.arm(None);
+    fx.finish();
+}
+
+#[test]
+fn size_beyond_all_memory_fails_even_with_nofail() {
+    let fx = Fx::new();
+    let total = fx.data.totalram_pages();
+    assert!(total > 0 && total < u64::MAX);
+    fx.data.arm(None);
+    let too_big = (total as usize + 1) * 4096;
+    assert_eq!(fx.alloc(too_big, GFP_KERNEL | __GFP_NOFAIL).unwrap_err(), VmallocError::TooLarge);
+    assert_eq!(fx.data.calls.get(), 0, "refused before allocating anything");
+    fx.finish();
 }
