@@ -538,11 +538,6 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         self.zones.iter().map(|z| z.nr_free.load(Relaxed).saturating_sub(z.wmark[Watermark::Min as usize])).sum()
     }
 
-    /// Frames managed by the allocator, all zones (Linux `totalram_pages()`).
-    pub fn totalram_pages(&self) -> u64 {
-        self.zones.iter().map(|z| z.managed_pages).sum()
-    }
-
     /// Switches `vm.defrag_mode`.
     pub fn set_defrag_mode(&self, on: bool) {
         self.defrag_mode.store(on, Relaxed);

@@ -386,7 +386,7 @@ impl<P: Platform> PtAlloc for PageAlloc<'_, P> {
         PageAlloc::page(self, pfn)
     }
     fn totalram_pages(&self) -> u64 {
-        PageAlloc::totalram_pages(self)
+        PageAlloc::managed_pages(self)
     }
 }
 
