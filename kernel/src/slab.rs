@@ -161,9 +161,12 @@ unsafe impl GlobalAlloc for KernelHeap {
         // panics), so a failure is retried once with access to the reserve
         // below the min watermark (`__GFP_HIGH`), which user pages never get:
         // a process that eats all memory meets the OOM killer, and the kernel
-        // can still allocate what killing it takes.
+        // can still allocate what killing it takes. A `NoReserve` scope (a
+        // fallible allocation for a caller without `__GFP_HIGH`, e.g. vmalloc's
+        // bookkeeping) strips the bit: no retry then.
         let ptr = heap_alloc(layout, gfp);
-        if ptr.is_null() { heap_alloc(layout, gfp | __GFP_HIGH) } else { ptr }
+        let retry = MEMALLOC_SCOPE.current_gfp_context(GFP_KERNEL | __GFP_HIGH);
+        if ptr.is_null() && retry != gfp { heap_alloc(layout, retry) } else { ptr }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

@@ -20,7 +20,8 @@
 //! Linux saves the previous bit and restores it (`flags = (flags & ~NOFS) | old`),
 //! which is correct only for LIFO restores: restoring an outer scope while an inner
 //! one is still alive clears the bit under the inner scope's feet. Here every kind of
-//! scope is a *depth counter* (10 bits each, packed into one `AtomicU32`): a guard
+//! scope is a *depth counter* (10 bits each, 2 for `NoReserve`, packed into one
+//! `AtomicU32`): a guard
 //! increments on creation and decrements on drop, so the constraint holds exactly
 //! while at least one guard of that kind lives — LIFO drops behave like Linux, and
 //! out-of-order drops are also correct (no constraint is lifted early). A guard
@@ -62,11 +63,26 @@ pub enum ScopeKind {
     /// shrinker never recurses into reclaim (Linux tests `PF_MEMALLOC` in the
     /// allocator for the same purpose).
     NoReclaim = 2,
+    /// Strip `__GFP_HIGH`: no access to the reserve below the min watermark. No
+    /// Linux counterpart (Linux has no allocator that adds `__GFP_HIGH` by itself):
+    /// the kernel heap retries a failed allocation with `__GFP_HIGH` for Rust's
+    /// infallible allocations, and [`MemallocScope::save_for_gfp`] opens this scope
+    /// so that a fallible allocation on behalf of a caller without `__GFP_HIGH`
+    /// (vmalloc's bookkeeping) does not get that retry. A 2-bit counter (at most 3
+    /// nested scopes counted).
+    NoReserve = 3,
 }
 
 impl ScopeKind {
     const fn shift(self) -> u32 {
         self as u32 * FIELD_BITS
+    }
+    /// Largest depth the counter of this kind holds.
+    const fn max(self) -> u32 {
+        match self {
+            ScopeKind::NoReserve => 3,
+            _ => FIELD_MAX,
+        }
     }
 }
 
@@ -94,7 +110,7 @@ impl MemallocScope {
 
     /// Live guards of `kind`.
     pub fn depth(&self, kind: ScopeKind) -> u32 {
-        (self.depth.load(Ordering::Relaxed) >> kind.shift()) & FIELD_MAX
+        (self.depth.load(Ordering::Relaxed) >> kind.shift()) & kind.max()
     }
 
     /// The scope as Linux `PF_MEMALLOC*` bits.
@@ -129,6 +145,9 @@ impl MemallocScope {
         if self.depth(ScopeKind::NoReclaim) > 0 {
             gfp -= Gfp::DIRECT_RECLAIM;
         }
+        if self.depth(ScopeKind::NoReserve) > 0 {
+            gfp -= Gfp::HIGH;
+        }
         gfp
     }
 
@@ -136,7 +155,7 @@ impl MemallocScope {
     pub fn save(&self, kind: ScopeKind) -> MemallocGuard<'_> {
         let shift = kind.shift();
         let r = self.depth.fetch_update(Ordering::Acquire, Ordering::Relaxed, |v| {
-            if (v >> shift) & FIELD_MAX == FIELD_MAX { None } else { Some(v + (1 << shift)) }
+            if (v >> shift) & kind.max() == kind.max() { None } else { Some(v + (1 << shift)) }
         });
         MemallocGuard { scope: self, kind, counted: r.is_ok() }
     }
@@ -145,7 +164,8 @@ impl MemallocScope {
     /// is at most as permissive as `gfp` (used by vmalloc around allocations that
     /// cannot take flags, like Linux `__vmalloc_area_node` around page-table
     /// allocations): NOIO if `gfp` lacks `__GFP_IO`, else NOFS if it lacks
-    /// `__GFP_FS`, and NORECLAIM if it lacks `__GFP_DIRECT_RECLAIM`.
+    /// `__GFP_FS`, NORECLAIM if it lacks `__GFP_DIRECT_RECLAIM`, and NORESERVE if it
+    /// lacks `__GFP_HIGH`.
     pub fn save_for_gfp(&self, gfp: Gfp) -> GfpScopeGuard<'_> {
         let io = if !gfp.contains(Gfp::IO) {
             Some(self.save(ScopeKind::NoIo))
@@ -155,7 +175,8 @@ impl MemallocScope {
             None
         };
         let reclaim = (!gfp.contains(Gfp::DIRECT_RECLAIM)).then(|| self.save(ScopeKind::NoReclaim));
-        GfpScopeGuard { _io: io, _reclaim: reclaim }
+        let reserve = (!gfp.contains(Gfp::HIGH)).then(|| self.save(ScopeKind::NoReserve));
+        GfpScopeGuard { _io: io, _reclaim: reclaim, _reserve: reserve }
     }
 }
 
@@ -190,6 +211,7 @@ impl Drop for MemallocGuard<'_> {
 pub struct GfpScopeGuard<'s> {
     _io: Option<MemallocGuard<'s>>,
     _reclaim: Option<MemallocGuard<'s>>,
+    _reserve: Option<MemallocGuard<'s>>,
 }
 
 /// Linux `memalloc_nofs_save`: until the guard drops, allocations lose `__GFP_FS`.
@@ -290,6 +312,17 @@ mod tests {
         drop(guards);
         assert_eq!(s.depth(ScopeKind::NoFs), 0);
         assert_eq!(s.flags(), 0);
+        // The 2-bit NoReserve counter (the top bits) saturates at 3 and stays balanced.
+        let reclaim = memalloc_noreclaim_save(&s);
+        let guards: std::vec::Vec<_> = (0..6).map(|_| s.save(ScopeKind::NoReserve)).collect();
+        assert_eq!(s.depth(ScopeKind::NoReserve), 3);
+        assert_eq!(s.depth(ScopeKind::NoReclaim), 1, "no carry into the neighbour");
+        assert_eq!(s.current_gfp_context(GFP_ATOMIC), GFP_NOWAIT);
+        drop(guards);
+        assert_eq!(s.depth(ScopeKind::NoReserve), 0);
+        assert_eq!(s.current_gfp_context(GFP_ATOMIC), GFP_ATOMIC);
+        drop(reclaim);
+        assert_eq!(s.switch_state(0), 0);
     }
 
     #[test]
@@ -303,8 +336,11 @@ mod tests {
             (GFP_ATOMIC, GFP_NOWAIT),
         ] {
             let g = s.save_for_gfp(gfp);
-            // What the global allocator (which only knows GFP_KERNEL) would use.
+            // What the global allocator (which only knows GFP_KERNEL) would use, and
+            // its retry with the reserve (only for a caller that has __GFP_HIGH).
             assert_eq!(s.current_gfp_context(GFP_KERNEL), expect, "{gfp:?}");
+            let retry = if gfp.contains(__GFP_HIGH) { expect | __GFP_HIGH } else { expect };
+            assert_eq!(s.current_gfp_context(GFP_KERNEL | __GFP_HIGH), retry, "{gfp:?}");
             drop(g);
             assert_eq!(s.flags(), 0);
         }
