@@ -969,14 +969,21 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         self.rmqueue_buddy(z, order, mt, flags)
     }
 
+    /// Counts an allocation of mobility `real_mt` placed in a block of type
+    /// `block_mt` (raw) as polluting unless the types agree or the block is the
+    /// high-order atomic reserve (which serves every type).
+    #[inline(always)]
+    fn count_polluting(&self, block_mt: u32, real_mt: MigrateType) {
+        if block_mt != real_mt as u32 && block_mt != MigrateType::HighAtomic as u32 {
+            self.events.polluting.fetch_add(1, Relaxed);
+        }
+    }
+
     /// Linux `prep_new_page`: state, pollution accounting, zeroing.
     #[inline]
     fn prep_new_page(&self, pfn: u64, order: usize, gfp: Gfp, real_mt: MigrateType) {
         self.meta(pfn).prep_allocated(order, real_mt);
-        let bmt = self.block_mt(pfn);
-        if bmt != real_mt && bmt != MigrateType::HighAtomic {
-            self.events.polluting.fetch_add(1, Relaxed);
-        }
+        self.count_polluting(self.block_mt(pfn) as u32, real_mt);
         if gfp.contains(Gfp::ZERO) {
             // SAFETY: the block was just taken off the free lists; nobody else owns it.
             unsafe { self.mem.zero_frames(Pfn(pfn), 1 << order) };
@@ -1054,9 +1061,14 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         let list_mt = self.list_mt(real_mt);
         let pfn = self.pcp_pop(z, order, list_mt)?;
         if list_mt == real_mt {
-            // The list is the block's type (as of the free): no pollution check,
-            // as Linux's pcp trusts its list type. Only the state and zeroing.
-            self.meta_idx(self.idx(pfn)).prep_allocated(order, real_mt);
+            // The list's type is not always the block's: `rmqueue_bulk` puts pages
+            // that `__rmqueue` stole from a foreign block on the requester's list.
+            // So the pollution check stays (one read of the block's type); only the
+            // bounds checks of `prep_new_page` are skipped (`pfn` came off a list).
+            let idx = self.idx(pfn);
+            self.meta_idx(idx).prep_allocated(order, real_mt);
+            let block = idx & !(crate::pageblock::PAGEBLOCK_NR_PAGES as u32 - 1);
+            self.count_polluting(self.meta_idx(block).block_migratetype_raw(), real_mt);
             if gfp.contains(Gfp::ZERO) {
                 // SAFETY: the block was just taken off the per-CPU list; nobody else owns it.
                 unsafe { self.mem.zero_frames(Pfn(pfn), 1 << order) };

@@ -277,6 +277,33 @@ fn fallback_claims_or_steals_and_is_counted() {
     assert_restored(&a);
 }
 
+/// Pages that `rmqueue_bulk` steals from foreign blocks onto the requester's
+/// per-CPU list are counted as polluting when the fast path hands them out, not
+/// only the first one (the slow path's). Large enough for the fast path (free >
+/// low + 1024).
+#[test]
+fn stolen_pages_served_by_the_pcp_fast_path_count_as_polluting() {
+    let a = simple(16384, cfg());
+    // Every block movable and 3/4 used: a fallback may only take pages.
+    let all: Vec<Pages> = (0..16384).map(|_| a.alloc_pages(GFP_HIGHUSER_MOVABLE, 0).unwrap()).collect();
+    let mut kept = Vec::new();
+    for (i, p) in all.into_iter().enumerate() {
+        if i % 4 == 0 { a.free_pages(p) } else { kept.push(p) }
+    }
+    a.drain_all_pages();
+    let before = a.stats();
+    let unmov: Vec<Pages> = (0..100).map(|_| a.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
+    let s = a.stats();
+    let foreign = unmov.iter().filter(|p| a.block_mt(p.pfn().0) != MigrateType::Unmovable).count() as u64;
+    assert!(s.steal > before.steal, "the unmovable requests fell back");
+    assert!(foreign > 1, "several stolen pages served (batch > 1)");
+    assert_eq!(s.polluting - before.polluting, foreign, "every foreign placement counted");
+    for p in kept.into_iter().chain(unmov) {
+        a.free_pages(p);
+    }
+    assert_restored(&a);
+}
+
 #[test]
 fn high_order_fallback_claims_whole_blocks() {
     let a = simple(2048, cfg());
