@@ -136,8 +136,8 @@ fn reclaim_honours_gfp_fs_and_nowait_and_scopes() -> KResult {
         a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 0)
     };
     let scans_after_scoped = pool.scans.load(SeqCst);
-    // GFP_NOWAIT may dip into the reserve below `min` (as in Linux), but it
-    // must never reclaim: drain that reserve too and watch the shrinker.
+    // GFP_NOWAIT gets no part of the reserve below `min` (Linux 6.3+) and must
+    // never reclaim: take what it can and watch the shrinker.
     exhaust(GFP_NOWAIT, &mut nowait_held);
     let nowait_after_exhaustion = a.alloc_pages(GFP_NOWAIT | __GFP_NOWARN, 0);
     let scans_after_nowait = pool.scans.load(SeqCst);

@@ -4,7 +4,7 @@
 //! address spaces created later see vmalloc memory.
 
 use mm::fail_page_alloc::FaultAttr;
-use mm::gfp::{GFP_KERNEL, __GFP_NOWARN};
+use mm::gfp::{GFP_KERNEL, __GFP_NOFAIL, __GFP_NOWARN};
 use mm::vmalloc::VmallocError;
 
 use crate::ktest::KResult;
@@ -87,13 +87,23 @@ fn vmalloc_failure_at_every_step_leaks_nothing() -> KResult {
 fn vmalloc_larger_than_memory_fails_cleanly() -> KResult {
     let a = page_alloc();
     let free0 = crate::slab::nr_free_pages_settled();
+    // More than all managed memory: refused up front, whatever the flags (Linux
+    // "vmalloc error: size ..., exceeds total pages").
     let too_big = (a.managed_pages() as usize + 1) * 4096;
-    let r = vmalloc(too_big, GFP_KERNEL | __GFP_NOWARN);
-    let ok = matches!(r, Err(VmallocError::NoMemory(_)));
+    let r = vmalloc(too_big, GFP_KERNEL | __GFP_NOFAIL | __GFP_NOWARN);
+    let too_large = matches!(r, Err(VmallocError::TooLarge));
     if let Ok(area) = r {
         vfree(area);
     }
-    kassert!(ok, "vmalloc of more than all memory did not fail with NoMemory");
+    // Just under it: vmalloc allocates data pages until memory runs out, then undoes
+    // everything.
+    let r = vmalloc((a.managed_pages() as usize - 1) * 4096, GFP_KERNEL | __GFP_NOWARN);
+    let no_memory = matches!(r, Err(VmallocError::NoMemory(_)));
+    if let Ok(area) = r {
+        vfree(area);
+    }
+    kassert!(too_large, "vmalloc of more than all memory was not refused as TooLarge");
+    kassert!(no_memory, "vmalloc of nearly all memory did not fail with NoMemory");
     kassert_eq!(crate::slab::nr_free_pages_settled(), free0);
     Ok(())
 }

@@ -294,6 +294,9 @@ pub struct Zone<P: Platform> {
     pub(crate) pcp: [PcpSlot<P>; MAX_CPUS],
     /// Mirror of buddy free pages usable for watermarks (excludes Isolate), read without lock.
     pub(crate) nr_free: AtomicU64,
+    /// Mirror of the free pages in high-atomic reserve blocks (Linux
+    /// `nr_free_highatomic`): unusable for requests without `ALLOC_RESERVES`.
+    pub(crate) nr_free_highatomic: AtomicU64,
     /// Head of the lock-free deferred-free stack (metadata index), `NONE` if empty.
     pub(crate) deferred_head: AtomicU32,
     pub(crate) nr_deferred: AtomicU64,
@@ -385,6 +388,7 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
             area: SpinLock::new(FreeArea::new()),
             pcp: core::array::from_fn(|_| PcpSlot::new()),
             nr_free: AtomicU64::new(0),
+            nr_free_highatomic: AtomicU64::new(0),
             deferred_head: AtomicU32::new(NONE),
             nr_deferred: AtomicU64::new(0),
         };
@@ -563,6 +567,7 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     #[inline]
     fn sync_nr_free(&self, z: &Zone<P>, a: &FreeArea) {
         z.nr_free.store(a.nr_free_pages - a.nr_free_by_mt[MigrateType::Isolate.index()], Relaxed);
+        z.nr_free_highatomic.store(a.nr_free_by_mt[MigrateType::HighAtomic.index()], Relaxed);
     }
 
     pub(crate) fn add_to_free_list(&self, z: &Zone<P>, a: &mut FreeArea, pfn: u64, order: usize, mt: MigrateType) {
@@ -867,20 +872,24 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     // ---------------------------------------------------------- watermarks
 
     /// Linux `__zone_watermark_ok` on a free-page snapshot.
-    pub(crate) fn zone_watermark_ok(&self, order: usize, mark: u64, flags: u32, free_pages: u64, reserved_highatomic: u64) -> bool {
+    /// `free_highatomic`: free pages in high-atomic reserve blocks, not usable
+    /// without `ALLOC_RESERVES` (Linux `__zone_watermark_unusable_free`).
+    pub(crate) fn zone_watermark_ok(&self, order: usize, mark: u64, flags: u32, free_pages: u64, free_highatomic: u64) -> bool {
         let mut min = mark;
         let mut free = free_pages as i64 - ((1i64 << order) - 1);
         if flags & ALLOC_RESERVES != 0 {
-            if flags & ALLOC_MIN_RESERVE != 0 {
+            // Linux 6.3+: `__GFP_HIGH` reaches half of the min reserve, and a
+            // non-blocking `__GFP_HIGH` (GFP_ATOMIC) a quarter more; a bare
+            // non-blocking request (GFP_NOWAIT) gets no cut at all — it only may
+            // count the high-atomic reserve as free.
+            if flags & (ALLOC_MIN_RESERVE | ALLOC_HIGH) != 0 {
                 min -= min / 2;
-            } else if flags & ALLOC_HIGH != 0 {
-                min -= min / 2;
-            }
-            if flags & ALLOC_NON_BLOCK != 0 {
-                min -= min / 4;
+                if flags & ALLOC_NON_BLOCK != 0 {
+                    min -= min / 4;
+                }
             }
         } else {
-            free -= reserved_highatomic as i64;
+            free -= free_highatomic as i64;
         }
         free > min as i64
     }
@@ -892,11 +901,13 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         }
         let mark = z.wmark[(flags & ALLOC_WMARK_MASK) as usize];
         let free = z.nr_free.load(Relaxed);
-        // Fast accept, as Linux does for order-0 well above the mark.
-        if order == 0 && free > mark + (1 << 10) {
+        let highatomic = z.nr_free_highatomic.load(Relaxed);
+        // Fast accept, as Linux does for order-0 well above the mark (the reserve
+        // counted as unusable, as for a caller without reserves).
+        if order == 0 && free.saturating_sub(highatomic) > mark + (1 << 10) {
             return true;
         }
-        self.zone_watermark_ok(order, mark, flags, free, 0)
+        self.zone_watermark_ok(order, mark, flags, free, highatomic)
     }
 }
 
@@ -1054,7 +1065,7 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         }
         let zi = if gfp.contains(Gfp::DMA32) { ZoneType::Dma32 as usize } else { self.fast_zone };
         let z = &self.zones[zi];
-        if z.nr_free.load(Relaxed) <= z.fast_mark {
+        if z.nr_free.load(Relaxed).saturating_sub(z.nr_free_highatomic.load(Relaxed)) <= z.fast_mark {
             return None;
         }
         let real_mt = gfp_migratetype(gfp);

@@ -176,7 +176,9 @@ fn exhaustion_is_a_value_and_nowarn_silences_it() {
 
 #[test]
 fn gfp_atomic_dips_below_min() {
-    let config = AllocConfig { min_free_kbytes: Some(400), ..cfg() }; // 100 pages
+    // 100 pages; per-CPU batches of one page, so no refill strands pages on a list
+    // and the buddy's free count shows exactly where each request stops.
+    let config = AllocConfig { min_free_kbytes: Some(400), pcp_batch: Some(1), ..cfg() };
     let a = simple(2048, config);
     assert_eq!(a.stats().zones[0].wmark[Watermark::Min as usize], 100);
     let mut live = Vec::new();
@@ -185,14 +187,54 @@ fn gfp_atomic_dips_below_min() {
     }
     let kernel_got = live.len();
     assert!(kernel_got <= 2048 - 100 && kernel_got > 2048 - 200, "{kernel_got}");
+    // Linux 6.3+: GFP_NOWAIT (non-blocking, no __GFP_HIGH) gets no part of the
+    // min reserve; GFP_ATOMIC may go down to 3/8 of it (min/2, then a quarter off).
+    let buddy_free = |a: &PageAlloc<'_>| a.stats().zones[0].free;
+    a.drain_all_pages();
+    assert!(buddy_free(&a) <= 100);
+    assert!(a.alloc_pages(GFP_NOWAIT | __GFP_NOWARN, 0).is_err(), "GFP_NOWAIT stops at min");
     let mut atomic = 0;
     while let Ok(p) = a.alloc_pages(GFP_ATOMIC | __GFP_NOWARN, 0) {
         live.push(p);
         atomic += 1;
     }
     assert!(atomic > 0, "GFP_ATOMIC uses the reserve");
-    assert!(live.len() < 2048, "but not all of it");
+    assert_eq!(buddy_free(&a), 38, "GFP_ATOMIC stops at 100 - 50 - 12");
     for p in live {
+        a.free_pages(p);
+    }
+    assert_restored(&a);
+}
+
+/// Linux `reserve_highatomic_pageblock` / `unreserve_highatomic_pageblock`: a
+/// high-order atomic allocation that needed the slow path keeps its page block for
+/// later ones (at most ~1 % of the zone plus one block), and a reclaiming request
+/// that is about to fail gets the block back.
+#[test]
+fn high_order_atomic_allocations_reserve_a_block_and_pressure_releases_it() {
+    let config = AllocConfig { min_free_kbytes: Some(400), ..cfg() };
+    let a = simple(4096, config);
+    let blocks = |a: &PageAlloc<'_>| a.stats().zones[0].blocks_by_mt[MigrateType::HighAtomic.index()];
+    // Below the low watermark, so order-1 atomic requests take the slow path.
+    let mut live = Vec::new();
+    while let Ok(p) = a.alloc_pages(GFP_KERNEL | __GFP_NORETRY | __GFP_NOWARN, 0) {
+        live.push(p);
+    }
+    assert_eq!(blocks(&a), 0);
+    let before = a.stats();
+    let atomic: Vec<Pages> = (0..4).map(|_| a.alloc_pages(GFP_ATOMIC, 1).unwrap()).collect();
+    let s = a.stats();
+    assert_eq!(s.highatomic_reserve - before.highatomic_reserve, 1, "one block reserved");
+    assert_eq!(blocks(&a), 1);
+    assert_eq!(s.zones[0].reserved_highatomic, PAGEBLOCK_NR_PAGES);
+    assert!(s.zones[0].reserved_highatomic <= 4096 / 100 + PAGEBLOCK_NR_PAGES, "within the cap");
+    assert!(atomic.iter().all(|p| a.block_mt(p.pfn().0) == MigrateType::HighAtomic), "later ones served from it");
+    // A reclaiming request that fails releases the block before giving up.
+    assert!(a.alloc_pages(GFP_KERNEL | __GFP_NORETRY | __GFP_NOWARN, 0).map(|p| live.push(p)).is_err() || blocks(&a) == 0);
+    assert_eq!(blocks(&a), 0, "pressure gave the reserved block back");
+    assert_eq!(a.stats().zones[0].reserved_highatomic, 0);
+    check(&a);
+    for p in live.into_iter().chain(atomic) {
         a.free_pages(p);
     }
     assert_restored(&a);
