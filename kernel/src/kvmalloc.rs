@@ -119,6 +119,7 @@ pub fn kvfree(mem: KvMem) {
 pub const KTESTS: &[crate::ktest::KTest] = &[
     crate::ktest!(kvmalloc_prefers_contiguous_memory),
     crate::ktest!(kvmalloc_falls_back_to_vmalloc_when_memory_is_fragmented),
+    crate::ktest!(kvmalloc_falls_back_to_vmalloc_under_real_fragmentation),
     crate::ktest!(kvmalloc_helpers_refuse_overflowing_sizes),
 ];
 
@@ -165,6 +166,57 @@ fn kvmalloc_falls_back_to_vmalloc_when_memory_is_fragmented() -> crate::ktest::K
     crate::kassert!(fragmented, "the order-4 allocation was not refused");
     crate::kassert!(is_vmalloc && size == 64 << 10, "kvmalloc did not fall back to vmalloc ({} bytes)", size);
     crate::kassert!(crate::slab::nr_free_pages_settled() >= free0, "pages lost");
+    Ok(())
+}
+
+/// The same fallback with memory really fragmented: every page allocated
+/// (unmovable, so compaction cannot help), then only the even pfns freed, so no
+/// two buddies are free and no block above order 0 exists anywhere.
+fn kvmalloc_falls_back_to_vmalloc_under_real_fragmentation() -> crate::ktest::KResult {
+    use mm::gfp::{GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT, __GFP_NOFAIL, __GFP_NORETRY, __GFP_NOWARN};
+    let a = page_alloc();
+    crate::vmalloc_ktests::warm_up();
+    let mut held: alloc::vec::Vec<Pages> = alloc::vec::Vec::new();
+    held.try_reserve(a.managed_pages() as usize).map_err(|_| "no heap for the handles")?;
+    let free0 = crate::slab::nr_free_pages_settled();
+    // Every frame, the reserves below `min` included (a non-blocking NOFAIL may
+    // take them), so that no free block is left anywhere.
+    for gfp in [GFP_KERNEL | __GFP_NORETRY, GFP_ATOMIC, GFP_NOWAIT | __GFP_NOFAIL] {
+        while let Ok(p) = a.alloc_pages(gfp | __GFP_NOWARN, 0) {
+            held.push(p);
+        }
+    }
+    // Free the even pfns in place (no allocation while memory is exhausted).
+    let mut i = 0;
+    while i < held.len() {
+        if held[i].pfn().0 % 2 == 0 {
+            a.free_pages(held.swap_remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    let kept = held.len();
+    a.drain_all_pages();
+    let s = a.stats();
+    let high_order_free: u64 = s.zones.iter().map(|z| (1..=MAX_ORDER).map(|o| z.nr_free[o].iter().sum::<u64>()).sum::<u64>()).sum();
+    let order0_free: u64 = s.zones.iter().map(|z| z.nr_free[0].iter().sum::<u64>()).sum();
+    let mem = kvmalloc(64 << 10, GFP_KERNEL);
+    let (is_vmalloc, size) = match &mem {
+        Ok(m) => (m.is_vmalloc(), m.size()),
+        Err(_) => (false, 0),
+    };
+    if let Ok(mut m) = mem {
+        m.as_mut_slice().fill(0x5a);
+        kvfree(m);
+    }
+    for p in held.drain(..) {
+        a.free_pages(p);
+    }
+    crate::kassert!(kept > 1000, "only {} pages kept", kept);
+    crate::kassert!(high_order_free == 0, "{} blocks above order 0 still free", high_order_free);
+    crate::kassert!(order0_free > 1000, "only {} free pages", order0_free);
+    crate::kassert!(is_vmalloc && size == 64 << 10, "kvmalloc did not fall back to vmalloc ({} bytes)", size);
+    crate::kassert_eq!(crate::slab::nr_free_pages_settled(), free0);
     Ok(())
 }
 

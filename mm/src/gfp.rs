@@ -3,8 +3,8 @@
 //! Linux counterpart: `include/linux/gfp_types.h` and `gfp.h`. The bit values follow
 //! Linux' order; the composite masks (`GFP_KERNEL`, `GFP_ATOMIC`, ...) are defined
 //! exactly as in Linux so that code can be read side by side. Scoped `NOFS`/`NOIO`
-//! (`memalloc_nofs_save`) will narrow these flags in `current_gfp_context` once tasks
-//! exist; the allocator already consults `__GFP_DIRECT_RECLAIM`, `__GFP_IO` and
+//! (`memalloc_nofs_save`, `crate::sched_mm`) narrow these flags per task in
+//! `current_gfp_context`; the allocator consults `__GFP_DIRECT_RECLAIM`, `__GFP_IO` and
 //! `__GFP_FS` before calling its reclaim hook.
 
 #![allow(non_upper_case_globals)]

@@ -109,8 +109,9 @@ pub enum PageState {
     PageTable { live_entries: u32 },
     /// An anonymous user page, mapped `mapcount` times, first mapping at `rmap`.
     Anon { mapcount: u32, rmap: Rmap, movable: bool },
-    /// A slab page of cache `cache` with `inuse` objects.
-    Slab { cache: u64, inuse: u32 },
+    /// The head page of a slab of cache `cache` (the slab's object counts live in
+    /// its on-slab descriptor, `slab::SlabHeader`, which the slab's locks protect).
+    Slab { cache: u64 },
     /// Backing page of vmalloc area `area`.
     Vmalloc { area: u64 },
 }
@@ -138,7 +139,7 @@ pub struct PageMeta {
     /// References held by owners (1 after allocation); 0 while free.
     refcount: AtomicU32,
     /// Free: next block in the buddy / per-CPU / deferred list.
-    /// Owned: owner counter (page-table live entries, anon mapcount, slab in-use).
+    /// Owned: owner counter (page-table live entries, anon mapcount).
     lru_next: AtomicU32,
     /// Free: previous block in the buddy list. Owned: free for the owner.
     lru_prev: AtomicU32,
@@ -188,7 +189,7 @@ impl PageMeta {
                 rmap: Rmap::unpack(self.private.load(Relaxed)),
                 movable: f & MOVABLE_MASK != 0,
             },
-            Kind::Slab => PageState::Slab { cache: self.private.load(Relaxed), inuse: self.lru_next.load(Relaxed) },
+            Kind::Slab => PageState::Slab { cache: self.private.load(Relaxed) },
             Kind::Vmalloc => PageState::Vmalloc { area: self.private.load(Relaxed) },
         }
     }
@@ -257,12 +258,6 @@ impl PageMeta {
         self.private.store(cache, Relaxed);
         self.lru_next.store(0, Relaxed);
         Ok(())
-    }
-
-    /// Adds `delta` to the in-use object count of a slab page.
-    #[inline]
-    pub fn slab_add_inuse(&self, delta: i32) -> Result<u32, PageStateError> {
-        self.add_count(Kind::Slab, delta)
     }
 
     /// Declares an allocated page a vmalloc backing page of `area`.

@@ -539,6 +539,12 @@ fn observability_formats() {
     a.pagetypeinfo(&mut out).unwrap();
     assert!(out.contains("Page block order: 9\nPages per block:  512\n"));
     assert!(out.contains("Node    0, zone    DMA32, type    Unmovable "), "{out}");
+    // Linux: "%-43s " then "%6d " per order, rows "Node %4d, zone %8s, type %12s "
+    // then "%6lu ": the order columns line up with the counts.
+    let header = out.lines().find(|l| l.starts_with("Free pages count")).unwrap();
+    let row = out.lines().find(|l| l.starts_with("Node    0, zone    DMA32, type      Movable")).unwrap();
+    assert_eq!(header.find("     0 "), Some(44), "{header}");
+    assert_eq!(header.len(), row.len(), "{header}\n{row}");
     assert!(out.contains("Number of blocks type     Unmovable      Movable  Reclaimable   HighAtomic      Isolate"), "{out}");
     out.clear();
     a.meminfo(&mut out).unwrap();

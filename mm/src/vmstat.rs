@@ -183,7 +183,7 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         writeln!(out, "Page block order: {PAGEBLOCK_ORDER}")?;
         writeln!(out, "Pages per block:  {PAGEBLOCK_NR_PAGES}")?;
         writeln!(out)?;
-        write!(out, "{:<43}", "Free pages count per migrate type at order")?;
+        write!(out, "{:<43} ", "Free pages count per migrate type at order")?;
         for o in 0..NR_PAGE_ORDERS {
             write!(out, "{o:>6} ")?;
         }
