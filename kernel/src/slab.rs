@@ -290,6 +290,7 @@ fn cmd_kmalloc_bench(args: &str) {
 
 pub const KTESTS: &[crate::ktest::KTest] = &[
     crate::ktest!(kmalloc_serves_every_size_class_from_real_pages),
+    crate::ktest!(global_allocator_is_kmalloc_after_boot),
     crate::ktest!(kfree_refuses_double_and_foreign_frees),
     crate::ktest!(slab_shrinker_returns_empty_slabs),
     crate::ktest!(init_on_alloc_and_init_on_free_zero_objects),
@@ -317,6 +318,27 @@ fn init_on_alloc_and_init_on_free_zero_objects() -> crate::ktest::KResult {
     KMALLOC.set_config(saved);
     crate::kassert!(zeroed_on_alloc, "init_on_alloc left old contents");
     crate::kassert!(zeroed_on_free, "init_on_free left old contents");
+    Ok(())
+}
+
+/// Rust's `Box`/`Vec` use kmalloc once the page allocator is up: the memory is
+/// not in the early heap, and its frame is a slab page (small) or an allocated
+/// block (above 8 KiB).
+fn global_allocator_is_kmalloc_after_boot() -> crate::ktest::KResult {
+    use mm::page::PageState;
+    let state_of = |p: *const u8| DIRECT_MAP.virt_to_pfn(p as usize).and_then(|pfn| page_alloc().page(pfn)).map(|m| m.state());
+    let small = alloc::boxed::Box::new([0x5au8; 64]);
+    let small_ptr = small.as_ptr();
+    let big: alloc::vec::Vec<u8> = alloc::vec![0xa5; 64 << 10];
+    let big_ptr = big.as_ptr();
+    crate::kassert!(READY.load(Ordering::Acquire), "the slab is not serving the heap");
+    crate::kassert!(!crate::heap::owns(small_ptr as *mut u8) && !crate::heap::owns(big_ptr as *mut u8), "early heap used");
+    let small_state = state_of(small_ptr);
+    crate::kassert!(matches!(small_state, Some(PageState::Slab { .. })), "64-byte Box on {:?}", small_state);
+    let size = core::ptr::NonNull::new(small_ptr as *mut u8).map(|p| KMALLOC.ksize(p));
+    crate::kassert!(size == Some(Ok(64)), "ksize of the Box: {:?}", size);
+    let big_state = state_of(big_ptr);
+    crate::kassert!(matches!(big_state, Some(PageState::Allocated { order: 4, .. })), "64 KiB Vec on {:?}", big_state);
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 
 use mm::fail_page_alloc::FaultAttr;
 use mm::gfp::{GFP_KERNEL, __GFP_NOFAIL, __GFP_NOWARN};
+use mm::pgtable::MapError;
 use mm::vmalloc::VmallocError;
 
 use crate::ktest::KResult;
@@ -62,7 +63,7 @@ fn vmalloc_failure_at_every_step_leaks_nothing() -> KResult {
     let a = page_alloc();
     let free0 = crate::slab::nr_free_pages_settled();
     let tables0 = PGTABLE_CTL.nr_pagetable_pages();
-    let (mut failed, mut succeeded) = (0, 0);
+    let (mut failed, mut succeeded, mut pt_failed) = (0, 0, 0);
     // 16 data pages + at least one page-table page: fail each allocation in turn.
     for k in 1..=24 {
         a.fail.configure(FaultAttr { times: 1, ..FaultAttr::every_nth(k) });
@@ -73,13 +74,19 @@ fn vmalloc_failure_at_every_step_leaks_nothing() -> KResult {
                 succeeded += 1;
                 vfree(area);
             }
+            Err(VmallocError::Map(MapError::NoMemory)) => {
+                failed += 1;
+                pt_failed += 1;
+            }
             Err(_) => failed += 1,
         }
         kassert_eq!(crate::slab::nr_free_pages_settled(), free0);
         kassert_eq!(PGTABLE_CTL.nr_pagetable_pages(), tables0);
     }
-    // Steps 1..=16 hit data pages, 17 the page-table page; later ones succeed.
+    // Steps 1..=16 hit data pages, 17 the page-table page (vfree freed the emptied
+    // table of the previous round, so each round needs a new one); later ones succeed.
     kassert!(failed >= 17, "only {} injected failures surfaced", failed);
+    kassert!(pt_failed >= 1, "no injected failure hit a page-table allocation");
     kassert!(succeeded >= 1, "vmalloc never succeeded once the injection passed");
     Ok(())
 }
