@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use bootloader_api::info::MemoryRegionKind;
 use mm::addr::{Pfn, PAGE_SIZE};
-use mm::gfp::{GFP_KERNEL, __GFP_NOWARN, __GFP_ZERO};
+use mm::gfp::{GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT, __GFP_NOFAIL, __GFP_NORETRY, __GFP_NOWARN, __GFP_ZERO};
 use mm::page_alloc::{AllocError, Pages, MAX_ORDER, NUMA_NO_NODE, PCP_MAX_ORDER};
 use mm::page_alloc_bulk::DrainVec;
 use mm::rng::XorShift64;
@@ -21,6 +21,7 @@ use crate::{kassert, kassert_eq, memmap};
 
 pub const KTESTS: &[crate::ktest::KTest] = &[
     crate::ktest!(every_order_comes_from_usable_ram_and_holds_data),
+    crate::ktest!(every_free_frame_is_usable_ram_outside_the_struct_page_array),
     crate::ktest!(gfp_zero_returns_zeroed_pages),
     crate::ktest!(bulk_free_of_a_shuffled_batch_merges_and_loses_nothing),
     crate::ktest!(exhaustion_is_an_error_and_everything_comes_back),
@@ -73,6 +74,34 @@ fn every_order_comes_from_usable_ram_and_holds_data() -> KResult {
         kassert!(ok_meta, "order {} block at {} overlaps the struct page array", order, pfn);
         kassert!(ok_data, "order {} block at {} did not keep its contents", order, pfn);
     }
+    kassert_eq!(crate::slab::nr_free_pages_settled(), free_before);
+    check_consistent()
+}
+
+/// Every frame the allocator hands out — all of them, reserves included — lies in
+/// `Usable` RAM above 1 MiB (so not in the kernel image, boot structures or
+/// firmware ranges, which the bootloader reports as other kinds) and outside the
+/// struct page array; the number handed out equals the free count before.
+fn every_free_frame_is_usable_ram_outside_the_struct_page_array() -> KResult {
+    let a = page_alloc();
+    let mut held: Vec<Pages> = Vec::new();
+    held.try_reserve(a.managed_pages() as usize).map_err(|_| "no heap for the handles")?;
+    let free_before = crate::slab::nr_free_pages_settled();
+    for gfp in [GFP_KERNEL | __GFP_NORETRY, GFP_ATOMIC, GFP_NOWAIT | __GFP_NOFAIL] {
+        while let Ok(p) = a.alloc_pages(gfp | __GFP_NOWARN, 0) {
+            held.push(p);
+        }
+    }
+    let meta = metadata_frames_range();
+    let got = held.len() as u64;
+    let outside_ram = held.iter().filter(|p| !in_usable_ram(p) || p.phys_addr() < 1 << 20).count();
+    let in_meta = held.iter().filter(|p| meta.contains(&p.pfn().0)).count();
+    for p in held.drain(..) {
+        a.free_pages(p);
+    }
+    kassert_eq!(outside_ram, 0);
+    kassert_eq!(in_meta, 0);
+    kassert!(got == free_before, "{} frames handed out, {} were free", got, free_before);
     kassert_eq!(crate::slab::nr_free_pages_settled(), free_before);
     check_consistent()
 }
