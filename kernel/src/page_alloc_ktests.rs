@@ -1,8 +1,9 @@
 //! In-kernel tests of the page allocator over real memory: every order, bulk free,
 //! `__GFP_ZERO`, exhaustion, and the NMI-safety proof of
 //! `try_alloc_pages()` / `free_pages_nolock()` with a real NMI (self-IPI
-//! through the local APIC) and with a timer interrupt hammering both calls
-//! while normal allocations run.
+//! through the local APIC) and with the PIT hammering both calls while normal
+//! allocations run — as a timer interrupt and, through the I/O APIC, as an NMI
+//! that also lands inside the allocator's locked sections.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -14,6 +15,7 @@ use mm::page_alloc::{AllocError, Pages, MAX_ORDER, NUMA_NO_NODE, PCP_MAX_ORDER};
 use mm::page_alloc_bulk::DrainVec;
 use mm::rng::XorShift64;
 
+use crate::arch::x86_64::ioapic::{IoApic, PIT_GSI};
 use crate::arch::x86_64::{apic, pit, trap};
 use crate::ktest::KResult;
 use crate::page_alloc::{metadata_frames_range, page_alloc};
@@ -279,14 +281,25 @@ fn hammer_tick() {
     }
 }
 
+/// The PIT at 1 kHz calls the nolock pair twice per tick: as a timer interrupt
+/// (which can never see a held allocator lock: the locks disable interrupts) and,
+/// routed through the I/O APIC in NMI mode, as an NMI, which does land inside the
+/// locked sections of the normal allocations running meanwhile: there the
+/// try-locks fail, allocations return `None` and frees are deferred. Afterwards
+/// every page is accounted for.
 fn timer_irq_hammers_nolock_pair_while_allocating() -> KResult {
     const RUN_NS: u64 = 2_000_000_000;
+    kassert!(apic::is_enabled(), "no local APIC to receive the NMIs");
+    let io = IoApic::probe().map_err(|_| "no I/O APIC at its default address")?;
     let a = page_alloc();
     let free_before = crate::slab::nr_free_pages_settled();
     for c in [&HAMMER_TICKS, &HAMMER_ALLOCS, &HAMMER_MISSES, &HAMMER_FREES] {
         c.store(0, SeqCst);
     }
+    let (before, nmis0) = (a.stats(), trap::NMIS.load(SeqCst));
     pit::set_frequency(1000);
+    trap::set_nmi_hook(Some(hammer_tick));
+    io.route_as_nmi(PIT_GSI, apic::id() as u8).map_err(|_| "the I/O APIC has no PIT pin")?;
     pit::set_tick_hook(Some(hammer_tick));
     let start = crate::time::uptime_ns().unwrap_or(0);
     let mut rng = XorShift64(0x2545_f491_4f6c_dd1d);
@@ -305,7 +318,10 @@ fn timer_irq_hammers_nolock_pair_while_allocating() -> KResult {
         normal_ops += 1;
     }
     pit::set_tick_hook(None);
+    io.mask(PIT_GSI);
+    trap::set_nmi_hook(None);
     pit::set_frequency(pit::HZ);
+    let nmis = trap::NMIS.load(SeqCst) - nmis0;
     for p in held {
         a.free_pages(p);
     }
@@ -317,12 +333,16 @@ fn timer_irq_hammers_nolock_pair_while_allocating() -> KResult {
     }
     let (ticks, allocs, misses, frees) =
         (HAMMER_TICKS.load(SeqCst), HAMMER_ALLOCS.load(SeqCst), HAMMER_MISSES.load(SeqCst), HAMMER_FREES.load(SeqCst));
+    let after = a.stats();
+    let (trylock_fails, deferred) = (after.trylock_fail - before.trylock_fail, after.deferred_free - before.deferred_free);
     crate::println!(
-        "    hammer: {} normal ops; {} ticks: {} nolock allocs, {} misses, {} nolock frees",
-        normal_ops, ticks, allocs, misses, frees
+        "    hammer: {} normal ops; {} calls ({} from NMIs): {} nolock allocs, {} misses, {} nolock frees; {} zone try-locks failed, {} frees deferred",
+        normal_ops, ticks, nmis, allocs, misses, frees, trylock_fails, deferred
     );
-    kassert!(ticks >= 100, "only {} timer ticks in 2 s", ticks);
+    kassert!(ticks >= 200, "only {} hammer calls in 2 s", ticks);
+    kassert!(nmis >= 100, "only {} PIT NMIs in 2 s", nmis);
     kassert!(allocs > 0 && frees > 0, "the interrupt side did no work");
+    kassert!(trylock_fails + deferred > 0, "no NMI landed inside a locked section");
     kassert_eq!(crate::slab::nr_free_pages_settled(), free_before);
     check_consistent()
 }

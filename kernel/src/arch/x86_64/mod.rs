@@ -8,6 +8,7 @@ pub mod fpu;
 pub mod fw_cfg;
 pub mod gdt;
 pub mod idt;
+pub mod ioapic;
 pub mod pic;
 pub mod pit;
 pub mod qemu;

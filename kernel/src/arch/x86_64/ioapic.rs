@@ -1,0 +1,95 @@
+//! The I/O APIC, used only as a source of NMIs that arrive while interrupts are
+//! disabled: one redirection entry can deliver an interrupt line (the PIT's) to
+//! this CPU in NMI mode, the way Linux's old IO-APIC NMI watchdog
+//! (`nmi_watchdog=1`) programmed the timer pin. The allocator's NMI-safety test
+//! uses it to interrupt the page allocator *inside* its locked sections, which no
+//! maskable interrupt can do. Device interrupts keep coming through the legacy PIC.
+//!
+//! The I/O APIC sits at its architectural default address (QEMU's `pc` and `q35`
+//! machines put it there; the MADT is not parsed); [`IoApic::probe`] checks that
+//! registers answer there before anything is written. Registers are reached
+//! through the direct map with volatile accesses: `IOREGSEL` selects a register,
+//! `IOWIN` reads or writes it.
+
+use crate::memmap;
+
+/// Physical address of the first I/O APIC (architectural default).
+const IOAPIC_PHYS: u64 = 0xfec0_0000;
+const IOREGSEL: usize = 0x00;
+const IOWIN: usize = 0x10;
+const REG_VERSION: u32 = 0x01;
+/// Low dword of redirection entry `pin`; the high dword follows.
+const fn redtbl(pin: u8) -> u32 {
+    0x10 + 2 * pin as u32
+}
+const DELIVERY_NMI: u32 = 0b100 << 8;
+const MASKED: u32 = 1 << 16;
+
+/// The ISA timer line (IRQ 0) as QEMU wires it: global system interrupt 2 (the
+/// MADT's interrupt source override).
+pub const PIT_GSI: u8 = 2;
+
+/// Why the I/O APIC cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoApicError {
+    /// Nothing answers at the default address (reads give all ones or zeros).
+    NotPresent,
+    /// The pin is beyond the chip's redirection entries.
+    NoSuchPin(u8),
+}
+
+/// The I/O APIC found by [`IoApic::probe`].
+pub struct IoApic {
+    base: *mut u8,
+    entries: u8,
+}
+
+impl IoApic {
+    /// Checks that an I/O APIC answers at the default address.
+    pub fn probe() -> Result<IoApic, IoApicError> {
+        let mut io = IoApic { base: memmap::phys_to_virt(IOAPIC_PHYS), entries: 0 };
+        let version = io.read(REG_VERSION);
+        if version == u32::MAX || version == 0 {
+            return Err(IoApicError::NotPresent);
+        }
+        io.entries = ((version >> 16) & 0xff) as u8 + 1;
+        Ok(io)
+    }
+
+    fn read(&self, reg: u32) -> u32 {
+        // SAFETY: `base` is the I/O APIC's register page in the direct map (the low
+        // 4 GiB are mapped); IOREGSEL/IOWIN are 32-bit registers that must be
+        // accessed volatile, select first, then the window.
+        unsafe {
+            (self.base.add(IOREGSEL) as *mut u32).write_volatile(reg);
+            (self.base.add(IOWIN) as *mut u32).read_volatile()
+        }
+    }
+
+    fn write(&self, reg: u32, value: u32) {
+        // SAFETY: as in `read`; the callers only write redirection entries.
+        unsafe {
+            (self.base.add(IOREGSEL) as *mut u32).write_volatile(reg);
+            (self.base.add(IOWIN) as *mut u32).write_volatile(value);
+        }
+    }
+
+    /// Delivers `pin` (edge-triggered, active high) to the CPU with local APIC id
+    /// `apic_id` as an NMI.
+    pub fn route_as_nmi(&self, pin: u8, apic_id: u8) -> Result<(), IoApicError> {
+        if pin >= self.entries {
+            return Err(IoApicError::NoSuchPin(pin));
+        }
+        self.write(redtbl(pin) + 1, (apic_id as u32) << 24);
+        self.write(redtbl(pin), DELIVERY_NMI);
+        Ok(())
+    }
+
+    /// Masks `pin` again (its state after reset).
+    pub fn mask(&self, pin: u8) {
+        if pin < self.entries {
+            self.write(redtbl(pin), MASKED);
+            self.write(redtbl(pin) + 1, 0);
+        }
+    }
+}
