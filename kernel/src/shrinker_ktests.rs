@@ -5,7 +5,9 @@
 //! `GFP_NOIO` calls neither FS nor IO shrinkers while `GFP_NOFS` may call an IO
 //! one; `GFP_ATOMIC` succeeds below the level where `GFP_NOWAIT` fails, without
 //! reclaim; `__GFP_NOFAIL` succeeds, with memory fully exhausted, once a shrinker
-//! that refused many times gives its pages back, where plain `GFP_KERNEL` fails.
+//! that refused many times gives its pages back, where plain `GFP_KERNEL` fails;
+//! `__GFP_NORETRY` stops after one reclaim round where `GFP_KERNEL` goes on while
+//! reclaim makes progress.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -81,6 +83,7 @@ fn registered() -> &'static PagePool {
 pub const KTESTS: &[crate::ktest::KTest] = &[
     crate::ktest!(reclaim_honours_gfp_fs_and_nowait_and_scopes),
     crate::ktest!(reclaim_honours_gfp_noio_atomic_and_nofail),
+    crate::ktest!(reclaim_noretry_stops_after_one_round),
 ];
 
 /// Moves up to `n` pages from `held` into `pool`'s cache.
@@ -230,6 +233,61 @@ fn reclaim_honours_gfp_noio_atomic_and_nofail() -> KResult {
     kassert!(refusals_after_plain > 0, "plain GFP_KERNEL kept retrying (it must give up)");
     kassert!(refusals_after_nofail == 0, "NOFAIL succeeded without waiting for the busy pool");
     kassert!(busy_scans > 200, "busy pool scanned only {} times", busy_scans);
+    kassert_eq!(crate::slab::nr_free_pages_settled(), free0);
+    Ok(())
+}
+
+/// An order-2 request that reclaim cannot satisfy although every round frees
+/// pages (the pool holds only odd pfns, whose buddies stay allocated): with
+/// `__GFP_NORETRY` one round, so the pool loses one scan's worth; plain
+/// `GFP_KERNEL` keeps going while there is progress and empties the pool.
+fn reclaim_noretry_stops_after_one_round() -> KResult {
+    const POOL: usize = 1024;
+    let a = page_alloc();
+    registered();
+    let mut held: Vec<Pages> = Vec::new();
+    held.try_reserve(a.managed_pages() as usize).map_err(|_| "no heap for the handles")?;
+    BUSY_POOL.pages.lock().try_reserve(POOL).map_err(|_| "no heap for the pool")?;
+    let free0 = crate::slab::nr_free_pages_settled();
+    // Restocks the pool with POOL odd-pfn pages taken from a fully used memory.
+    let refill = |held: &mut Vec<Pages>| {
+        for gfp in [GFP_KERNEL | __GFP_NORETRY, GFP_ATOMIC, GFP_NOWAIT | __GFP_NOFAIL] {
+            while let Ok(p) = a.alloc_pages(gfp | __GFP_NOWARN, 0) {
+                held.push(p);
+            }
+        }
+        let mut pool = BUSY_POOL.pages.lock();
+        let mut i = 0;
+        while i < held.len() && pool.len() < POOL {
+            if held[i].pfn().0 % 2 == 1 {
+                pool.push(held.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+    };
+    refill(&mut held);
+    let stocked = BUSY_POOL.pages.lock().len();
+    let noretry = a.alloc_pages(GFP_KERNEL | __GFP_NORETRY | __GFP_NOWARN, 2);
+    let freed_noretry = stocked - BUSY_POOL.pages.lock().len();
+    refill(&mut held);
+    let restocked = BUSY_POOL.pages.lock().len();
+    let kernel = a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 2);
+    let freed_kernel = restocked - BUSY_POOL.pages.lock().len();
+    let results = [noretry.is_ok(), kernel.is_ok()];
+    for p in [noretry, kernel].into_iter().flatten() {
+        a.free_pages(p);
+    }
+    for p in held.drain(..) {
+        a.free_pages(p);
+    }
+    for p in BUSY_POOL.pages.lock().drain(..) {
+        a.free_pages(p);
+    }
+    kassert!(stocked == POOL && restocked == POOL, "pool stocked with {} / {} pages", stocked, restocked);
+    kassert_eq!(results, [false, false]);
+    kassert!(freed_noretry > 0, "the NORETRY round freed nothing");
+    kassert!(freed_kernel >= 4 * freed_noretry, "GFP_KERNEL freed {} pages, NORETRY {}", freed_kernel, freed_noretry);
     kassert_eq!(crate::slab::nr_free_pages_settled(), free0);
     Ok(())
 }
