@@ -388,6 +388,12 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
             if free != a.nr_free_pages || by_mt != a.nr_free_by_mt {
                 return Err(mismatch(Counter::FreePages));
             }
+            // The lock-free mirrors the watermark checks read.
+            let usable = a.nr_free_pages - a.nr_free_by_mt[MigrateType::Isolate.index()];
+            let highatomic = a.nr_free_by_mt[MigrateType::HighAtomic.index()];
+            if z.nr_free.load(Relaxed) != usable || z.nr_free_highatomic.load(Relaxed) != highatomic {
+                return Err(mismatch(Counter::FreePages));
+            }
             // Per-CPU lists.
             let mut pcp_pages = 0;
             for (cpu, locked) in &pcps {
