@@ -173,7 +173,9 @@ pub enum VmallocError {
 /// [`ScopedHeap`]; tests inject failures.
 pub trait VmallocBookkeeping {
     /// An empty vector with room for exactly `capacity` elements, allocated no more
-    /// permissively than `gfp` allows, or an error (never an abort).
+    /// permissively than `gfp` allows, or an error (never an abort):
+    /// `AllocError::InvalidOrder` for a size that can never be allocated (not
+    /// retried), `NoMemory` otherwise.
     fn try_vec<T>(&self, gfp: Gfp, capacity: usize) -> Result<Vec<T>, AllocError>;
     /// A `__GFP_NOFAIL` bookkeeping allocation has failed `tries` times and goes on
     /// (Linux's "loops for long" warning). Default: nothing.
@@ -193,6 +195,10 @@ pub struct ScopedHeap<'s> {
 
 impl VmallocBookkeeping for ScopedHeap<'_> {
     fn try_vec<T>(&self, gfp: Gfp, capacity: usize) -> Result<Vec<T>, AllocError> {
+        // A size no allocator can give (Rust's limit): retrying cannot help.
+        if capacity.checked_mul(size_of::<T>()).is_none_or(|bytes| bytes > isize::MAX as usize) {
+            return Err(AllocError::InvalidOrder);
+        }
         let _scope = self.scope.save_for_gfp(gfp);
         let mut v = Vec::new();
         v.try_reserve_exact(capacity).map_err(|_| AllocError::NoMemory)?;
@@ -644,7 +650,7 @@ fn try_vec_nofail<T, B: VmallocBookkeeping>(book: &B, gfp: Gfp, capacity: usize)
             Err(e) => e,
         };
         tries += 1;
-        if tries >= max_tries {
+        if tries >= max_tries || e == AllocError::InvalidOrder {
             return Err(e);
         }
         if tries % NOFAIL_STALL_INTERVAL == 0 {

@@ -436,8 +436,10 @@ fn vmalloc_scoped_heap_bookkeeping() {
     let v: Vec<u64> = heap.try_vec(GFP_NOFS, 10).unwrap();
     assert!(v.capacity() >= 10);
     assert_eq!(scope.flags(), 0, "scope closed again");
-    // An impossible size fails instead of aborting.
-    assert!(heap.try_vec::<u64>(GFP_KERNEL, usize::MAX / 4).is_err());
+    // An impossible size fails instead of aborting, as "can never be allocated",
+    // which a __GFP_NOFAIL caller does not retry forever.
+    assert_eq!(heap.try_vec::<u64>(GFP_KERNEL, usize::MAX / 4).unwrap_err(), AllocError::InvalidOrder);
+    assert_eq!(try_vec_nofail::<u64, _>(&heap, GFP_KERNEL | __GFP_NOFAIL, usize::MAX / 4).unwrap_err(), AllocError::InvalidOrder);
 }
 
 #[test]
