@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use bootloader_api::info::MemoryRegionKind;
 use mm::addr::{Pfn, PAGE_SIZE};
-use mm::gfp::{GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT, __GFP_NOFAIL, __GFP_NORETRY, __GFP_NOWARN, __GFP_ZERO};
+use mm::gfp::{GFP_ATOMIC, GFP_KERNEL, __GFP_MEMALLOC, __GFP_NORETRY, __GFP_NOWARN, __GFP_ZERO};
 use mm::page_alloc::{AllocError, Pages, MAX_ORDER, NUMA_NO_NODE, PCP_MAX_ORDER};
 use mm::page_alloc_bulk::DrainVec;
 use mm::rng::XorShift64;
@@ -89,7 +89,7 @@ fn every_free_frame_is_usable_ram_outside_the_struct_page_array() -> KResult {
     let mut held: Vec<Pages> = Vec::new();
     held.try_reserve(a.managed_pages() as usize).map_err(|_| "no heap for the handles")?;
     let free_before = crate::slab::nr_free_pages_settled();
-    for gfp in [GFP_KERNEL | __GFP_NORETRY, GFP_ATOMIC, GFP_NOWAIT | __GFP_NOFAIL] {
+    for gfp in [GFP_KERNEL | __GFP_NORETRY, GFP_ATOMIC, GFP_ATOMIC | __GFP_MEMALLOC] {
         while let Ok(p) = a.alloc_pages(gfp | __GFP_NOWARN, 0) {
             held.push(p);
         }

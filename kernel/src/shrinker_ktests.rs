@@ -4,15 +4,16 @@
 //! `memalloc_nofs_save()` turns a `GFP_KERNEL` allocation into a NOFS one;
 //! `GFP_NOIO` calls neither FS nor IO shrinkers while `GFP_NOFS` may call an IO
 //! one; `GFP_ATOMIC` succeeds below the level where `GFP_NOWAIT` fails, without
-//! reclaim; `__GFP_NOFAIL` succeeds, with memory fully exhausted, once a shrinker
-//! that refused many times gives its pages back, where plain `GFP_KERNEL` fails;
+//! reclaim; `__GFP_NOFAIL` succeeds, with memory fully exhausted (the tests take
+//! every frame with `__GFP_MEMALLOC`), once a shrinker that refused many times
+//! gives its pages back, where plain `GFP_KERNEL` fails;
 //! `__GFP_NORETRY` stops after one reclaim round where `GFP_KERNEL` goes on while
 //! reclaim makes progress.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
-use mm::gfp::{Gfp, GFP_ATOMIC, GFP_KERNEL, GFP_NOFS, GFP_NOIO, GFP_NOWAIT, __GFP_NOFAIL, __GFP_NORETRY, __GFP_NOWARN};
+use mm::gfp::{Gfp, GFP_ATOMIC, GFP_KERNEL, GFP_NOFS, GFP_NOIO, GFP_NOWAIT, __GFP_MEMALLOC, __GFP_NOFAIL, __GFP_NORETRY, __GFP_NOWARN};
 use mm::page_alloc::Pages;
 use mm::sched_mm::memalloc_nofs_save;
 use mm::shrinker::{ShrinkControl, Shrinker, ShrinkerFlags};
@@ -175,9 +176,14 @@ fn reclaim_honours_gfp_noio_atomic_and_nofail() -> KResult {
     // All heap memory the test needs, reserved before memory runs out.
     let mut held: Vec<Pages> = Vec::new();
     held.try_reserve(a.managed_pages() as usize).map_err(|_| "no heap for the handles")?;
-    for p in [&FS_POOL, &IO_POOL, &BUSY_POOL] {
+    // NOFAIL may use half of the min reserve, no more: the busy pool must hold more
+    // than that for NOFAIL to succeed once it gives its pages back.
+    let min_pages: u64 = a.stats().zones.iter().map(|z| z.wmark[mm::page_alloc::Watermark::Min as usize]).sum();
+    let busy_pages = min_pages as usize + 256;
+    for p in [&FS_POOL, &IO_POOL] {
         p.pages.lock().try_reserve(512).map_err(|_| "no heap for the pools")?;
     }
+    BUSY_POOL.pages.lock().try_reserve(busy_pages).map_err(|_| "no heap for the pools")?;
     let free0 = crate::slab::nr_free_pages_settled();
     exhaust(GFP_KERNEL | __GFP_NORETRY, &mut held);
     stock(&FS_POOL, &mut held, 256);
@@ -195,14 +201,14 @@ fn reclaim_honours_gfp_noio_atomic_and_nofail() -> KResult {
     let nowait = a.alloc_pages(GFP_NOWAIT | __GFP_NOWARN, 0);
     let atomic = a.alloc_pages(GFP_ATOMIC | __GFP_NOWARN, 0);
     let (fs_atomic, io_atomic) = (scans(&FS_POOL), scans(&IO_POOL));
-    // __GFP_NOFAIL: every free frame taken (reserves included), the only freeable
-    // memory in a pool that refuses its first 200 scans.
+    // __GFP_NOFAIL: every free frame taken (reserves included, `__GFP_MEMALLOC`),
+    // the only freeable memory in a pool that refuses its first 200 scans.
     unstock(&FS_POOL, &mut held);
     unstock(&IO_POOL, &mut held);
     exhaust(GFP_ATOMIC, &mut held);
-    exhaust(GFP_NOWAIT | __GFP_NOFAIL, &mut held);
+    exhaust(GFP_ATOMIC | __GFP_MEMALLOC, &mut held);
     let free_at_zero = a.stats().free();
-    stock(&BUSY_POOL, &mut held, 64);
+    stock(&BUSY_POOL, &mut held, busy_pages);
     BUSY_POOL.refusals.store(200, SeqCst);
     let busy0 = scans(&BUSY_POOL);
     let plain = a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 0);
@@ -251,7 +257,7 @@ fn reclaim_noretry_stops_after_one_round() -> KResult {
     let free0 = crate::slab::nr_free_pages_settled();
     // Restocks the pool with POOL odd-pfn pages taken from a fully used memory.
     let refill = |held: &mut Vec<Pages>| {
-        for gfp in [GFP_KERNEL | __GFP_NORETRY, GFP_ATOMIC, GFP_NOWAIT | __GFP_NOFAIL] {
+        for gfp in [GFP_KERNEL | __GFP_NORETRY, GFP_ATOMIC, GFP_ATOMIC | __GFP_MEMALLOC] {
             while let Ok(p) = a.alloc_pages(gfp | __GFP_NOWARN, 0) {
                 held.push(p);
             }

@@ -39,10 +39,14 @@ bitflags::bitflags! {
         const NOWARN = 1 << 13;
         /// Try hard but may fail.
         const RETRY_MAYFAIL = 1 << 14;
-        /// Must not fail: retry forever (bounded here, see `alloc_pages`).
+        /// Must not fail: with direct reclaim, retry forever (see `alloc_pages`).
         const NOFAIL = 1 << 15;
         /// Give up early, do not retry reclaim/compaction.
         const NORETRY = 1 << 16;
+        /// May use every memory reserve, watermarks ignored (Linux: for allocations
+        /// that free memory, e.g. swap over network; here also the tests that must
+        /// take every frame).
+        const MEMALLOC = 1 << 17;
         /// Compound page (a single `Pages` of `order` > 0 always is one here).
         const COMP = 1 << 18;
         /// Do not use emergency reserves.
@@ -67,6 +71,7 @@ pub const __GFP_NOWARN: Gfp = Gfp::NOWARN;
 pub const __GFP_RETRY_MAYFAIL: Gfp = Gfp::RETRY_MAYFAIL;
 pub const __GFP_NOFAIL: Gfp = Gfp::NOFAIL;
 pub const __GFP_NORETRY: Gfp = Gfp::NORETRY;
+pub const __GFP_MEMALLOC: Gfp = Gfp::MEMALLOC;
 pub const __GFP_COMP: Gfp = Gfp::COMP;
 pub const __GFP_NOMEMALLOC: Gfp = Gfp::NOMEMALLOC;
 pub const __GFP_HARDWALL: Gfp = Gfp::HARDWALL;

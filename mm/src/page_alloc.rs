@@ -80,13 +80,14 @@ pub enum Watermark {
 // Internal allocation flags (Linux `ALLOC_*` in mm/internal.h).
 pub(crate) const ALLOC_WMARK_MASK: u32 = 0x3;
 pub(crate) const ALLOC_NO_WATERMARKS: u32 = 0x4;
-pub(crate) const ALLOC_HIGH: u32 = 0x20;
 pub(crate) const ALLOC_NON_BLOCK: u32 = 0x40;
+/// `__GFP_HIGH`: half of the min reserve (Linux ≥ 6.3 `ALLOC_MIN_RESERVE`, formerly
+/// `ALLOC_HIGH`); also what a reclaiming `__GFP_NOFAIL` request gets.
 pub(crate) const ALLOC_MIN_RESERVE: u32 = 0x80;
 pub(crate) const ALLOC_NOFRAGMENT: u32 = 0x100;
 pub(crate) const ALLOC_HIGHATOMIC: u32 = 0x200;
 pub(crate) const ALLOC_TRYLOCK: u32 = 0x400;
-const ALLOC_RESERVES: u32 = ALLOC_HIGH | ALLOC_NON_BLOCK | ALLOC_MIN_RESERVE | ALLOC_HIGHATOMIC;
+const ALLOC_RESERVES: u32 = ALLOC_NON_BLOCK | ALLOC_MIN_RESERVE | ALLOC_HIGHATOMIC;
 
 /// Physical memory access the allocator needs for `__GFP_ZERO` and migration.
 /// The kernel implements it over its direct map, host tests over a `Vec`.
@@ -882,7 +883,7 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
             // non-blocking `__GFP_HIGH` (GFP_ATOMIC) a quarter more; a bare
             // non-blocking request (GFP_NOWAIT) gets no cut at all — it only may
             // count the high-atomic reserve as free.
-            if flags & (ALLOC_MIN_RESERVE | ALLOC_HIGH) != 0 {
+            if flags & ALLOC_MIN_RESERVE != 0 {
                 min -= min / 2;
                 if flags & ALLOC_NON_BLOCK != 0 {
                     min -= min / 4;
@@ -895,7 +896,7 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     }
 
     #[inline]
-    fn zone_watermark_fast(&self, z: &Zone<P>, order: usize, flags: u32) -> bool {
+    pub(crate) fn zone_watermark_fast(&self, z: &Zone<P>, order: usize, flags: u32) -> bool {
         if flags & ALLOC_NO_WATERMARKS != 0 {
             return true;
         }
@@ -1025,7 +1026,7 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     fn gfp_to_alloc_flags(&self, gfp: Gfp, order: usize) -> u32 {
         let mut flags = Watermark::Min as u32;
         if gfp.contains(Gfp::HIGH) {
-            flags |= ALLOC_HIGH;
+            flags |= ALLOC_MIN_RESERVE;
         }
         if !gfpflags_allow_blocking(gfp) && !gfp.contains(Gfp::NOMEMALLOC) {
             flags |= ALLOC_NON_BLOCK;
@@ -1115,9 +1116,12 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     ///   [`MAX_RECLAIM_RETRIES`] rounds (Linux `should_reclaim_retry`);
     /// * `__GFP_NORETRY`: one reclaim round, then fail;
     /// * `__GFP_NOFAIL` (with reclaim): never fails — loops reclaim + drain + retry
-    ///   (also with the reserves) until it succeeds, calling `AllocHooks::nofail_stall`
+    ///   (each round also with half of the min reserve, `ALLOC_MIN_RESERVE`, never
+    ///   without watermarks) until it succeeds, calling `AllocHooks::nofail_stall`
     ///   every [`NOFAIL_STALL_INTERVAL`] retries. Without reclaim, NOFAIL is not
-    ///   supported by Linux either: a few tries with the reserves, then it fails.
+    ///   supported (Linux warns and fails): it fails like its flags without NOFAIL;
+    /// * `__GFP_MEMALLOC` (without `__GFP_NOMEMALLOC`): one try ignoring the
+    ///   watermarks before reclaim (Linux `ALLOC_NO_WATERMARKS`).
     ///
     /// The fragmenting fallbacks that defrag mode holds back, and the release of the
     /// high-atomic reserve, are tried before a reclaiming caller gives up.
@@ -1146,16 +1150,18 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
             }
             None
         };
-        if !gfpflags_allow_blocking(gfp) {
-            if let Some(p) = last_resort(&mut flags) {
+        // Linux `__gfp_pfmemalloc_flags`: `__GFP_MEMALLOC` (unless `__GFP_NOMEMALLOC`)
+        // may use every reserve, watermarks ignored.
+        if gfp.contains(Gfp::MEMALLOC) && !gfp.contains(Gfp::NOMEMALLOC) {
+            if let Some(p) = try_get(flags | ALLOC_NO_WATERMARKS) {
                 return Ok(p);
             }
-            if gfp.contains(Gfp::NOFAIL) {
-                for _ in 0..4 {
-                    if let Some(p) = try_get(flags | ALLOC_MIN_RESERVE | ALLOC_NO_WATERMARKS) {
-                        return Ok(p);
-                    }
-                }
+        }
+        if !gfpflags_allow_blocking(gfp) {
+            // Also with `__GFP_NOFAIL`: Linux does not support it without reclaim
+            // (it warns and fails).
+            if let Some(p) = last_resort(&mut flags) {
+                return Ok(p);
             }
             return Err(self.alloc_failed(gfp, order, AllocError::NoMemory));
         }
@@ -1188,9 +1194,10 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
                 if let Some(p) = last_resort(&mut flags) {
                     return Ok(p);
                 }
-                // No OOM killer to wait for: NOFAIL may take the reserves (Linux:
-                // `ALLOC_MIN_RESERVE`), then keeps reclaiming.
-                if let Some(p) = try_get(flags | ALLOC_MIN_RESERVE | ALLOC_NO_WATERMARKS) {
+                // Linux: "give some access to memory reserves normally used for
+                // high priority non-blocking allocations but do not use
+                // ALLOC_NO_WATERMARKS" — half of the min reserve, then keep reclaiming.
+                if let Some(p) = try_get(flags | ALLOC_MIN_RESERVE) {
                     return Ok(p);
                 }
                 retries += 1;

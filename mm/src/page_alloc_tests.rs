@@ -200,6 +200,12 @@ fn gfp_atomic_dips_below_min() {
     }
     assert!(atomic > 0, "GFP_ATOMIC uses the reserve");
     assert_eq!(buddy_free(&a), 38, "GFP_ATOMIC stops at 100 - 50 - 12");
+    // __GFP_NOFAIL without reclaim is not supported (Linux warns and fails): no
+    // reserve beyond its flags'; __GFP_MEMALLOC ignores the watermarks.
+    assert!(a.alloc_pages(GFP_NOWAIT | __GFP_NOFAIL | __GFP_NOWARN, 0).is_err());
+    assert_eq!(buddy_free(&a), 38);
+    live.push(a.alloc_pages(GFP_ATOMIC | __GFP_MEMALLOC, 0).expect("__GFP_MEMALLOC reaches below every watermark"));
+    assert_eq!(buddy_free(&a), 37);
     for p in live {
         a.free_pages(p);
     }
@@ -229,9 +235,26 @@ fn high_order_atomic_allocations_reserve_a_block_and_pressure_releases_it() {
     assert_eq!(s.zones[0].reserved_highatomic, PAGEBLOCK_NR_PAGES);
     assert!(s.zones[0].reserved_highatomic <= 4096 / 100 + PAGEBLOCK_NR_PAGES, "within the cap");
     assert!(atomic.iter().all(|p| a.block_mt(p.pfn().0) == MigrateType::HighAtomic), "later ones served from it");
+    // Our pages inside the reserved block go back to its (high-atomic) free lists.
+    // Those free pages count only for requests with reserve access: the zone has
+    // more than `low` free, but not for GFP_KERNEL (Linux
+    // `__zone_watermark_unusable_free`).
+    let block = atomic[0].pfn().0 & !(PAGEBLOCK_NR_PAGES - 1);
+    let (inside, mut live): (Vec<Pages>, Vec<Pages>) = live.into_iter().partition(|p| p.pfn().0 & !(PAGEBLOCK_NR_PAGES - 1) == block);
+    inside.into_iter().for_each(|p| a.free_pages(p));
+    a.drain_all_pages();
+    let z = &a.stats().zones[0];
+    let ha_free = z.free_by_mt[MigrateType::HighAtomic.index()];
+    let (min, low) = (z.wmark[Watermark::Min as usize], z.wmark[Watermark::Low as usize]);
+    assert!(ha_free > 300 && z.free > low && z.free - ha_free <= min, "free {} of which high-atomic {}", z.free, ha_free);
+    check(&a); // includes the lock-free nr_free_highatomic mirror
+    let zone = &a.zones[0];
+    assert!(!a.zone_watermark_fast(zone, 0, Watermark::Min as u32), "GFP_KERNEL may not count the reserve");
+    assert!(a.zone_watermark_fast(zone, 0, Watermark::Min as u32 | ALLOC_NON_BLOCK), "reserve users may");
     // A reclaiming request that fails releases the block before giving up.
-    assert!(a.alloc_pages(GFP_KERNEL | __GFP_NORETRY | __GFP_NOWARN, 0).map(|p| live.push(p)).is_err() || blocks(&a) == 0);
+    let r = a.alloc_pages(GFP_KERNEL | __GFP_NORETRY | __GFP_NOWARN, 0);
     assert_eq!(blocks(&a), 0, "pressure gave the reserved block back");
+    live.extend(r.ok());
     assert_eq!(a.stats().zones[0].reserved_highatomic, 0);
     check(&a);
     for p in live.into_iter().chain(atomic) {
