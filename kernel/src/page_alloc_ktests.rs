@@ -297,9 +297,14 @@ fn timer_irq_hammers_nolock_pair_while_allocating() -> KResult {
         c.store(0, SeqCst);
     }
     let (before, nmis0) = (a.stats(), trap::NMIS.load(SeqCst));
-    pit::set_frequency(1000);
+    // The hook first, then the route (an NMI may come at once), then the rate; all
+    // undone below, and nothing in between can return early.
     trap::set_nmi_hook(Some(hammer_tick));
-    io.route_as_nmi(PIT_GSI, apic::id() as u8).map_err(|_| "the I/O APIC has no PIT pin")?;
+    if io.route_as_nmi(PIT_GSI, apic::id() as u8).is_err() {
+        trap::set_nmi_hook(None);
+        return Err("the I/O APIC has no PIT pin".into());
+    }
+    pit::set_frequency(1000);
     pit::set_tick_hook(Some(hammer_tick));
     let start = crate::time::uptime_ns().unwrap_or(0);
     let mut rng = XorShift64(0x2545_f491_4f6c_dd1d);

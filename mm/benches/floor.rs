@@ -81,13 +81,17 @@ impl PcpFloor {
     }
 }
 
+/// A fresh allocator over `NR_FRAMES` (no watermark reserve), leaked.
+fn new_alloc<P: Platform>() -> &'static PageAlloc<'static, P> {
+    let metas = Box::leak((0..NR_FRAMES).map(|_| PageMeta::new()).collect::<Vec<_>>().into_boxed_slice());
+    let cfg = AllocConfig { min_free_kbytes: Some(0), ..AllocConfig::default() };
+    Box::leak(Box::new(PageAlloc::new(metas, Pfn(0), &[Pfn(0)..Pfn(NR_FRAMES)], &NoPhysMem, &NoHooks, cfg).unwrap()))
+}
+
 /// Our allocator over `NR_FRAMES` in the bench's fragmented state: 4096 frames
 /// allocated, every other one freed again. Returns it and the frames kept.
 fn fragmented_ours<P: Platform>() -> (&'static PageAlloc<'static, P>, Vec<Pages>) {
-    let metas = Box::leak((0..NR_FRAMES).map(|_| PageMeta::new()).collect::<Vec<_>>().into_boxed_slice());
-    let cfg = AllocConfig { min_free_kbytes: Some(0), ..AllocConfig::default() };
-    let a: &'static PageAlloc<'static, P> =
-        Box::leak(Box::new(PageAlloc::new(metas, Pfn(0), &[Pfn(0)..Pfn(NR_FRAMES)], &NoPhysMem, &NoHooks, cfg).unwrap()));
+    let a = new_alloc::<P>();
     let held: Vec<Pages> = (0..4096).map(|_| a.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
     let mut keep = Vec::new();
     for (i, p) in held.into_iter().enumerate() {
@@ -184,10 +188,7 @@ impl SlabFloor {
 /// Ours, ll and talc fresh or after the slab bench's warm-up (20 000 allocations of
 /// 8..2048 B, every other one freed); the floor has no state to warm up.
 fn slab_floor(size: usize, warm: bool) -> [f64; 4] {
-    let metas = Box::leak((0..NR_FRAMES).map(|_| PageMeta::new()).collect::<Vec<_>>().into_boxed_slice());
-    let cfg = AllocConfig { min_free_kbytes: Some(0), ..AllocConfig::default() };
-    let pa: &'static PageAlloc<'static, CpuLocal> =
-        Box::leak(Box::new(PageAlloc::new(metas, Pfn(0), &[Pfn(0)..Pfn(NR_FRAMES)], &NoPhysMem, &NoHooks, cfg).unwrap()));
+    let pa = new_alloc::<CpuLocal>();
     let map: &'static ArenaDirectMap = Box::leak(Box::new(ArenaDirectMap::new(Pfn(0), NR_FRAMES).unwrap()));
     let ours: Kmalloc<_, _, CpuLocal> = Kmalloc::new(pa, map, SlabConfig::default());
     let mem = Box::leak(vec![0u8; 64 << 20].into_boxed_slice());

@@ -20,14 +20,13 @@
 //! Linux saves the previous bit and restores it (`flags = (flags & ~NOFS) | old`),
 //! which is correct only for LIFO restores: restoring an outer scope while an inner
 //! one is still alive clears the bit under the inner scope's feet. Here every kind of
-//! scope is a *depth counter* (10 bits each, 2 for `NoReserve`, packed into one
-//! `AtomicU32`): a guard
+//! scope is a *depth counter* (8 bits each, four packed into one `AtomicU32`): a guard
 //! increments on creation and decrements on drop, so the constraint holds exactly
 //! while at least one guard of that kind lives — LIFO drops behave like Linux, and
 //! out-of-order drops are also correct (no constraint is lifted early). A guard
-//! created when its counter is saturated (1023 live scopes, a bug in practice) does
+//! created when its counter is saturated (255 live scopes, a bug in practice) does
 //! not count and does not uncount: the constraint stays on anyway, because the other
-//! 1023 guards are alive.
+//! 255 guards are alive.
 //!
 //! # One scope per task
 //!
@@ -49,7 +48,7 @@ pub const PF_MEMALLOC_NOFS: u32 = 0x0004_0000;
 /// Linux `PF_MEMALLOC_NOIO`: all allocations behave as `GFP_NOIO`.
 pub const PF_MEMALLOC_NOIO: u32 = 0x0008_0000;
 
-const FIELD_BITS: u32 = 10;
+const FIELD_BITS: u32 = 8;
 const FIELD_MAX: u32 = (1 << FIELD_BITS) - 1;
 
 /// A kind of scope; each has its own depth counter.
@@ -68,8 +67,7 @@ pub enum ScopeKind {
     /// the kernel heap retries a failed allocation with `__GFP_HIGH` for Rust's
     /// infallible allocations, and [`MemallocScope::save_for_gfp`] opens this scope
     /// so that a fallible allocation on behalf of a caller without `__GFP_HIGH`
-    /// (vmalloc's bookkeeping) does not get that retry. A 2-bit counter (at most 3
-    /// nested scopes counted).
+    /// (vmalloc's bookkeeping) does not get that retry.
     NoReserve = 3,
 }
 
@@ -77,20 +75,13 @@ impl ScopeKind {
     const fn shift(self) -> u32 {
         self as u32 * FIELD_BITS
     }
-    /// Largest depth the counter of this kind holds.
-    const fn max(self) -> u32 {
-        match self {
-            ScopeKind::NoReserve => 3,
-            _ => FIELD_MAX,
-        }
-    }
 }
 
 /// The allocation-scope state of one task (Linux: the `PF_MEMALLOC_*` bits of
 /// `current->flags`). The kernel owns it; mm code takes `&MemallocScope`.
 #[derive(Debug, Default)]
 pub struct MemallocScope {
-    /// Three 10-bit depth counters: NOFS, NOIO, NORECLAIM.
+    /// Four 8-bit depth counters: NOFS, NOIO, NORECLAIM, NORESERVE.
     depth: AtomicU32,
 }
 
@@ -110,7 +101,7 @@ impl MemallocScope {
 
     /// Live guards of `kind`.
     pub fn depth(&self, kind: ScopeKind) -> u32 {
-        (self.depth.load(Ordering::Relaxed) >> kind.shift()) & kind.max()
+        (self.depth.load(Ordering::Relaxed) >> kind.shift()) & FIELD_MAX
     }
 
     /// The scope as Linux `PF_MEMALLOC*` bits.
@@ -155,7 +146,7 @@ impl MemallocScope {
     pub fn save(&self, kind: ScopeKind) -> MemallocGuard<'_> {
         let shift = kind.shift();
         let r = self.depth.fetch_update(Ordering::Acquire, Ordering::Relaxed, |v| {
-            if (v >> shift) & kind.max() == kind.max() { None } else { Some(v + (1 << shift)) }
+            if (v >> shift) & FIELD_MAX == FIELD_MAX { None } else { Some(v + (1 << shift)) }
         });
         MemallocGuard { scope: self, kind, counted: r.is_ok() }
     }
@@ -312,10 +303,11 @@ mod tests {
         drop(guards);
         assert_eq!(s.depth(ScopeKind::NoFs), 0);
         assert_eq!(s.flags(), 0);
-        // The 2-bit NoReserve counter (the top bits) saturates at 3 and stays balanced.
+        // The top counter (NoReserve, bits 24..32) saturates the same way, without
+        // overflowing the word.
         let reclaim = memalloc_noreclaim_save(&s);
-        let guards: std::vec::Vec<_> = (0..6).map(|_| s.save(ScopeKind::NoReserve)).collect();
-        assert_eq!(s.depth(ScopeKind::NoReserve), 3);
+        let guards: std::vec::Vec<_> = (0..FIELD_MAX + 5).map(|_| s.save(ScopeKind::NoReserve)).collect();
+        assert_eq!(s.depth(ScopeKind::NoReserve), FIELD_MAX);
         assert_eq!(s.depth(ScopeKind::NoReclaim), 1, "no carry into the neighbour");
         assert_eq!(s.current_gfp_context(GFP_ATOMIC), GFP_NOWAIT);
         drop(guards);
@@ -336,13 +328,14 @@ mod tests {
             (GFP_ATOMIC, GFP_NOWAIT),
         ] {
             let g = s.save_for_gfp(gfp);
+            assert_eq!(s.depth(ScopeKind::NoReserve), !gfp.contains(__GFP_HIGH) as u32);
             // What the global allocator (which only knows GFP_KERNEL) would use, and
             // its retry with the reserve (only for a caller that has __GFP_HIGH).
             assert_eq!(s.current_gfp_context(GFP_KERNEL), expect, "{gfp:?}");
             let retry = if gfp.contains(__GFP_HIGH) { expect | __GFP_HIGH } else { expect };
             assert_eq!(s.current_gfp_context(GFP_KERNEL | __GFP_HIGH), retry, "{gfp:?}");
             drop(g);
-            assert_eq!(s.flags(), 0);
+            assert_eq!(s.switch_state(0), 0, "every scope closed, NoReserve included");
         }
         let _r = memalloc_noreclaim_save(&s);
         assert!(s.in_reclaim());

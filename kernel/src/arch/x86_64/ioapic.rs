@@ -6,8 +6,9 @@
 //! maskable interrupt can do. Device interrupts keep coming through the legacy PIC.
 //!
 //! The I/O APIC sits at its architectural default address (QEMU's `pc` and `q35`
-//! machines put it there; the MADT is not parsed); [`IoApic::probe`] checks that
-//! registers answer there before anything is written. Registers are reached
+//! machines put it there; the MADT is not parsed); [`IoApic::probe`] reads the
+//! version register there (a select and a read) before any redirection entry is
+//! written. Registers are reached
 //! through the direct map with volatile accesses: `IOREGSEL` selects a register,
 //! `IOWIN` reads or writes it.
 
