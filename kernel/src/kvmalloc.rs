@@ -138,6 +138,20 @@ fn kvmalloc_prefers_contiguous_memory() -> crate::ktest::KResult {
     Ok(())
 }
 
+/// `kvmalloc(size, gfp)`, every byte written, `kvfree`: whether it was vmalloc
+/// memory and its size (`(false, 0)` if it failed).
+fn kvmalloc_use_and_free(size: usize, gfp: Gfp) -> (bool, usize) {
+    match kvmalloc(size, gfp) {
+        Ok(mut m) => {
+            let kind = (m.is_vmalloc(), m.size());
+            m.as_mut_slice().fill(0x5a);
+            kvfree(m);
+            kind
+        }
+        Err(_) => (false, 0),
+    }
+}
+
 fn kvmalloc_falls_back_to_vmalloc_when_memory_is_fragmented() -> crate::ktest::KResult {
     use mm::fail_page_alloc::FaultAttr;
     use mm::gfp::{GFP_KERNEL, __GFP_NORETRY, __GFP_NOWARN};
@@ -153,16 +167,8 @@ fn kvmalloc_falls_back_to_vmalloc_when_memory_is_fragmented() -> crate::ktest::K
     if let Ok(p) = contiguous {
         a.free_pages(p);
     }
-    let mem = kvmalloc(64 << 10, GFP_KERNEL);
+    let (is_vmalloc, size) = kvmalloc_use_and_free(64 << 10, GFP_KERNEL);
     a.fail.disable();
-    let (is_vmalloc, size) = match &mem {
-        Ok(m) => (m.is_vmalloc(), m.size()),
-        Err(_) => (false, 0),
-    };
-    if let Ok(mut m) = mem {
-        m.as_mut_slice().fill(0x42);
-        kvfree(m);
-    }
     crate::kassert!(fragmented, "the order-4 allocation was not refused");
     crate::kassert!(is_vmalloc && size == 64 << 10, "kvmalloc did not fall back to vmalloc ({} bytes)", size);
     crate::kassert!(crate::slab::nr_free_pages_settled() >= free0, "pages lost");
@@ -200,15 +206,7 @@ fn kvmalloc_falls_back_to_vmalloc_under_real_fragmentation() -> crate::ktest::KR
     let s = a.stats();
     let high_order_free: u64 = s.zones.iter().map(|z| (1..=MAX_ORDER).map(|o| z.nr_free[o].iter().sum::<u64>()).sum::<u64>()).sum();
     let order0_free: u64 = s.zones.iter().map(|z| z.nr_free[0].iter().sum::<u64>()).sum();
-    let mem = kvmalloc(64 << 10, GFP_KERNEL);
-    let (is_vmalloc, size) = match &mem {
-        Ok(m) => (m.is_vmalloc(), m.size()),
-        Err(_) => (false, 0),
-    };
-    if let Ok(mut m) = mem {
-        m.as_mut_slice().fill(0x5a);
-        kvfree(m);
-    }
+    let (is_vmalloc, size) = kvmalloc_use_and_free(64 << 10, GFP_KERNEL);
     for p in held.drain(..) {
         a.free_pages(p);
     }
