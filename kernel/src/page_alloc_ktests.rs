@@ -281,12 +281,12 @@ fn hammer_tick() {
     }
 }
 
-/// The PIT at 1 kHz calls the nolock pair twice per tick: as a timer interrupt
+/// The PIT at 1 kHz calls the nolock pair on every tick as a timer interrupt
 /// (which can never see a held allocator lock: the locks disable interrupts) and,
-/// routed through the I/O APIC in NMI mode, as an NMI, which does land inside the
-/// locked sections of the normal allocations running meanwhile: there the
-/// try-locks fail, allocations return `None` and frees are deferred. Afterwards
-/// every page is accounted for.
+/// routed through the I/O APIC in NMI mode, as NMIs (about two per tick under
+/// QEMU), which do land inside the locked sections of the normal allocations
+/// running meanwhile: there the try-locks fail, allocations return `None` and
+/// frees are deferred. Afterwards every page is accounted for.
 fn timer_irq_hammers_nolock_pair_while_allocating() -> KResult {
     const RUN_NS: u64 = 2_000_000_000;
     kassert!(apic::is_enabled(), "no local APIC to receive the NMIs");
