@@ -307,6 +307,11 @@ fn demo_runs_every_user_program_sequentially_and_at_once() {
     assert!(run.output.contains("(segv) killed by signal 11 (SIGSEGV)"));
     assert!(run.output.contains("Out of memory: killed process"));
     assert!(run.output.contains("(oom) killed by signal 9 (SIGKILL)"));
+    // A process that writes /proc/sys/vm/drop_caches is named in the log line.
+    assert!(
+        run.output.lines().any(|l| l.contains("proc_test (") && l.ends_with("): drop_caches: 2")),
+        "no drop_caches line naming proc_test"
+    );
     // MADV_FREE pages went first, before anything was killed.
     assert!(run.output.contains("PASS lazyfree_dropped_under_pressure"));
     assert!(run.output.contains("PASS lazyfree_rewritten_page_kept"));

@@ -5,10 +5,12 @@
 //! them) and the `/proc` files of [`crate::procfs`], which are generated when
 //! they are opened (a snapshot, like `seq_file` on the first read).
 //!
-//! File descriptors 0, 1 and 2 are the serial console. Errors are Linux's:
-//! `ENOENT`, `ENOTDIR`, `EISDIR`, `EROFS` (creating or writing on this file
-//! system), `EACCES` (opening a `/proc` file for writing), `EEXIST`
-//! (`O_CREAT | O_EXCL` on an existing file), `EBADF`, `EMFILE`.
+//! File descriptors 0, 1 and 2 are the serial console. The one writable file is
+//! the sysctl `/proc/sys/vm/drop_caches` (write-only, as Linux's mode 0200; every
+//! write is handed to [`crate::shrinker::drop_caches_sysctl`]).
+//! Errors are Linux's: `ENOENT`, `ENOTDIR`, `EISDIR`, `EROFS` (creating or
+//! writing on this file system), `EACCES` (opening another `/proc` file for
+//! writing), `EEXIST` (`O_CREAT | O_EXCL` on an existing file), `EBADF`, `EMFILE`.
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -64,7 +66,7 @@ pub fn init(initramfs: &'static [u8]) -> Result<usize, exec::cpio::CpioError> {
             count += 1;
         }
     }
-    for dir in ["proc", "proc/self"] {
+    for dir in ["proc", "proc/self", "proc/sys", "proc/sys/vm"] {
         tree.insert(String::from(dir), Node::Dir);
     }
     TREE.call_once(|| tree);
@@ -143,6 +145,8 @@ enum OpenFile {
     Console,
     Data { bytes: FileBytes, pos: usize, writable: bool },
     Dir,
+    /// `/proc/sys/vm/drop_caches` opened for writing.
+    DropCaches,
 }
 
 #[derive(Debug)]
@@ -208,6 +212,12 @@ impl FdTable {
             Node::Dir if write => Err(Errno::EISDIR),
             Node::Dir => self.install(OpenFile::Dir),
             Node::File(_) if flags & O_DIRECTORY != 0 => Err(Errno::ENOTDIR),
+            // Mode 0200 (sysctl permissions ignore root's DAC override): only a
+            // write-only open.
+            Node::File(_) if path == crate::procfs::DROP_CACHES => match flags & O_ACCMODE {
+                O_WRONLY => self.install(OpenFile::DropCaches),
+                _ => Err(Errno::EACCES),
+            },
             Node::File(_) if write || flags & O_TRUNC != 0 => Err(if is_proc { Errno::EACCES } else { Errno::EROFS }),
             Node::File(data) if !is_proc => {
                 self.install(OpenFile::Data { bytes: FileBytes::Static(data), pos: 0, writable: false })
@@ -228,6 +238,7 @@ impl FdTable {
         match self.get(fd)? {
             OpenFile::Console => Err(Errno::EINVAL),
             OpenFile::Dir => Err(Errno::EISDIR),
+            OpenFile::DropCaches => Err(Errno::EBADF),
             OpenFile::Data { bytes, pos, .. } => {
                 let data = bytes.as_slice();
                 let start = (*pos).min(data.len());
@@ -244,14 +255,21 @@ impl FdTable {
         Ok(matches!(self.get(fd)?, OpenFile::Console))
     }
 
-    /// Checks that `fd` may be written (only the console may).
+    /// Checks that `fd` may be written like the console (`write`, `writev`).
     pub fn check_writable(&mut self, fd: u64) -> Result<(), Errno> {
         match self.get(fd)? {
             OpenFile::Console => Ok(()),
             OpenFile::Data { writable: true, .. } => Ok(()),
             OpenFile::Dir => Err(Errno::EBADF),
             OpenFile::Data { .. } => Err(Errno::EBADF),
+            // Only `write` with a whole number (see `sys_write`).
+            OpenFile::DropCaches => Err(Errno::EINVAL),
         }
+    }
+
+    /// Whether `fd` is `/proc/sys/vm/drop_caches` opened for writing.
+    pub fn is_drop_caches(&mut self, fd: u64) -> Result<bool, Errno> {
+        Ok(matches!(self.get(fd)?, OpenFile::DropCaches))
     }
 
     pub fn close(&mut self, fd: u64) -> Result<(), Errno> {

@@ -12,9 +12,13 @@ const FILES: &[&str] = &["proc/meminfo", "proc/buddyinfo", "proc/pagetypeinfo", 
 /// The per-process files under `/proc/self`.
 const SELF_FILES: &[&str] = &["proc/self/status", "proc/self/maps"];
 
+/// The writable sysctl file (Linux `/proc/sys/vm/drop_caches`, see
+/// [`crate::shrinker::drop_caches_sysctl`]).
+pub const DROP_CACHES: &str = "proc/sys/vm/drop_caches";
+
 /// Whether `path` (normalised, no leading `/`) names a `/proc` file.
 pub fn exists(path: &str) -> bool {
-    FILES.contains(&path) || SELF_FILES.contains(&path)
+    FILES.contains(&path) || SELF_FILES.contains(&path) || path == DROP_CACHES
 }
 
 /// A string that grows with fallible allocation: a write that cannot get

@@ -1,7 +1,9 @@
 //! Memory reclaim: the kernel's shrinker registry (Linux `mm/shrinker.c`),
 //! called by the page allocator's direct reclaim with the allocation's GFP
-//! flags narrowed by the current `memalloc_nofs/noio` scope, and the
-//! `drop_caches N` console command that logs who asked (the 2013 patch).
+//! flags narrowed by the current `memalloc_nofs/noio` scope, and
+//! `drop_caches`: the console command and the sysctl `/proc/sys/vm/drop_caches`
+//! that user programs write, both logging who asked — "console (1)" or the
+//! process's "comm (pid)" — and the value (the 2013 patch).
 //!
 //! Rules: an FS shrinker runs only for allocations with `__GFP_FS`, an IO
 //! shrinker only with `__GFP_IO` (`GFP_NOIO` implies no FS). Reclaim runs
@@ -9,7 +11,9 @@
 
 use mm::gfp::Gfp;
 use mm::sched_mm::ScopeKind;
-use mm::shrinker::{Shrinker, ShrinkerId, ShrinkerRegistry};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use mm::shrinker::{DropCachesError, Shrinker, ShrinkerId, ShrinkerRegistry};
 
 use crate::page_alloc::KernelPlatform;
 use crate::vmalloc::MEMALLOC_SCOPE;
@@ -46,6 +50,29 @@ pub const COMMANDS: &[crate::console::Command] = &[
     },
     crate::console::Command { name: "shrinkers", args: "", help: "registered shrinkers and their counts", run: cmd_shrinkers },
 ];
+
+/// Linux's sticky `stfu`: once a write had bit 4, the sysctl logs no more.
+static DROP_CACHES_STFU: AtomicBool = AtomicBool::new(false);
+
+/// A write of `value` to `/proc/sys/vm/drop_caches` by `who` ("comm (pid)"),
+/// exactly as Linux's `drop_caches_sysctl_handler`: 1..=4 (else `Err`), bit 1 the
+/// page cache, bit 2 slab objects, and the line "who: drop_caches: value" unless a
+/// write with bit 4 came before (sticky; the console command's bit 4 silences only
+/// its own call instead). Returns the objects the shrinkers freed.
+pub fn drop_caches_sysctl(value: u32, who: &str) -> Result<u64, DropCachesError> {
+    if !(1..=4).contains(&value) {
+        return Err(DropCachesError::InvalidValue);
+    }
+    // Quiet here: the log line follows the sysctl's own (sticky) rule.
+    let report = SHRINKERS.drop_caches(value | 4, who)?;
+    if !DROP_CACHES_STFU.load(Ordering::Relaxed) {
+        log::info!("{}: drop_caches: {}", who, value);
+    }
+    if value & 4 != 0 {
+        DROP_CACHES_STFU.store(true, Ordering::Relaxed);
+    }
+    Ok(report.slab_freed)
+}
 
 fn cmd_drop_caches(args: &str) {
     let Ok(value) = args.trim().parse::<u32>() else {

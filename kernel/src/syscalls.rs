@@ -179,8 +179,29 @@ fn read_console(buf: u64, count: u64) -> SysResult {
 }
 
 fn sys_write(fd: u64, buf: u64, count: u64) -> SysResult {
+    if files(|f| f.is_drop_caches(fd))? {
+        return write_drop_caches(buf, count);
+    }
     files(|f| f.check_writable(fd))?;
     write_console(buf, count.min(MAX_RW_COUNT))
+}
+
+/// A write to `/proc/sys/vm/drop_caches`: a decimal number (surrounding
+/// whitespace allowed, at most 32 bytes), as Linux's `proc_dointvec_minmax`; the
+/// whole write is consumed.
+fn write_drop_caches(buf: u64, count: u64) -> SysResult {
+    let mut kbuf = [0u8; 32];
+    let n = usize::try_from(count).ok().filter(|&n| n <= kbuf.len()).ok_or(Errno::EINVAL)?;
+    if !uaccess::access_ok(buf, n) {
+        return Err(Errno::EFAULT);
+    }
+    uaccess::copy_from_user(&mut kbuf[..n], buf)?;
+    let value = core::str::from_utf8(&kbuf[..n]).ok().and_then(|s| s.trim().parse::<u32>().ok()).ok_or(Errno::EINVAL)?;
+    let (name, pid) = (sched::with_current(|t| t.name.clone()).unwrap_or_default(), sched::current_pid());
+    let mut who = crate::procfs::TryString::default();
+    core::fmt::Write::write_fmt(&mut who, format_args!("{name} ({pid})")).map_err(|_| Errno::ENOMEM)?;
+    crate::shrinker::drop_caches_sysctl(value, &who.into_string()).map_err(|_| Errno::EINVAL)?;
+    Ok(count)
 }
 
 /// Copies `count` bytes from user memory to the console; a bad pointer
