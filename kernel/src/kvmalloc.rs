@@ -179,19 +179,14 @@ fn kvmalloc_falls_back_to_vmalloc_when_memory_is_fragmented() -> crate::ktest::K
 /// (unmovable, so compaction cannot help), then only the even pfns freed, so no
 /// two buddies are free and no block above order 0 exists anywhere.
 fn kvmalloc_falls_back_to_vmalloc_under_real_fragmentation() -> crate::ktest::KResult {
-    use mm::gfp::{GFP_ATOMIC, GFP_KERNEL, __GFP_MEMALLOC, __GFP_NORETRY, __GFP_NOWARN};
+    use mm::gfp::GFP_KERNEL;
     let a = page_alloc();
     crate::vmalloc_ktests::warm_up();
     let mut held: alloc::vec::Vec<Pages> = alloc::vec::Vec::new();
     held.try_reserve(a.managed_pages() as usize).map_err(|_| "no heap for the handles")?;
     let free0 = crate::slab::nr_free_pages_settled();
-    // Every frame, the reserves below `min` included (`__GFP_MEMALLOC` may take
-    // them), so that no free block is left anywhere.
-    for gfp in [GFP_KERNEL | __GFP_NORETRY, GFP_ATOMIC, GFP_ATOMIC | __GFP_MEMALLOC] {
-        while let Ok(p) = a.alloc_pages(gfp | __GFP_NOWARN, 0) {
-            held.push(p);
-        }
-    }
+    // Every frame, so that no free block is left anywhere.
+    crate::page_alloc_ktests::take_every_frame(&mut held);
     // Free the even pfns in place (no allocation while memory is exhausted).
     let mut i = 0;
     while i < held.len() {

@@ -80,6 +80,18 @@ fn every_order_comes_from_usable_ram_and_holds_data() -> KResult {
     check_consistent()
 }
 
+/// Allocates order-0 pages into `held` until none is left at all, the reserves
+/// below `min` included (`__GFP_MEMALLOC` ignores the watermarks). Reserve
+/// `held`'s capacity first: no heap allocation may be needed once memory is gone.
+pub fn take_every_frame(held: &mut Vec<Pages>) {
+    let a = page_alloc();
+    for gfp in [GFP_KERNEL | __GFP_NORETRY, GFP_ATOMIC, GFP_ATOMIC | __GFP_MEMALLOC] {
+        while let Ok(p) = a.alloc_pages(gfp | __GFP_NOWARN, 0) {
+            held.push(p);
+        }
+    }
+}
+
 /// Every frame the allocator hands out — all of them, reserves included — lies in
 /// `Usable` RAM above 1 MiB (so not in the kernel image, boot structures or
 /// firmware ranges, which the bootloader reports as other kinds) and outside the
@@ -89,11 +101,7 @@ fn every_free_frame_is_usable_ram_outside_the_struct_page_array() -> KResult {
     let mut held: Vec<Pages> = Vec::new();
     held.try_reserve(a.managed_pages() as usize).map_err(|_| "no heap for the handles")?;
     let free_before = crate::slab::nr_free_pages_settled();
-    for gfp in [GFP_KERNEL | __GFP_NORETRY, GFP_ATOMIC, GFP_ATOMIC | __GFP_MEMALLOC] {
-        while let Ok(p) = a.alloc_pages(gfp | __GFP_NOWARN, 0) {
-            held.push(p);
-        }
-    }
+    take_every_frame(&mut held);
     let meta = metadata_frames_range();
     let got = held.len() as u64;
     let outside_ram = held.iter().filter(|p| !in_usable_ram(p) || p.phys_addr() < 1 << 20).count();

@@ -9,10 +9,10 @@
 //! shrinker only with `__GFP_IO` (`GFP_NOIO` implies no FS). Reclaim runs
 //! inside a no-reclaim scope, so a shrinker's own allocations never recurse.
 
-use mm::gfp::Gfp;
-use mm::sched_mm::ScopeKind;
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use mm::gfp::Gfp;
+use mm::sched_mm::ScopeKind;
 use mm::shrinker::{DropCachesError, Shrinker, ShrinkerId, ShrinkerRegistry};
 
 use crate::page_alloc::KernelPlatform;

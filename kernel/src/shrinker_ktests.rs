@@ -13,7 +13,7 @@
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
-use mm::gfp::{Gfp, GFP_ATOMIC, GFP_KERNEL, GFP_NOFS, GFP_NOIO, GFP_NOWAIT, __GFP_MEMALLOC, __GFP_NOFAIL, __GFP_NORETRY, __GFP_NOWARN};
+use mm::gfp::{Gfp, GFP_ATOMIC, GFP_KERNEL, GFP_NOFS, GFP_NOIO, GFP_NOWAIT, __GFP_NOFAIL, __GFP_NORETRY, __GFP_NOWARN};
 use mm::page_alloc::Pages;
 use mm::sched_mm::memalloc_nofs_save;
 use mm::shrinker::{ShrinkControl, Shrinker, ShrinkerFlags};
@@ -205,8 +205,7 @@ fn reclaim_honours_gfp_noio_atomic_and_nofail() -> KResult {
     // the only freeable memory in a pool that refuses its first 200 scans.
     unstock(&FS_POOL, &mut held);
     unstock(&IO_POOL, &mut held);
-    exhaust(GFP_ATOMIC, &mut held);
-    exhaust(GFP_ATOMIC | __GFP_MEMALLOC, &mut held);
+    crate::page_alloc_ktests::take_every_frame(&mut held);
     let free_at_zero = a.stats().free();
     stock(&BUSY_POOL, &mut held, busy_pages);
     BUSY_POOL.refusals.store(200, SeqCst);
@@ -257,11 +256,7 @@ fn reclaim_noretry_stops_after_one_round() -> KResult {
     let free0 = crate::slab::nr_free_pages_settled();
     // Restocks the pool with POOL odd-pfn pages taken from a fully used memory.
     let refill = |held: &mut Vec<Pages>| {
-        for gfp in [GFP_KERNEL | __GFP_NORETRY, GFP_ATOMIC, GFP_ATOMIC | __GFP_MEMALLOC] {
-            while let Ok(p) = a.alloc_pages(gfp | __GFP_NOWARN, 0) {
-                held.push(p);
-            }
-        }
+        crate::page_alloc_ktests::take_every_frame(held);
         let mut pool = BUSY_POOL.pages.lock();
         let mut i = 0;
         while i < held.len() && pool.len() < POOL {

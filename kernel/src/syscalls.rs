@@ -197,9 +197,11 @@ fn write_drop_caches(buf: u64, count: u64) -> SysResult {
     }
     uaccess::copy_from_user(&mut kbuf[..n], buf)?;
     let value = core::str::from_utf8(&kbuf[..n]).ok().and_then(|s| s.trim().parse::<u32>().ok()).ok_or(Errno::EINVAL)?;
-    let (name, pid) = (sched::with_current(|t| t.name.clone()).unwrap_or_default(), sched::current_pid());
+    let pid = sched::current_pid();
     let mut who = crate::procfs::TryString::default();
-    core::fmt::Write::write_fmt(&mut who, format_args!("{name} ({pid})")).map_err(|_| Errno::ENOMEM)?;
+    // Formatted in place (fallibly), without copying the task's name first.
+    let named = sched::with_current(|t| core::fmt::Write::write_fmt(&mut who, format_args!("{} ({pid})", t.name)));
+    named.unwrap_or_else(|| core::fmt::Write::write_fmt(&mut who, format_args!("? ({pid})"))).map_err(|_| Errno::ENOMEM)?;
     crate::shrinker::drop_caches_sysctl(value, &who.into_string()).map_err(|_| Errno::EINVAL)?;
     Ok(count)
 }
