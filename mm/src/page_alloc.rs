@@ -279,6 +279,13 @@ impl FreeArea {
             nr_reserved_highatomic: 0,
         }
     }
+
+    /// What the lock-free `Zone` mirrors hold: free pages usable for watermarks
+    /// (all but Isolate) and, of those, the ones in high-atomic reserve blocks.
+    pub(crate) fn watermark_free(&self) -> (u64, u64) {
+        let usable = self.nr_free_pages - self.nr_free_by_mt[MigrateType::Isolate.index()];
+        (usable, self.nr_free_by_mt[MigrateType::HighAtomic.index()])
+    }
 }
 
 /// One zone (Linux `struct zone`).
@@ -567,8 +574,9 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
 
     #[inline]
     fn sync_nr_free(&self, z: &Zone<P>, a: &FreeArea) {
-        z.nr_free.store(a.nr_free_pages - a.nr_free_by_mt[MigrateType::Isolate.index()], Relaxed);
-        z.nr_free_highatomic.store(a.nr_free_by_mt[MigrateType::HighAtomic.index()], Relaxed);
+        let (usable, highatomic) = a.watermark_free();
+        z.nr_free.store(usable, Relaxed);
+        z.nr_free_highatomic.store(highatomic, Relaxed);
     }
 
     pub(crate) fn add_to_free_list(&self, z: &Zone<P>, a: &mut FreeArea, pfn: u64, order: usize, mt: MigrateType) {

@@ -389,8 +389,7 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
                 return Err(mismatch(Counter::FreePages));
             }
             // The lock-free mirrors the watermark checks read.
-            let usable = a.nr_free_pages - a.nr_free_by_mt[MigrateType::Isolate.index()];
-            let highatomic = a.nr_free_by_mt[MigrateType::HighAtomic.index()];
+            let (usable, highatomic) = a.watermark_free();
             if z.nr_free.load(Relaxed) != usable || z.nr_free_highatomic.load(Relaxed) != highatomic {
                 return Err(mismatch(Counter::FreePages));
             }
