@@ -93,6 +93,13 @@ impl AllocHooks for KernelHooks {
     fn nofail_stall(&self, gfp: Gfp, order: usize, retries: u64) {
         log::warn!("page allocation loops for long: order:{}, mode:{:?}, {} retries (__GFP_NOFAIL keeps trying)", order, gfp, retries);
     }
+
+    /// A reclaim round freed nothing: sleep one tick, unless the scope forbids
+    /// reclaim (a shrinker's own allocation) or the context cannot sleep.
+    fn reclaim_throttle(&self, gfp: Gfp) -> bool {
+        let gfp = crate::vmalloc::MEMALLOC_SCOPE.current_gfp_context(gfp);
+        mm::gfp::gfpflags_allow_blocking(gfp) && crate::sched::schedule_timeout_uninterruptible(1)
+    }
 }
 
 pub type KernelPageAlloc = PageAlloc<'static, KernelPlatform>;

@@ -231,6 +231,29 @@ pub fn cond_resched() {
     }
 }
 
+/// Sleeps for about `ticks` scheduler ticks (Linux
+/// `schedule_timeout_uninterruptible`): other runnable user tasks run
+/// meanwhile; with none, or from task 0 (which the scheduler resumes only when
+/// no user task is runnable), the CPU halts between interrupts, whose handlers
+/// may free memory. Returns `false` at once, without waiting, when the caller
+/// cannot sleep: interrupts off (every kernel lock disables them, and so do
+/// interrupt and NMI handlers), or no timer has ticked yet to end a halt.
+pub fn schedule_timeout_uninterruptible(ticks: u64) -> bool {
+    let tsc_hz = crate::time::tsc_hz();
+    if !cpu::irqs_enabled() || tsc_hz == 0 || crate::arch::x86_64::pit::jiffies() == 0 {
+        return false;
+    }
+    let deadline = cpu::rdtsc().saturating_add(ticks.saturating_mul(tsc_hz / HZ));
+    while cpu::rdtsc() < deadline {
+        if current_pid() != 0 && has_runnable() {
+            schedule();
+        } else {
+            cpu::enable_irqs_and_halt();
+        }
+    }
+    true
+}
+
 /// Whether the running task has been chosen by the OOM killer.
 pub fn kill_pending() -> bool {
     with_current(|t| t.kill_pending.is_some()).unwrap_or(false)

@@ -8,10 +8,12 @@
 //! every frame with `__GFP_MEMALLOC`), once a shrinker that refused many times
 //! gives its pages back, where plain `GFP_KERNEL` fails;
 //! `__GFP_NORETRY` stops after one reclaim round where `GFP_KERNEL` goes on while
-//! reclaim makes progress.
+//! reclaim makes progress; `GFP_KERNEL` waits after a round without progress and
+//! gets memory that an interrupt handler frees meanwhile, but does not wait with
+//! interrupts off.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
 use mm::gfp::{Gfp, GFP_ATOMIC, GFP_KERNEL, GFP_NOFS, GFP_NOIO, GFP_NOWAIT, __GFP_NOFAIL, __GFP_NORETRY, __GFP_NOWARN};
 use mm::page_alloc::Pages;
@@ -70,13 +72,61 @@ static FS_POOL: PagePool = pool("test-fs-pool", ShrinkerFlags::FS);
 static IO_POOL: PagePool = pool("test-io-pool", ShrinkerFlags::IO);
 static BUSY_POOL: PagePool = pool("test-busy-pool", ShrinkerFlags::empty());
 
-/// The three test pools, registered once (empty pools count 0: no effect elsewhere).
+/// A shrinker with nothing to free that, while enabled, arms [`IRQ_RELEASE`]
+/// whenever reclaim asks it for its count: memory arrives only after reclaim
+/// has run, as when another context frees it while the allocation waits.
+struct Waker {
+    enabled: AtomicBool,
+}
+
+impl Shrinker for Waker {
+    fn name(&self) -> &str {
+        "test-waker"
+    }
+    fn flags(&self) -> ShrinkerFlags {
+        ShrinkerFlags::empty()
+    }
+    fn count_objects(&self, _: &ShrinkControl) -> u64 {
+        if self.enabled.load(SeqCst) {
+            RELEASE_ARMED.store(true, SeqCst);
+        }
+        0
+    }
+    fn scan_objects(&self, _: &mut ShrinkControl) -> u64 {
+        0
+    }
+}
+
+static WAKER: Waker = Waker { enabled: AtomicBool::new(false) };
+/// Pages the timer interrupt frees once armed.
+static IRQ_RELEASE: IrqSpinlock<Vec<Pages>> = IrqSpinlock::new(Vec::new());
+static RELEASE_ARMED: AtomicBool = AtomicBool::new(false);
+/// Timer interrupts that freed [`IRQ_RELEASE`].
+static RELEASES: AtomicU64 = AtomicU64::new(0);
+
+/// PIT tick hook (IRQ context): once armed, frees every page of [`IRQ_RELEASE`]
+/// with `free_pages_nolock`, the any-context free.
+fn release_from_irq() {
+    if !RELEASE_ARMED.swap(false, SeqCst) {
+        return;
+    }
+    // The holder of the lock runs with interrupts off, so it is never held here.
+    let Some(mut pages) = IRQ_RELEASE.try_lock() else { return };
+    for p in pages.drain(..) {
+        page_alloc().free_pages_nolock(p);
+    }
+    RELEASES.fetch_add(1, SeqCst);
+}
+
+/// The test pools and the waker, registered once (empty pools count 0: no
+/// effect elsewhere).
 fn registered() -> &'static PagePool {
     static ONCE: spin::Once<()> = spin::Once::new();
     ONCE.call_once(|| {
         for p in [&FS_POOL, &IO_POOL, &BUSY_POOL] {
             crate::shrinker::register(p);
         }
+        crate::shrinker::register(&WAKER);
     });
     &FS_POOL
 }
@@ -85,6 +135,7 @@ pub const KTESTS: &[crate::ktest::KTest] = &[
     crate::ktest!(reclaim_honours_gfp_fs_and_nowait_and_scopes),
     crate::ktest!(reclaim_honours_gfp_noio_atomic_and_nofail),
     crate::ktest!(reclaim_noretry_stops_after_one_round),
+    crate::ktest!(gfp_kernel_waits_for_memory_freed_while_it_sleeps),
 ];
 
 /// Moves up to `n` pages from `held` into `pool`'s cache.
@@ -170,6 +221,8 @@ fn reclaim_honours_gfp_fs_and_nowait_and_scopes() -> KResult {
 }
 
 fn reclaim_honours_gfp_noio_atomic_and_nofail() -> KResult {
+    // Scans the busy pool refuses (a reclaim round makes dozens).
+    const REFUSALS: u64 = 200;
     let a = page_alloc();
     registered();
     let scans = |p: &PagePool| p.scans.load(SeqCst);
@@ -202,19 +255,21 @@ fn reclaim_honours_gfp_noio_atomic_and_nofail() -> KResult {
     let atomic = a.alloc_pages(GFP_ATOMIC | __GFP_NOWARN, 0);
     let (fs_atomic, io_atomic) = (scans(&FS_POOL), scans(&IO_POOL));
     // __GFP_NOFAIL: every free frame taken (reserves included, `__GFP_MEMALLOC`),
-    // the only freeable memory in a pool that refuses its first 200 scans.
+    // the only freeable memory in a pool that refuses its first REFUSALS scans.
     unstock(&FS_POOL, &mut held);
     unstock(&IO_POOL, &mut held);
     crate::page_alloc_ktests::take_every_frame(&mut held);
     let free_at_zero = a.stats().free();
     stock(&BUSY_POOL, &mut held, busy_pages);
-    BUSY_POOL.refusals.store(200, SeqCst);
+    BUSY_POOL.refusals.store(REFUSALS, SeqCst);
     let busy0 = scans(&BUSY_POOL);
+    let waits0 = a.stats().reclaim_throttle;
     let plain = a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 0);
     let refusals_after_plain = BUSY_POOL.refusals.load(SeqCst);
     let nofail = a.alloc_pages(GFP_KERNEL | __GFP_NOFAIL | __GFP_NOWARN, 0);
     let refusals_after_nofail = BUSY_POOL.refusals.load(SeqCst);
     let busy_scans = scans(&BUSY_POOL) - busy0;
+    let waits = a.stats().reclaim_throttle - waits0;
     BUSY_POOL.refusals.store(0, SeqCst);
     // Give everything back before judging (a failed check may allocate).
     let results = [noio.is_ok(), nofs.is_ok(), nowait.is_ok(), atomic.is_ok(), plain.is_ok(), nofail.is_ok()];
@@ -237,7 +292,10 @@ fn reclaim_honours_gfp_noio_atomic_and_nofail() -> KResult {
     kassert!(free_at_zero < 64, "memory not exhausted: {} frames free", free_at_zero);
     kassert!(refusals_after_plain > 0, "plain GFP_KERNEL kept retrying (it must give up)");
     kassert!(refusals_after_nofail == 0, "NOFAIL succeeded without waiting for the busy pool");
-    kassert!(busy_scans > 200, "busy pool scanned only {} times", busy_scans);
+    kassert!(busy_scans > REFUSALS, "busy pool scanned only {} times", busy_scans);
+    // A round without progress waits a tick: plain GFP_KERNEL's single round,
+    // and NOFAIL's between its retries.
+    kassert!(waits >= 2, "{} waits: NOFAIL did not wait between rounds without progress", waits);
     kassert_eq!(crate::slab::nr_free_pages_settled(), free0);
     Ok(())
 }
@@ -291,4 +349,92 @@ fn reclaim_noretry_stops_after_one_round() -> KResult {
     kassert!(freed_kernel >= 4 * freed_noretry, "GFP_KERNEL freed {} pages, NORETRY {}", freed_kernel, freed_noretry);
     kassert_eq!(crate::slab::nr_free_pages_settled(), free0);
     Ok(())
+}
+
+/// `GFP_KERNEL` with every frame taken, no shrinker able to free anything, and
+/// pages that a timer interrupt frees only after reclaim has run: the
+/// allocation succeeds because a round without progress waits a tick before
+/// its retry (Linux `reclaim_throttle`). The same request with interrupts off
+/// cannot wait, so it fails, and the wait is counted as skipped.
+fn gfp_kernel_waits_for_memory_freed_while_it_sleeps() -> KResult {
+    let a = page_alloc();
+    registered();
+    let mut held: Vec<Pages> = Vec::new();
+    held.try_reserve(a.managed_pages() as usize).map_err(|_| "no heap for the handles")?;
+    // Enough for GFP_KERNEL to pass the min watermark again.
+    let min_pages: u64 = a.stats().zones.iter().map(|z| z.wmark[mm::page_alloc::Watermark::Min as usize]).sum();
+    let release = min_pages as usize + 64;
+    IRQ_RELEASE.lock().try_reserve(release).map_err(|_| "no heap for the release list")?;
+    let free0 = crate::slab::nr_free_pages_settled();
+    crate::arch::x86_64::pit::set_tick_hook(Some(release_from_irq));
+    // 1. Interrupts on: the allocation waits, the tick frees, the retry succeeds.
+    crate::page_alloc_ktests::take_every_frame(&mut held);
+    let free_at_zero = a.stats().free();
+    stock_release(&mut held, release);
+    let (releases0, s0) = (RELEASES.load(SeqCst), a.stats());
+    let t0 = crate::arch::x86_64::cpu::rdtsc();
+    WAKER.enabled.store(true, SeqCst);
+    let waited = a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 0);
+    WAKER.enabled.store(false, SeqCst);
+    let cycles = crate::arch::x86_64::cpu::rdtsc() - t0;
+    let (releases1, s1) = (RELEASES.load(SeqCst), a.stats());
+    // (If it did not wait, the release is still due: let it happen first.)
+    wait_for_release(releases0);
+    // 2. Interrupts off: no wait, so the pages are still held when it retries.
+    crate::page_alloc_ktests::take_every_frame(&mut held);
+    stock_release(&mut held, release);
+    let atomic = {
+        let irqs = crate::arch::x86_64::cpu::local_irq_save();
+        WAKER.enabled.store(true, SeqCst);
+        let r = a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 0);
+        WAKER.enabled.store(false, SeqCst);
+        crate::arch::x86_64::cpu::local_irq_restore(irqs);
+        r
+    };
+    let s2 = a.stats();
+    // The armed release happens at the next tick, now that interrupts are on.
+    let releases2 = wait_for_release(RELEASES.load(SeqCst));
+    crate::arch::x86_64::pit::set_tick_hook(None);
+    RELEASE_ARMED.store(false, SeqCst);
+    let results = [waited.is_ok(), atomic.is_ok()];
+    for p in [waited, atomic].into_iter().flatten() {
+        a.free_pages(p);
+    }
+    for p in held.drain(..).chain(IRQ_RELEASE.lock().drain(..)) {
+        a.free_pages(p);
+    }
+    kassert!(free_at_zero < 64, "memory not exhausted: {} frames free", free_at_zero);
+    kassert_eq!(results, [true, false]);
+    kassert_eq!(releases1 - releases0, 1);
+    kassert_eq!((s1.reclaim_throttle - s0.reclaim_throttle, s1.reclaim_throttle_skipped - s0.reclaim_throttle_skipped), (1, 0));
+    kassert_eq!((s2.reclaim_throttle - s1.reclaim_throttle, s2.reclaim_throttle_skipped - s1.reclaim_throttle_skipped), (0, 1));
+    kassert!(releases2 > releases1, "the armed release never ran");
+    // The wait is one tick (10 ms); generous bound for a loaded host.
+    let tick_cycles = crate::time::tsc_hz() / crate::sched::HZ;
+    kassert!(cycles >= tick_cycles && cycles <= 20 * tick_cycles, "the allocation took {} cycles, a tick is {}", cycles, tick_cycles);
+    kassert_eq!(crate::slab::nr_free_pages_settled(), free0);
+    Ok(())
+}
+
+/// Halts until the armed release has run (the count moved past `before`), or
+/// for 100 interrupts if it is not armed; returns the count.
+fn wait_for_release(before: u64) -> u64 {
+    for _ in 0..100 {
+        if RELEASES.load(SeqCst) != before || IRQ_RELEASE.lock().is_empty() {
+            break;
+        }
+        crate::arch::x86_64::cpu::enable_irqs_and_halt();
+    }
+    RELEASES.load(SeqCst)
+}
+
+/// Moves `n` pages from `held` into the list the timer interrupt frees.
+fn stock_release(held: &mut Vec<Pages>, n: usize) {
+    let mut list = IRQ_RELEASE.lock();
+    for _ in 0..n {
+        match held.pop() {
+            Some(p) => list.push(p),
+            None => break,
+        }
+    }
 }

@@ -128,6 +128,16 @@ pub trait AllocHooks: Sync {
     /// (called every [`NOFAIL_STALL_INTERVAL`] retries; Linux warns "page allocation
     /// stalls" / "loops for long"). It keeps retrying after the call.
     fn nofail_stall(&self, _gfp: Gfp, _order: usize, _retries: u64) {}
+    /// A direct-reclaim round freed nothing: wait a little so that other tasks and
+    /// interrupt handlers can free memory before the allocator retries (Linux
+    /// `reclaim_throttle(pgdat, VMSCAN_THROTTLE_NOPROGRESS)`, a sleep of one jiffy).
+    /// Only called for callers that may block (`__GFP_DIRECT_RECLAIM`, not
+    /// `__GFP_NORETRY`), never with an allocator lock held. Returns whether it waited;
+    /// `false` when the context cannot sleep (interrupts off, a spin lock held, no
+    /// scheduler). The default (host) cannot.
+    fn reclaim_throttle(&self, _gfp: Gfp) -> bool {
+        false
+    }
 }
 
 /// Reclaim rounds without progress before a reclaiming allocation gives up
@@ -329,6 +339,10 @@ pub(crate) struct Events {
     pub(crate) trylock_fail: AtomicU64,
     pub(crate) bad_page: AtomicU64,
     pub(crate) highatomic_reserve: AtomicU64,
+    /// Reclaim rounds without progress after which the allocation waited.
+    pub(crate) reclaim_throttle: AtomicU64,
+    /// Such rounds whose caller could not wait (atomic context).
+    pub(crate) reclaim_throttle_skipped: AtomicU64,
 }
 
 /// The physical page allocator (one NUMA node).
@@ -1119,13 +1133,15 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     /// * no `__GFP_DIRECT_RECLAIM` (`GFP_NOWAIT`, `GFP_ATOMIC`): never reclaims or
     ///   waits; after the reserves it may use (ATOMIC: below `min`) it fails;
     /// * reclaim allowed (`GFP_KERNEL`, `GFP_NOFS`, `GFP_NOIO`, ...): each round calls
-    ///   `AllocHooks::direct_reclaim(gfp, order)`, retries, drains the per-CPU lists,
-    ///   retries; it goes on while reclaim makes progress, at most
+    ///   `AllocHooks::direct_reclaim(gfp, order)`; a round that freed nothing then
+    ///   waits (`AllocHooks::reclaim_throttle`: the kernel sleeps a tick, so other
+    ///   tasks and interrupt handlers can free memory); then it retries, drains the
+    ///   per-CPU lists, retries; it goes on while reclaim makes progress, at most
     ///   [`MAX_RECLAIM_RETRIES`] rounds (Linux `should_reclaim_retry`);
-    /// * `__GFP_NORETRY`: one reclaim round, then fail;
-    /// * `__GFP_NOFAIL` (with reclaim): never fails — loops reclaim + drain + retry
-    ///   (each round also with half of the min reserve, `ALLOC_MIN_RESERVE`, never
-    ///   without watermarks) until it succeeds, calling `AllocHooks::nofail_stall`
+    /// * `__GFP_NORETRY`: one reclaim round, without the wait, then fail;
+    /// * `__GFP_NOFAIL` (with reclaim): never fails — loops reclaim (+ wait) + drain +
+    ///   retry (each round also with half of the min reserve, `ALLOC_MIN_RESERVE`,
+    ///   never without watermarks) until it succeeds, calling `AllocHooks::nofail_stall`
     ///   every [`NOFAIL_STALL_INTERVAL`] retries. Without reclaim, NOFAIL is not
     ///   supported (Linux warns and fails): it fails like its flags without NOFAIL;
     /// * `__GFP_MEMALLOC` (without `__GFP_NOMEMALLOC`): one try ignoring the
@@ -1186,10 +1202,12 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
             }
         }
         let nofail = gfp.contains(Gfp::NOFAIL);
+        let noretry = gfp.contains(Gfp::NORETRY);
         let mut rounds = 0u32;
         let mut retries = 0u64;
         loop {
             let progress = self.hooks.direct_reclaim(gfp, order);
+            let waited = progress == 0 && !noretry && self.reclaim_throttle(gfp);
             if let Some(p) = try_get(flags) {
                 return Ok(p);
             }
@@ -1212,10 +1230,12 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
                 if retries % NOFAIL_STALL_INTERVAL == 0 {
                     self.hooks.nofail_stall(gfp, order, retries);
                 }
-                core::hint::spin_loop();
+                if !waited {
+                    core::hint::spin_loop();
+                }
                 continue;
             }
-            if gfp.contains(Gfp::NORETRY) || progress == 0 || rounds >= MAX_RECLAIM_RETRIES {
+            if noretry || progress == 0 || rounds >= MAX_RECLAIM_RETRIES {
                 break;
             }
         }
@@ -1223,6 +1243,16 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
             return Ok(p);
         }
         Err(self.alloc_failed(gfp, order, AllocError::NoMemory))
+    }
+
+    /// Asks the kernel to wait after a reclaim round without progress; counts
+    /// whether it could. Returns whether it waited.
+    #[cold]
+    fn reclaim_throttle(&self, gfp: Gfp) -> bool {
+        let waited = self.hooks.reclaim_throttle(gfp);
+        let counter = if waited { &self.events.reclaim_throttle } else { &self.events.reclaim_throttle_skipped };
+        counter.fetch_add(1, Relaxed);
+        waited
     }
 
     #[cold]

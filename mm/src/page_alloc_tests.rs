@@ -1189,6 +1189,24 @@ struct CacheHooks {
     free_from_call: u64,
     per_call: usize,
     fake_progress: AtomicBool,
+    /// `reclaim_throttle` calls, and whether they may wait: a wait frees
+    /// `frees_while_waiting` cache pages (what another task or an interrupt
+    /// handler would free while the caller sleeps).
+    throttles: AtomicU64,
+    can_wait: AtomicBool,
+    frees_while_waiting: AtomicU64,
+}
+impl CacheHooks {
+    fn free_cached(&self, n: u64) -> u64 {
+        let a = self.alloc.get().unwrap();
+        let mut freed = 0;
+        for _ in 0..n {
+            let Some(p) = self.cache.lock().unwrap().pop() else { break };
+            freed += p.nr_pages();
+            a.free_pages(p);
+        }
+        freed
+    }
 }
 impl AllocHooks for CacheHooks {
     fn direct_reclaim(&self, gfp: Gfp, _order: usize) -> u64 {
@@ -1197,17 +1215,19 @@ impl AllocHooks for CacheHooks {
         if call < self.free_from_call {
             return self.fake_progress.load(Relaxed) as u64;
         }
-        let a = self.alloc.get().unwrap();
-        let mut freed = 0;
-        for _ in 0..self.per_call {
-            let Some(p) = self.cache.lock().unwrap().pop() else { break };
-            freed += p.nr_pages();
-            a.free_pages(p);
-        }
+        let freed = self.free_cached(self.per_call as u64);
         if freed == 0 { self.fake_progress.load(Relaxed) as u64 } else { freed }
     }
     fn nofail_stall(&self, _gfp: Gfp, _order: usize, retries: u64) {
         self.stalls.lock().unwrap().push(retries);
+    }
+    fn reclaim_throttle(&self, _gfp: Gfp) -> bool {
+        self.throttles.fetch_add(1, Relaxed);
+        if !self.can_wait.load(Relaxed) {
+            return false;
+        }
+        self.free_cached(self.frees_while_waiting.load(Relaxed));
+        true
     }
 }
 
@@ -1223,6 +1243,9 @@ fn under_pressure(cached: usize, free_from_call: u64, fake_progress: bool) -> (&
         free_from_call,
         per_call: 8,
         fake_progress: AtomicBool::new(false),
+        throttles: AtomicU64::new(0),
+        can_wait: AtomicBool::new(false),
+        frees_while_waiting: AtomicU64::new(0),
     });
     let a: &'static PageAlloc<'static> =
         leak(PageAlloc::<HostPlatform>::new(metas(1024), Pfn(0), &[Pfn(0)..Pfn(1024)], &NoPhysMem, hooks, cfg()).unwrap());
@@ -1235,6 +1258,7 @@ fn under_pressure(cached: usize, free_from_call: u64, fake_progress: bool) -> (&
     hooks.cache.lock().unwrap().extend(held.drain(..cached));
     // Reset the counters of the fill (its last allocation reclaimed nothing).
     hooks.calls.store(0, Relaxed);
+    hooks.throttles.store(0, Relaxed);
     hooks.gfps.lock().unwrap().clear();
     hooks.fake_progress.store(fake_progress, Relaxed);
     (a, hooks, held)
@@ -1293,10 +1317,43 @@ fn gfp_kernel_gives_up_without_progress() {
 }
 
 #[test]
+fn gfp_kernel_waits_after_a_round_without_progress_and_retries() {
+    // Reclaim frees nothing, but memory is freed while the caller waits (by
+    // another task, in the kernel): the retry after the wait succeeds.
+    let (a, hooks, held) = under_pressure(16, u64::MAX, false);
+    hooks.can_wait.store(true, Relaxed);
+    hooks.frees_while_waiting.store(1, Relaxed);
+    let s0 = a.stats();
+    let p = a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 0).expect("memory freed during the wait");
+    assert_eq!((hooks.calls.load(Relaxed), hooks.throttles.load(Relaxed)), (1, 1));
+    let s1 = a.stats();
+    assert_eq!((s1.reclaim_throttle - s0.reclaim_throttle, s1.reclaim_throttle_skipped - s0.reclaim_throttle_skipped), (1, 0));
+    // A context that cannot sleep does not wait, so nothing was freed: it fails.
+    hooks.can_wait.store(false, Relaxed);
+    assert!(a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 0).is_err());
+    assert_eq!(hooks.throttles.load(Relaxed), 2);
+    assert_eq!(a.stats().reclaim_throttle_skipped - s1.reclaim_throttle_skipped, 1);
+    // Neither non-blocking requests nor __GFP_NORETRY wait.
+    hooks.can_wait.store(true, Relaxed);
+    assert!(a.alloc_pages(GFP_NOWAIT | __GFP_NOWARN, 0).is_err());
+    assert!(a.alloc_pages(GFP_ATOMIC | __GFP_NOWARN, 0).is_err());
+    assert!(a.alloc_pages(GFP_KERNEL | __GFP_NORETRY | __GFP_NOWARN, 0).is_err());
+    assert_eq!(hooks.throttles.load(Relaxed), 2);
+    // A round that made progress does not wait either (it retries at once).
+    let (a2, hooks2, held2) = under_pressure(16, 1, false);
+    hooks2.can_wait.store(true, Relaxed);
+    let q = a2.alloc_pages(GFP_KERNEL, 0).unwrap();
+    assert_eq!(hooks2.throttles.load(Relaxed), 0);
+    release(a2, hooks2, held2, [q]);
+    release(a, hooks, held, [p]);
+}
+
+#[test]
 fn gfp_nofail_loops_until_reclaim_frees() {
     let (a, hooks, held) = under_pressure(16, 5, false);
     let p = a.alloc_pages(GFP_KERNEL | __GFP_NOFAIL, 0).expect("NOFAIL never fails");
     assert_eq!(hooks.calls.load(Relaxed), 5);
+    assert_eq!(hooks.throttles.load(Relaxed), 4, "each round without progress asks to wait");
     assert!(hooks.stalls.lock().unwrap().is_empty());
     release(a, hooks, held, [p]);
     // Long loops are reported every NOFAIL_STALL_INTERVAL retries.

@@ -59,6 +59,10 @@ pub struct AllocStats {
     pub trylock_fail: u64,
     pub bad_page: u64,
     pub highatomic_reserve: u64,
+    /// Reclaim rounds without progress after which the allocation waited a tick.
+    pub reclaim_throttle: u64,
+    /// Such rounds whose caller could not wait (interrupts off or a lock held).
+    pub reclaim_throttle_skipped: u64,
     pub fault_injected: u64,
 }
 
@@ -161,6 +165,8 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
             trylock_fail: e.trylock_fail.load(Relaxed),
             bad_page: e.bad_page.load(Relaxed),
             highatomic_reserve: e.highatomic_reserve.load(Relaxed),
+            reclaim_throttle: e.reclaim_throttle.load(Relaxed),
+            reclaim_throttle_skipped: e.reclaim_throttle_skipped.load(Relaxed),
             fault_injected: self.fail.injected(),
         }
     }
@@ -236,7 +242,7 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     /// `/proc/vmstat`-style event counters.
     pub fn vmstat(&self, out: &mut impl Write) -> fmt::Result {
         let s = self.stats();
-        let rows: [(&str, u64); 17] = [
+        let rows: [(&str, u64); 19] = [
             ("pgalloc", s.pgalloc),
             ("pgfree", s.pgfree),
             ("pgalloc_fail", s.alloc_fail),
@@ -253,6 +259,8 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
             ("trylock_fail", s.trylock_fail),
             ("bad_page", s.bad_page),
             ("highatomic_reserve", s.highatomic_reserve),
+            ("reclaim_throttle", s.reclaim_throttle),
+            ("reclaim_throttle_skipped", s.reclaim_throttle_skipped),
             ("fail_page_alloc", s.fault_injected),
         ];
         for (name, v) in rows {
