@@ -38,6 +38,7 @@ pub const SUITES: &[&[KTest]] = &[
     crate::arch::x86_64::gdt::KTESTS,
     crate::arch::x86_64::trap::KTESTS,
     crate::arch::x86_64::pit::KTESTS,
+    crate::arch::x86_64::acpi::KTESTS,
     crate::arch::x86_64::apic::KTESTS,
     crate::arch::x86_64::rtc::KTESTS,
     crate::userland::KTESTS,
@@ -67,6 +68,12 @@ pub struct TestFailure {
 impl From<&str> for TestFailure {
     fn from(message: &str) -> Self {
         Self { message: message.into(), file: "", line: 0 }
+    }
+}
+
+impl From<String> for TestFailure {
+    fn from(message: String) -> Self {
+        Self { message, file: "", line: 0 }
     }
 }
 

@@ -15,7 +15,7 @@ use mm::page_alloc::{AllocError, Pages, MAX_ORDER, NUMA_NO_NODE, PCP_MAX_ORDER};
 use mm::page_alloc_bulk::DrainVec;
 use mm::rng::XorShift64;
 
-use crate::arch::x86_64::ioapic::{IoApic, PIT_GSI};
+use crate::arch::x86_64::ioapic::{IoApic, PIT_IRQ};
 use crate::arch::x86_64::{apic, pit, trap};
 use crate::ktest::KResult;
 use crate::page_alloc::{metadata_frames_range, page_alloc};
@@ -310,7 +310,7 @@ fn hammer_tick() {
 fn timer_irq_hammers_nolock_pair_while_allocating() -> KResult {
     const RUN_NS: u64 = 2_000_000_000;
     kassert!(apic::is_enabled(), "no local APIC to receive the NMIs");
-    let io = IoApic::probe().map_err(|_| "no I/O APIC at its default address")?;
+    let (io, pit_pin) = IoApic::for_isa_irq(PIT_IRQ).map_err(|e| alloc::format!("no I/O APIC pin for the PIT: {:?}", e))?;
     let a = page_alloc();
     let free_before = crate::slab::nr_free_pages_settled();
     for c in [&HAMMER_TICKS, &HAMMER_ALLOCS, &HAMMER_MISSES, &HAMMER_FREES, &HAMMER_SKIPS] {
@@ -320,7 +320,7 @@ fn timer_irq_hammers_nolock_pair_while_allocating() -> KResult {
     // The hook first, then the route (an NMI may come at once), then the rate; all
     // undone below, and nothing in between can return early.
     trap::set_nmi_hook(Some(hammer_tick));
-    if io.route_as_nmi(PIT_GSI, apic::id() as u8).is_err() {
+    if io.route_as_nmi(pit_pin, apic::id() as u8).is_err() {
         trap::set_nmi_hook(None);
         return Err("the I/O APIC has no PIT pin".into());
     }
@@ -343,7 +343,7 @@ fn timer_irq_hammers_nolock_pair_while_allocating() -> KResult {
         normal_ops += 1;
     }
     pit::set_tick_hook(None);
-    io.mask(PIT_GSI);
+    io.mask(pit_pin);
     trap::set_nmi_hook(None);
     pit::set_frequency(pit::HZ);
     let nmis = trap::NMIS.load(SeqCst) - nmis0;

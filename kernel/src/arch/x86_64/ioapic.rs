@@ -5,17 +5,19 @@
 //! uses it to interrupt the page allocator *inside* its locked sections, which no
 //! maskable interrupt can do. Device interrupts keep coming through the legacy PIC.
 //!
-//! The I/O APIC sits at its architectural default address (QEMU's `pc` and `q35`
-//! machines put it there; the MADT is not parsed); [`IoApic::probe`] reads the
-//! version register there (a select and a read) before any redirection entry is
-//! written. Registers are reached
-//! through the direct map with volatile accesses: `IOREGSEL` selects a register,
-//! `IOWIN` reads or writes it.
+//! Where the chip is and which of its pins carries an ISA line come from the
+//! ACPI MADT ([`super::acpi`]): [`IoApic::for_isa_irq`] finds the I/O APIC whose
+//! GSI range holds the line's GSI (after the interrupt source override: the PIT's
+//! IRQ 0 is GSI 2 on QEMU), then reads its version register (a select and a read)
+//! before any redirection entry is written. Registers are reached through the
+//! direct map with volatile accesses: `IOREGSEL` selects a register, `IOWIN`
+//! reads or writes it.
 
+use super::acpi::{self, AcpiError};
 use crate::memmap;
 
-/// Physical address of the first I/O APIC (architectural default).
-const IOAPIC_PHYS: u64 = 0xfec0_0000;
+/// The direct map always covers the low 4 GiB, where I/O APICs live.
+const MAPPED_END: u64 = 4 << 30;
 const IOREGSEL: usize = 0x00;
 const IOWIN: usize = 0x10;
 const REG_VERSION: u32 = 0x01;
@@ -26,14 +28,17 @@ const fn redtbl(pin: u8) -> u32 {
 const DELIVERY_NMI: u32 = 0b100 << 8;
 const MASKED: u32 = 1 << 16;
 
-/// The ISA timer line (IRQ 0) as QEMU wires it: global system interrupt 2 (the
-/// MADT's interrupt source override).
-pub const PIT_GSI: u8 = 2;
+/// The ISA line of the PIT's channel 0.
+pub const PIT_IRQ: u8 = 0;
 
 /// Why the I/O APIC cannot be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoApicError {
-    /// Nothing answers at the default address (reads give all ones or zeros).
+    /// The MADT could not be read.
+    Acpi(AcpiError),
+    /// The MADT lists no I/O APIC for this GSI, or one outside the low 4 GiB.
+    NoIoApicFor(u32),
+    /// Nothing answers at the address (reads give all ones or zeros).
     NotPresent,
     /// The pin is beyond the chip's redirection entries.
     NoSuchPin(u8),
@@ -46,15 +51,23 @@ pub struct IoApic {
 }
 
 impl IoApic {
-    /// Checks that an I/O APIC answers at the default address.
-    pub fn probe() -> Result<IoApic, IoApicError> {
-        let mut io = IoApic { base: memmap::phys_to_virt(IOAPIC_PHYS), entries: 0 };
+    /// The I/O APIC that receives ISA line `irq`, and its pin for it, as the MADT
+    /// says; checks that the chip answers and has that pin.
+    pub fn for_isa_irq(irq: u8) -> Result<(IoApic, u8), IoApicError> {
+        let madt = acpi::madt().map_err(IoApicError::Acpi)?;
+        let gsi = madt.isa_gsi(irq);
+        let (entry, pin) = madt.ioapic_for_gsi(gsi).ok_or(IoApicError::NoIoApicFor(gsi))?;
+        if entry.phys_addr.saturating_add(IOWIN as u64 + 4) > MAPPED_END {
+            return Err(IoApicError::NoIoApicFor(gsi));
+        }
+        let mut io = IoApic { base: memmap::phys_to_virt(entry.phys_addr), entries: 0 };
         let version = io.read(REG_VERSION);
         if version == u32::MAX || version == 0 {
             return Err(IoApicError::NotPresent);
         }
         io.entries = ((version >> 16) & 0xff) as u8 + 1;
-        Ok(io)
+        let pin = u8::try_from(pin).ok().filter(|&p| p < io.entries).ok_or(IoApicError::NoSuchPin(pin.min(255) as u8))?;
+        Ok((io, pin))
     }
 
     fn read(&self, reg: u32) -> u32 {

@@ -2,6 +2,7 @@
 //! entry, the legacy PIC and PIT, CPU feature control, QEMU's debug-exit and
 //! fw_cfg devices. The rest of the kernel calls these through small safe APIs.
 
+pub mod acpi;
 pub mod apic;
 pub mod cpu;
 pub mod fpu;
