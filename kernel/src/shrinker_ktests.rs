@@ -17,7 +17,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
 use mm::gfp::{Gfp, GFP_ATOMIC, GFP_KERNEL, GFP_NOFS, GFP_NOIO, GFP_NOWAIT, __GFP_NOFAIL, __GFP_NORETRY, __GFP_NOWARN};
 use mm::page_alloc::Pages;
-use mm::sched_mm::memalloc_nofs_save;
+use mm::sched_mm::{memalloc_nofs_save, memalloc_noreclaim_save};
 use mm::shrinker::{ShrinkControl, Shrinker, ShrinkerFlags};
 
 use crate::ktest::KResult;
@@ -72,8 +72,8 @@ static FS_POOL: PagePool = pool("test-fs-pool", ShrinkerFlags::FS);
 static IO_POOL: PagePool = pool("test-io-pool", ShrinkerFlags::IO);
 static BUSY_POOL: PagePool = pool("test-busy-pool", ShrinkerFlags::empty());
 
-/// A shrinker with nothing to free that, while enabled, arms [`IRQ_RELEASE`]
-/// whenever reclaim asks it for its count: memory arrives only after reclaim
+/// A shrinker with nothing to free that, once enabled, arms [`IRQ_RELEASE`] the
+/// first time reclaim asks it for its count: memory arrives only after reclaim
 /// has run, as when another context frees it while the allocation waits.
 struct Waker {
     enabled: AtomicBool,
@@ -87,7 +87,7 @@ impl Shrinker for Waker {
         ShrinkerFlags::empty()
     }
     fn count_objects(&self, _: &ShrinkControl) -> u64 {
-        if self.enabled.load(SeqCst) {
+        if self.enabled.swap(false, SeqCst) {
             RELEASE_ARMED.store(true, SeqCst);
         }
         0
@@ -101,7 +101,7 @@ static WAKER: Waker = Waker { enabled: AtomicBool::new(false) };
 /// Pages the timer interrupt frees once armed.
 static IRQ_RELEASE: IrqSpinlock<Vec<Pages>> = IrqSpinlock::new(Vec::new());
 static RELEASE_ARMED: AtomicBool = AtomicBool::new(false);
-/// Timer interrupts that freed [`IRQ_RELEASE`].
+/// Timer interrupts that freed pages of [`IRQ_RELEASE`].
 static RELEASES: AtomicU64 = AtomicU64::new(0);
 
 /// PIT tick hook (IRQ context): once armed, frees every page of [`IRQ_RELEASE`]
@@ -112,6 +112,9 @@ fn release_from_irq() {
     }
     // The holder of the lock runs with interrupts off, so it is never held here.
     let Some(mut pages) = IRQ_RELEASE.try_lock() else { return };
+    if pages.is_empty() {
+        return;
+    }
     for p in pages.drain(..) {
         page_alloc().free_pages_nolock(p);
     }
@@ -354,8 +357,9 @@ fn reclaim_noretry_stops_after_one_round() -> KResult {
 /// `GFP_KERNEL` with every frame taken, no shrinker able to free anything, and
 /// pages that a timer interrupt frees only after reclaim has run: the
 /// allocation succeeds because a round without progress waits a tick before
-/// its retry (Linux `reclaim_throttle`). The same request with interrupts off
-/// cannot wait, so it fails, and the wait is counted as skipped.
+/// its retry (Linux `reclaim_throttle`). The same request with interrupts off,
+/// or inside the no-reclaim scope, does not wait, so it fails, and the wait is
+/// counted as skipped.
 fn gfp_kernel_waits_for_memory_freed_while_it_sleeps() -> KResult {
     let a = page_alloc();
     registered();
@@ -366,6 +370,8 @@ fn gfp_kernel_waits_for_memory_freed_while_it_sleeps() -> KResult {
     let release = min_pages as usize + 64;
     IRQ_RELEASE.lock().try_reserve(release).map_err(|_| "no heap for the release list")?;
     let free0 = crate::slab::nr_free_pages_settled();
+    // Ticks every millisecond, so the release comes well inside the 10 ms wait.
+    crate::arch::x86_64::pit::set_frequency(1000);
     crate::arch::x86_64::pit::set_tick_hook(Some(release_from_irq));
     // 1. Interrupts on: the allocation waits, the tick frees, the retry succeeds.
     crate::page_alloc_ktests::take_every_frame(&mut held);
@@ -394,21 +400,32 @@ fn gfp_kernel_waits_for_memory_freed_while_it_sleeps() -> KResult {
     let s2 = a.stats();
     // The armed release happens at the next tick, now that interrupts are on.
     let releases2 = wait_for_release(RELEASES.load(SeqCst));
+    // 3. Inside reclaim (a shrinker's own allocation: the no-reclaim scope) it
+    //    does not wait either.
+    crate::page_alloc_ktests::take_every_frame(&mut held);
+    let in_reclaim = {
+        let _reclaiming = memalloc_noreclaim_save(&MEMALLOC_SCOPE);
+        a.alloc_pages(GFP_KERNEL | __GFP_NOWARN, 0)
+    };
+    let s3 = a.stats();
     crate::arch::x86_64::pit::set_tick_hook(None);
+    crate::arch::x86_64::pit::set_frequency(crate::arch::x86_64::pit::HZ);
+    WAKER.enabled.store(false, SeqCst);
     RELEASE_ARMED.store(false, SeqCst);
-    let results = [waited.is_ok(), atomic.is_ok()];
-    for p in [waited, atomic].into_iter().flatten() {
+    let results = [waited.is_ok(), atomic.is_ok(), in_reclaim.is_ok()];
+    for p in [waited, atomic, in_reclaim].into_iter().flatten() {
         a.free_pages(p);
     }
     for p in held.drain(..).chain(IRQ_RELEASE.lock().drain(..)) {
         a.free_pages(p);
     }
     kassert!(free_at_zero < 64, "memory not exhausted: {} frames free", free_at_zero);
-    kassert_eq!(results, [true, false]);
+    kassert_eq!(results, [true, false, false]);
     kassert_eq!(releases1 - releases0, 1);
     kassert_eq!((s1.reclaim_throttle - s0.reclaim_throttle, s1.reclaim_throttle_skipped - s0.reclaim_throttle_skipped), (1, 0));
     kassert_eq!((s2.reclaim_throttle - s1.reclaim_throttle, s2.reclaim_throttle_skipped - s1.reclaim_throttle_skipped), (0, 1));
     kassert!(releases2 > releases1, "the armed release never ran");
+    kassert_eq!((s3.reclaim_throttle - s2.reclaim_throttle, s3.reclaim_throttle_skipped - s2.reclaim_throttle_skipped), (0, 1));
     // The wait is one tick (10 ms); generous bound for a loaded host.
     let tick_cycles = crate::time::tsc_hz() / crate::sched::HZ;
     kassert!(cycles >= tick_cycles && cycles <= 20 * tick_cycles, "the allocation took {} cycles, a tick is {}", cycles, tick_cycles);
