@@ -313,6 +313,7 @@ fn timer_irq_hammers_nolock_pair_while_allocating() -> KResult {
     let (io, pit_pin) = IoApic::for_isa_irq(PIT_IRQ).map_err(|e| alloc::format!("no I/O APIC pin for the PIT: {:?}", e))?;
     let a = page_alloc();
     let free_before = crate::slab::nr_free_pages_settled();
+    let slab_before = crate::slab::KMALLOC.stats().nr_slab_pages;
     for c in [&HAMMER_TICKS, &HAMMER_ALLOCS, &HAMMER_MISSES, &HAMMER_FREES, &HAMMER_SKIPS] {
         c.store(0, SeqCst);
     }
@@ -380,7 +381,13 @@ fn timer_irq_hammers_nolock_pair_while_allocating() -> KResult {
     if free_after != free_before {
         // Everything the allocator knows, to tell a lost block from a counter slip.
         let s = a.stats();
-        crate::println!("    hammer: free {} -> {}; bad pages {} -> {}", free_before, free_after, before.bad_page, s.bad_page);
+        // A kmalloc object still alive keeps its slab (order 3 from 1 KiB up).
+        let slab_after = crate::slab::KMALLOC.stats().nr_slab_pages;
+        crate::println!(
+            "    hammer: free {} -> {}; bad pages {} -> {}; slab pages {} -> {}",
+            free_before, free_after, before.bad_page, s.bad_page, slab_before, slab_after
+        );
+        let _ = crate::slab::KMALLOC.slabinfo(&mut crate::serial::Writer);
         for z in s.zones.iter().filter(|z| z.managed > 0) {
             crate::println!("    zone {}: buddy {} pcp {} deferred {} allocated {}", z.name, z.free, z.pcp, z.deferred, z.allocated);
         }

@@ -988,6 +988,10 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         if page.is_none() && flags & ALLOC_NON_BLOCK != 0 {
             page = self.__rmqueue_smallest(z, &mut a, order, MigrateType::HighAtomic);
         }
+        if page.is_some() {
+            // (Per-CPU list allocations count in their slot.)
+            self.events.pgalloc.fetch_add(1, Relaxed);
+        }
         page
     }
 
@@ -1285,8 +1289,13 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
 
     /// Checks the head of a block being freed (Linux `free_page_is_bad`); on a bad
     /// page reports it and returns `None` (the block is leaked, never reused).
-    /// With `claim`, the head is taken over with a compare-and-swap, so two racing
-    /// frees of the same block (a misused `from_raw`) cannot both succeed.
+    /// With `claim` (`free_pages_nolock`), the head is taken over with a
+    /// compare-and-swap, so two racing `free_pages_nolock` calls of the same block (a
+    /// misused `from_raw`) cannot both succeed. The locked paths (`free_pages`, the
+    /// bulk free) do not claim, to keep the compare-and-swap off the fast path: a
+    /// `free_pages` interrupted between this check and its list insertion by an NMI
+    /// that frees the same block would link it twice. Only a duplicated handle can do
+    /// that (`Pages` is not `Clone`).
     #[inline(always)]
     pub(crate) fn free_pages_prepare(&self, pages: Pages, claim: bool) -> Option<(u64, usize)> {
         let (pfn, order) = (pages.pfn.0, pages.order());

@@ -1317,6 +1317,27 @@ fn gfp_kernel_gives_up_without_progress() {
 }
 
 #[test]
+fn pgalloc_counts_buddy_allocations_like_pgfree_counts_frees() {
+    let a = simple(4096, cfg());
+    let s0 = a.stats();
+    // Order 4 comes from the buddy; so does an NMI-style allocation that finds this
+    // CPU's lists locked (the zone lock is free).
+    let p = a.alloc_pages(GFP_KERNEL, 4).unwrap();
+    let q = {
+        let _pcp = a.pcp_lock_cpu(&a.zones[0], 0).unwrap();
+        a.try_alloc_pages(NUMA_NO_NODE, 3).unwrap()
+    };
+    let r = a.alloc_pages(GFP_KERNEL, 0).unwrap();
+    let s1 = a.stats();
+    a.free_pages(p);
+    a.free_pages_nolock(q);
+    a.free_pages(r);
+    let s2 = a.stats();
+    assert_eq!((s1.pgalloc - s0.pgalloc, s2.pgfree - s1.pgfree), (3, 3));
+    assert_restored(&a);
+}
+
+#[test]
 fn gfp_kernel_waits_after_a_round_without_progress_and_retries() {
     // Reclaim frees nothing, but memory is freed while the caller waits (by
     // another task, in the kernel): the retry after the wait succeeds.

@@ -354,7 +354,9 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     /// Walks every list and every frame and checks the allocator's invariants (Linux
     /// `CONFIG_DEBUG_VM`): list links and types, no frame in two blocks, counters equal
     /// to what the lists hold, `managed = free + pcp + deferred + allocated`.
-    /// Takes every lock; meant for tests and the console, not hot paths.
+    /// Takes every lock; meant for tests and the console, not hot paths. Call it
+    /// quiescent: an NMI that frees during the frame walk defers its block (the locks
+    /// are held), which can show as a transient `Deferred` / `Total` mismatch.
     pub fn check_consistency(&self) -> Result<ConsistencyReport, ConsistencyError> {
         let mut rep = ConsistencyReport::default();
         for (zi, z) in self.zones.iter().enumerate() {
