@@ -236,8 +236,9 @@ pub fn cond_resched() {
 /// meanwhile; with none, or from task 0 (which the scheduler resumes only when
 /// no user task is runnable), the CPU halts between interrupts, whose handlers
 /// may free memory. Returns `false` at once, without waiting, when the caller
-/// cannot sleep: interrupts off (every kernel lock disables them, and so do
-/// interrupt and NMI handlers), or no timer has ticked yet to end a halt.
+/// cannot sleep: interrupts off (the kernel's locks disable them, and so do
+/// interrupt and NMI gates; by convention, nothing enforces that a lock held
+/// with interrupts on is never met here), or no timer has ticked yet.
 pub fn schedule_timeout_uninterruptible(ticks: u64) -> bool {
     let tsc_hz = crate::time::tsc_hz();
     if !cpu::irqs_enabled() || tsc_hz == 0 || crate::arch::x86_64::pit::jiffies() == 0 {
