@@ -40,7 +40,7 @@ pub const KERNEL_IMAGE_REGION: u64 = 0xffff_ffff_8000_0000;
 
 /// The direct map always reaches this far: the local and I/O APICs live just
 /// below 4 GiB.
-const DIRECT_MAP_MIN_END: u64 = 4 << 30;
+pub const DIRECT_MAP_MIN_END: u64 = 4 << 30;
 
 /// Flags kept from a boot leaf: permissions and caching.
 const KEPT_FLAGS: PteFlags = PteFlags::WRITABLE.union(PteFlags::NX).union(PteFlags::GLOBAL).union(PteFlags::PWT).union(PteFlags::PCD);

@@ -141,9 +141,10 @@ pub const KTESTS: &[crate::ktest::KTest] = &[
     crate::ktest!(gfp_kernel_waits_for_memory_freed_while_it_sleeps),
 ];
 
-/// Moves up to `n` pages from `held` into `pool`'s cache.
-fn stock(pool: &PagePool, held: &mut Vec<Pages>, n: usize) {
-    let mut pages = pool.pages.lock();
+/// Moves up to `n` pages from `held` into `list` (a pool's cache, or the pages
+/// the timer interrupt frees).
+fn stock(list: &IrqSpinlock<Vec<Pages>>, held: &mut Vec<Pages>, n: usize) {
+    let mut pages = list.lock();
     for _ in 0..n {
         match held.pop() {
             Some(p) => pages.push(p),
@@ -178,14 +179,7 @@ fn reclaim_honours_gfp_fs_and_nowait_and_scopes() -> KResult {
     exhaust(GFP_KERNEL | __GFP_NORETRY, &mut held);
     // Move 1024 of the held pages into the FS shrinker's cache: freeable memory
     // that only an allocation allowed to enter the file system may reclaim.
-    {
-        let mut pages = pool.pages.lock();
-        for _ in 0..1024 {
-            if let Some(p) = held.pop() {
-                pages.push(p);
-            }
-        }
-    }
+    stock(&pool.pages, &mut held, 1024);
     let scans0 = pool.scans.load(SeqCst);
     let nofs = a.alloc_pages(GFP_NOFS | __GFP_NOWARN, 0);
     let scans_after_nofs = pool.scans.load(SeqCst);
@@ -242,8 +236,8 @@ fn reclaim_honours_gfp_noio_atomic_and_nofail() -> KResult {
     BUSY_POOL.pages.lock().try_reserve(busy_pages).map_err(|_| "no heap for the pools")?;
     let free0 = crate::slab::nr_free_pages_settled();
     exhaust(GFP_KERNEL | __GFP_NORETRY, &mut held);
-    stock(&FS_POOL, &mut held, 256);
-    stock(&IO_POOL, &mut held, 256);
+    stock(&FS_POOL.pages, &mut held, 256);
+    stock(&IO_POOL.pages, &mut held, 256);
     let (fs0, io0) = (scans(&FS_POOL), scans(&IO_POOL));
     // GFP_NOIO implies NOFS: neither pool may be asked.
     let noio = a.alloc_pages(GFP_NOIO | __GFP_NOWARN, 0);
@@ -263,7 +257,7 @@ fn reclaim_honours_gfp_noio_atomic_and_nofail() -> KResult {
     unstock(&IO_POOL, &mut held);
     crate::page_alloc_ktests::take_every_frame(&mut held);
     let free_at_zero = a.stats().free();
-    stock(&BUSY_POOL, &mut held, busy_pages);
+    stock(&BUSY_POOL.pages, &mut held, busy_pages);
     BUSY_POOL.refusals.store(REFUSALS, SeqCst);
     let busy0 = scans(&BUSY_POOL);
     let waits0 = a.stats().reclaim_throttle;
@@ -376,7 +370,7 @@ fn gfp_kernel_waits_for_memory_freed_while_it_sleeps() -> KResult {
     // 1. Interrupts on: the allocation waits, the tick frees, the retry succeeds.
     crate::page_alloc_ktests::take_every_frame(&mut held);
     let free_at_zero = a.stats().free();
-    stock_release(&mut held, release);
+    stock(&IRQ_RELEASE, &mut held, release);
     let (releases0, s0) = (RELEASES.load(SeqCst), a.stats());
     let t0 = crate::arch::x86_64::cpu::rdtsc();
     WAKER.enabled.store(true, SeqCst);
@@ -388,7 +382,7 @@ fn gfp_kernel_waits_for_memory_freed_while_it_sleeps() -> KResult {
     wait_for_release(releases0);
     // 2. Interrupts off: no wait, so the pages are still held when it retries.
     crate::page_alloc_ktests::take_every_frame(&mut held);
-    stock_release(&mut held, release);
+    stock(&IRQ_RELEASE, &mut held, release);
     let atomic = {
         let irqs = crate::arch::x86_64::cpu::local_irq_save();
         WAKER.enabled.store(true, SeqCst);
@@ -443,15 +437,4 @@ fn wait_for_release(before: u64) -> u64 {
         crate::arch::x86_64::cpu::enable_irqs_and_halt();
     }
     RELEASES.load(SeqCst)
-}
-
-/// Moves `n` pages from `held` into the list the timer interrupt frees.
-fn stock_release(held: &mut Vec<Pages>, n: usize) {
-    let mut list = IRQ_RELEASE.lock();
-    for _ in 0..n {
-        match held.pop() {
-            Some(p) => list.push(p),
-            None => break,
-        }
-    }
 }

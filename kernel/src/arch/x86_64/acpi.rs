@@ -11,10 +11,9 @@
 //! map, which covers at least the low 4 GiB, where firmware puts them; a table
 //! beyond that is refused.
 
+use crate::init_64::DIRECT_MAP_MIN_END;
 use crate::memmap;
 
-/// The direct map always covers this much physical memory (see `init_64`).
-const MAPPED_END: u64 = 4 << 30;
 /// Longest table accepted (QEMU's MADT is about 120 bytes).
 const MAX_TABLE_LEN: u32 = 64 * 1024;
 const SDT_HEADER_LEN: usize = 36;
@@ -81,7 +80,7 @@ impl Madt {
 /// `len` bytes of physical memory at `phys`, through the direct map.
 fn phys_bytes(phys: u64, len: usize) -> Result<&'static [u8], AcpiError> {
     match phys.checked_add(len as u64) {
-        Some(end) if end <= MAPPED_END && phys != 0 => {}
+        Some(end) if end <= DIRECT_MAP_MIN_END && phys != 0 => {}
         _ => return Err(AcpiError::Unmapped(phys)),
     }
     // SAFETY: the direct map covers the low 4 GiB (checked above) for the whole

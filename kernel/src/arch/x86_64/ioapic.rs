@@ -14,10 +14,9 @@
 //! reads or writes it.
 
 use super::acpi::{self, AcpiError};
+use crate::init_64::DIRECT_MAP_MIN_END;
 use crate::memmap;
 
-/// The direct map always covers the low 4 GiB, where I/O APICs live.
-const MAPPED_END: u64 = 4 << 30;
 const IOREGSEL: usize = 0x00;
 const IOWIN: usize = 0x10;
 const REG_VERSION: u32 = 0x01;
@@ -57,7 +56,7 @@ impl IoApic {
         let madt = acpi::madt().map_err(IoApicError::Acpi)?;
         let gsi = madt.isa_gsi(irq);
         let (entry, pin) = madt.ioapic_for_gsi(gsi).ok_or(IoApicError::NoIoApicFor(gsi))?;
-        if entry.phys_addr.saturating_add(IOWIN as u64 + 4) > MAPPED_END {
+        if entry.phys_addr.saturating_add(IOWIN as u64 + 4) > DIRECT_MAP_MIN_END {
             return Err(IoApicError::NoIoApicFor(gsi));
         }
         let mut io = IoApic { base: memmap::phys_to_virt(entry.phys_addr), entries: 0 };
