@@ -7,59 +7,38 @@
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
+// `lib/` is the bottom layer's folder (as in Linux), not a library crate root.
+#![allow(special_module_name)]
 
 extern crate alloc;
 
 mod arch;
-mod binfmt_elf;
-mod clear_page;
-mod cmdline;
 mod console;
-mod fault;
-mod mm_struct;
-mod pgtable;
-mod vm_ktests;
-mod vmalloc_ktests;
-mod heap;
-mod init_64;
-mod ktest;
-mod kvmalloc;
-mod memmap;
-mod migrate;
-mod page_alloc;
-mod page_alloc_ktests;
-mod printk;
-mod process;
-mod procfs;
-mod sched;
-mod sys_mm;
-mod syscalls;
-mod uaccess;
-mod userland;
+mod entry;
 mod fs;
-mod serial;
-mod shrinker;
-mod slab;
-mod shrinker_ktests;
-mod sysctl;
-mod sync;
-mod time;
-mod vmalloc;
+mod init;
+mod ktests;
+mod lib;
+mod memory;
+mod task;
 
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::{entry_point, BootInfo};
 use log::LevelFilter;
 
-use arch::x86_64::{apic, cpu, fpu, gdt, idt, pic, pit, qemu, syscall};
-use cmdline::SelfTest;
+use arch::x86_64::layout::{KERNEL_HALF_START, KERNEL_IMAGE_BASE};
+use arch::x86_64::upcall::{self, Upcalls};
+use arch::x86_64::{apic, cpu, entry_64, fpu, gdt, idt, memmap, pic, pit, qemu, serial, time};
+use entry::{fault, sys_mm, syscalls};
+use init::cmdline::{self, SelfTest};
+use init::userland;
+use lib::{ktest, printk};
+use memory::{clear_page, heap, page_alloc, shrinker, slab, vmalloc};
+use task::{process, sched};
 
 /// Stack for the boot CPU; the tests and the console run on it.
 const KERNEL_STACK_SIZE: u64 = 512 * 1024;
 
-/// Start of the kernel half of the address space (PML4 entries 256..511).
-pub const KERNEL_HALF_START: u64 = 0xffff_8000_0000_0000;
-/// The kernel image is linked for -2 GiB, like Linux's `__START_KERNEL_map`.
-const KERNEL_IMAGE_BASE: u64 = 0xffff_ffff_8000_0000;
 
 /// Everything the bootloader maps for the kernel (image, stack, boot info,
 /// direct map) goes into the upper half, so user address spaces can share it
@@ -82,6 +61,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     printk::init(LevelFilter::Info);
     log::info!("mm kernel {} booting", env!("CARGO_PKG_VERSION"));
 
+    install_hooks();
     gdt::init();
     idt::init();
     heap::init();
@@ -114,7 +94,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     log::info!("interrupts on: PIC remapped to vectors 32-47, PIT at {} Hz, COM1 receive IRQ", pit::HZ);
 
     let facts = memmap::init(boot_info);
-    let _ = memmap::write_memmap(&mut serial::Writer, facts);
+    let _ = memmap::write_memmap(&mut printk::Writer, facts);
     if let Err(e) = page_alloc::init(facts) {
         panic!("cannot set up the page allocator: {}", e);
     }
@@ -124,14 +104,14 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     }
     slab::init(mm::slab::SlabConfig { init_on_alloc: cmdline.init_on_alloc, init_on_free: cmdline.init_on_free });
     apic::init(facts.physical_memory_offset);
-    syscall::init();
+    entry_64::init();
     fpu::init();
     shrinker::register(&sys_mm::LAZYFREE_SHRINKER);
     match apic::start_timer(sched::HZ) {
         Some(hz) => log::info!("APIC timer: {} kHz input, {} Hz scheduler tick", hz / 1000, sched::HZ),
         None => log::warn!("no APIC timer: user processes are not preempted"),
     }
-    if crate::time::read_wall_clock().is_none() {
+    if time::read_wall_clock().is_none() {
         log::warn!("RTC unreadable: CLOCK_REALTIME counts from 1970");
     }
     init_initramfs(facts);
@@ -156,6 +136,22 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     console::run()
 }
 
+/// Connects the layers that call upwards: the traps and the `syscall` entry
+/// in `arch/` (Linux's fixed entry points), the allocator's reclaim wait, and
+/// the test runner's list of suites. Nothing below `main` names these.
+fn install_hooks() {
+    upcall::install(Upcalls {
+        page_fault: fault::do_page_fault,
+        force_sig: process::force_sig,
+        return_to_user: sched::return_to_user,
+        timer_tick: sched::timer_tick,
+        syscall: syscalls::dispatch,
+    });
+    page_alloc::set_sleep_hook(sched::schedule_timeout_uninterruptible);
+    memory::migrate::set_parked_mms(sched::try_for_each_mm);
+    ktest::register(ktests::SUITES);
+}
+
 /// Reads the bootloader's ramdisk as the initramfs (Linux `populate_rootfs`).
 fn init_initramfs(facts: &memmap::BootFacts) {
     let bytes: &'static [u8] = match facts.ramdisk {
@@ -164,7 +160,7 @@ fn init_initramfs(facts: &memmap::BootFacts) {
         Some((addr, len)) if len > 0 => unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) },
         _ => &[],
     };
-    match fs::init(bytes) {
+    match fs::ramfs::init(bytes) {
         Ok(n) => log::info!("initramfs: {} entries, {} KiB", n, bytes.len() / 1024),
         Err(e) => log::error!("initramfs: {} (continuing without it)", e),
     }

@@ -11,8 +11,8 @@
 //! map, which covers at least the low 4 GiB, where firmware puts them; a table
 //! beyond that is refused.
 
-use crate::init_64::DIRECT_MAP_MIN_END;
-use crate::memmap;
+use crate::arch::x86_64::layout::DIRECT_MAP_MIN_END;
+use crate::arch::x86_64::memmap;
 
 /// Longest table accepted (QEMU's MADT is about 120 bytes).
 const MAX_TABLE_LEN: u32 = 64 * 1024;
@@ -197,14 +197,14 @@ fn parse_madt(t: &[u8]) -> Result<Madt, AcpiError> {
     Ok(madt)
 }
 
-pub const KTESTS: &[crate::ktest::KTest] = &[
+pub const KTESTS: &[crate::lib::ktest::KTest] = &[
     crate::ktest!(madt_names_the_ioapic_and_the_timer_override),
     crate::ktest!(madt_parser_refuses_bad_entries),
 ];
 
 /// QEMU's `pc` machine (under SeaBIOS and OVMF alike): one I/O APIC at the
 /// architectural address with GSI base 0, and ISA IRQ 0 (the PIT) on GSI 2.
-fn madt_names_the_ioapic_and_the_timer_override() -> crate::ktest::KResult {
+fn madt_names_the_ioapic_and_the_timer_override() -> crate::lib::ktest::KResult {
     let madt = madt().map_err(|e| alloc::format!("MADT: {:?}", e))?;
     crate::kassert_eq!(madt.local_apic_addr, 0xfee0_0000);
     let (io, pin) = madt.ioapic_for_gsi(madt.isa_gsi(0)).ok_or("no I/O APIC for the PIT's GSI")?;
@@ -217,7 +217,7 @@ fn madt_names_the_ioapic_and_the_timer_override() -> crate::ktest::KResult {
 
 /// Hand-made MADTs: truncated or zero-length entries are errors, short entries
 /// of known types are skipped, unknown types are skipped.
-fn madt_parser_refuses_bad_entries() -> crate::ktest::KResult {
+fn madt_parser_refuses_bad_entries() -> crate::lib::ktest::KResult {
     let mut t = alloc::vec![0u8; MADT_ENTRIES_OFFSET];
     t[SDT_HEADER_LEN..SDT_HEADER_LEN + 4].copy_from_slice(&0xfee0_0000u32.to_le_bytes());
     // An I/O APIC (id 3, at 0xfec01000, GSI base 24), an unknown type 9, an override

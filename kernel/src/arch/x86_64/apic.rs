@@ -99,7 +99,7 @@ pub fn send_self_nmi() {
 /// Returns the measured timer frequency (counts per second), or `None`
 /// without an APIC or a calibrated TSC.
 pub fn start_timer(hz: u64) -> Option<u64> {
-    let tsc_hz = crate::time::tsc_hz();
+    let tsc_hz = crate::arch::x86_64::time::tsc_hz();
     if !is_enabled() || tsc_hz == 0 || hz == 0 {
         return None;
     }
@@ -123,7 +123,9 @@ pub fn start_timer(hz: u64) -> Option<u64> {
 pub fn handle_timer() {
     TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
     write(REG_EOI, 0);
-    crate::sched::timer_tick();
+    if let Some(upcalls) = super::upcall::get() {
+        (upcalls.timer_tick)();
+    }
 }
 
 /// Spurious APIC interrupts need no EOI.
@@ -131,7 +133,7 @@ pub fn owns_spurious_vector(vector: u8) -> bool {
     vector as u32 == SPURIOUS_VECTOR
 }
 
-pub const KTESTS: &[crate::ktest::KTest] = &[crate::ktest!(self_nmi_is_delivered_even_with_interrupts_off)];
+pub const KTESTS: &[crate::lib::ktest::KTest] = &[crate::ktest!(self_nmi_is_delivered_even_with_interrupts_off)];
 
 static HOOK_RUNS: AtomicU64 = AtomicU64::new(0);
 
@@ -139,13 +141,13 @@ fn count_hook_run() {
     HOOK_RUNS.fetch_add(1, Ordering::SeqCst);
 }
 
-fn self_nmi_is_delivered_even_with_interrupts_off() -> crate::ktest::KResult {
+fn self_nmi_is_delivered_even_with_interrupts_off() -> crate::lib::ktest::KResult {
     use super::trap::{set_nmi_hook, NMIS};
     crate::kassert!(is_enabled(), "no local APIC");
     let before = NMIS.load(Ordering::SeqCst);
     let hook_before = HOOK_RUNS.load(Ordering::SeqCst);
     set_nmi_hook(Some(count_hook_run));
-    let irqs = super::cpu::local_irq_save();
+    let irqs = crate::lib::sync::local_irq_save();
     send_self_nmi();
     // The NMI is taken at the next instruction boundary, interrupts off or not.
     for _ in 0..1_000_000 {
@@ -155,7 +157,7 @@ fn self_nmi_is_delivered_even_with_interrupts_off() -> crate::ktest::KResult {
         core::hint::spin_loop();
     }
     let after = NMIS.load(Ordering::SeqCst);
-    super::cpu::local_irq_restore(irqs);
+    crate::lib::sync::local_irq_restore(irqs);
     set_nmi_hook(None);
     crate::kassert_eq!(after, before + 1);
     crate::kassert_eq!(HOOK_RUNS.load(Ordering::SeqCst), hook_before + 1);

@@ -1,4 +1,5 @@
-//! CPU control: interrupt flag, feature detection, protection bits
+//! CPU control: enabling interrupts and halting (saving and restoring the
+//! interrupt flag is `lib::sync`'s, next to the locks that need it), feature detection, protection bits
 //! (NX, WP, SMEP, SMAP), the time-stamp counter and halting.
 
 use core::arch::asm;
@@ -6,26 +7,6 @@ use core::arch::x86_64::{__cpuid, __cpuid_count, _rdtsc};
 
 use x86_64::registers::control::{Cr0, Cr0Flags, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::{Efer, EferFlags};
-
-/// Whether maskable interrupts are enabled on this CPU (RFLAGS.IF).
-pub fn irqs_enabled() -> bool {
-    x86_64::instructions::interrupts::are_enabled()
-}
-
-/// Disables interrupts and returns whether they were enabled (Linux
-/// `local_irq_save`).
-pub fn local_irq_save() -> bool {
-    let was = irqs_enabled();
-    x86_64::instructions::interrupts::disable();
-    was
-}
-
-/// Re-enables interrupts if `was_enabled` (Linux `local_irq_restore`).
-pub fn local_irq_restore(was_enabled: bool) {
-    if was_enabled {
-        x86_64::instructions::interrupts::enable();
-    }
-}
 
 pub fn enable_irqs() {
     x86_64::instructions::interrupts::enable();

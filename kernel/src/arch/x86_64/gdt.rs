@@ -108,9 +108,9 @@ pub fn selectors() -> &'static Selectors {
     &GDT.get().expect("gdt::init ran").1
 }
 
-pub const KTESTS: &[crate::ktest::KTest] = &[crate::ktest!(gdt_layout_fits_syscall_and_sysret)];
+pub const KTESTS: &[crate::lib::ktest::KTest] = &[crate::ktest!(gdt_layout_fits_syscall_and_sysret)];
 
-fn gdt_layout_fits_syscall_and_sysret() -> crate::ktest::KResult {
+fn gdt_layout_fits_syscall_and_sysret() -> crate::lib::ktest::KResult {
     use x86_64::PrivilegeLevel::{Ring0, Ring3};
     let s = selectors();
     crate::kassert_eq!((s.kernel_code.rpl(), s.kernel_data.rpl()), (Ring0, Ring0));

@@ -14,8 +14,8 @@
 //! reads or writes it.
 
 use super::acpi::{self, AcpiError};
-use crate::init_64::DIRECT_MAP_MIN_END;
-use crate::memmap;
+use crate::arch::x86_64::layout::DIRECT_MAP_MIN_END;
+use crate::arch::x86_64::memmap;
 
 const IOREGSEL: usize = 0x00;
 const IOWIN: usize = 0x10;

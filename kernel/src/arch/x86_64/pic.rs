@@ -85,7 +85,7 @@ pub fn handle_irq(vector: u8) {
     }
     match irq {
         IRQ_TIMER => super::pit::tick(),
-        IRQ_COM1 => crate::serial::handle_irq(),
+        IRQ_COM1 => crate::arch::x86_64::serial::handle_irq(),
         _ => log::warn!("unhandled IRQ {}", irq),
     }
     if irq >= 8 {

@@ -36,7 +36,7 @@ pub fn jiffies() -> u64 {
 }
 
 /// Extra work for every tick (tests that hammer a subsystem from interrupt context).
-static TICK_HOOK: crate::sync::FnHook = crate::sync::FnHook::new();
+static TICK_HOOK: crate::lib::sync::FnHook = crate::lib::sync::FnHook::new();
 
 /// Installs (`Some`) or removes (`None`) the tick hook. It runs in IRQ
 /// context with interrupts off.
@@ -53,11 +53,11 @@ pub fn tick() {
 /// Programs channel 0 as a square wave of `hz` interrupts per second.
 pub fn set_frequency(hz: u64) {
     let divisor = (PIT_HZ / hz.clamp(19, PIT_HZ)) as u16;
-    let irqs = cpu::local_irq_save();
+    let irqs = crate::lib::sync::local_irq_save();
     outb(COMMAND, 0x36); // channel 0, lobyte/hibyte, mode 3, binary
     outb(CHANNEL0, divisor as u8);
     outb(CHANNEL0, (divisor >> 8) as u8);
-    cpu::local_irq_restore(irqs);
+    crate::lib::sync::local_irq_restore(irqs);
 }
 
 /// Starts channel 0 at `HZ` and unmasks IRQ 0.
@@ -89,10 +89,10 @@ pub fn calibrate_tsc_hz() -> Option<u64> {
     Some(elapsed * 1000 / MS)
 }
 
-pub const KTESTS: &[crate::ktest::KTest] = &[crate::ktest!(timer_interrupts_arrive_while_halted)];
+pub const KTESTS: &[crate::lib::ktest::KTest] = &[crate::ktest!(timer_interrupts_arrive_while_halted)];
 
-fn timer_interrupts_arrive_while_halted() -> crate::ktest::KResult {
-    crate::kassert!(cpu::irqs_enabled(), "interrupts are off in the test runner");
+fn timer_interrupts_arrive_while_halted() -> crate::lib::ktest::KResult {
+    crate::kassert!(crate::lib::sync::irqs_enabled(), "interrupts are off in the test runner");
     let start = jiffies();
     // Each `hlt` returns on the next interrupt; 5 ticks take 50 ms at HZ=100.
     for _ in 0..10_000 {

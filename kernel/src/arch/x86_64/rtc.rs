@@ -69,9 +69,9 @@ fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
     era * 146_097 + doe - 719_468
 }
 
-pub const KTESTS: &[crate::ktest::KTest] = &[crate::ktest!(rtc_date_arithmetic_matches_known_dates)];
+pub const KTESTS: &[crate::lib::ktest::KTest] = &[crate::ktest!(rtc_date_arithmetic_matches_known_dates)];
 
-fn rtc_date_arithmetic_matches_known_dates() -> crate::ktest::KResult {
+fn rtc_date_arithmetic_matches_known_dates() -> crate::lib::ktest::KResult {
     crate::kassert_eq!(days_from_civil(1970, 1, 1), 0);
     crate::kassert_eq!(days_from_civil(2000, 3, 1), 11_017);
     crate::kassert_eq!(days_from_civil(2026, 11, 22), 20_779);

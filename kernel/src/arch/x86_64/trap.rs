@@ -96,7 +96,7 @@ pub static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
 pub static NMIS: AtomicU64 = AtomicU64::new(0);
 
 /// Code to run on every NMI (set by subsystems that test NMI safety).
-static NMI_HOOK: crate::sync::FnHook = crate::sync::FnHook::new();
+static NMI_HOOK: crate::lib::sync::FnHook = crate::lib::sync::FnHook::new();
 
 /// Installs (`Some`) or removes (`None`) the NMI hook. The hook runs in NMI
 /// context: it may only use atomics and `try_lock`.
@@ -127,7 +127,8 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         Vector::NMI => handle_nmi(),
         Vector::PAGE_FAULT => {
             // A failed user copy resumes at its fixup and returns EFAULT.
-            if !crate::fault::do_page_fault(frame) && (from_user(frame) || !crate::uaccess::fixup(frame)) {
+            let handled = super::upcall::get().is_some_and(|u| (u.page_fault)(frame));
+            if !handled && (from_user(frame) || !super::uaccess::fixup(frame)) {
                 user_fault_or_die(frame)
             }
         }
@@ -147,7 +148,9 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     // switches instead.
     let ist = matches!(vector, Vector::NMI | Vector::MACHINE_CHECK | Vector::DOUBLE_FAULT);
     if from_user(frame) && !ist {
-        crate::sched::return_to_user();
+        if let Some(upcalls) = super::upcall::get() {
+            (upcalls.return_to_user)();
+        }
     }
 }
 
@@ -164,22 +167,26 @@ fn user_fault_or_die(frame: &TrapFrame) {
         die(frame)
     }
     let signal = match frame.vector as u8 {
-        0 | 16 | 19 => crate::process::SIGFPE,
-        6 => crate::process::SIGILL,
-        3 | 1 => crate::process::SIGTRAP,
-        17 => crate::process::SIGBUS,
-        _ => crate::process::SIGSEGV,
+        0 | 16 | 19 => super::signal::SIGFPE,
+        6 => super::signal::SIGILL,
+        3 | 1 => super::signal::SIGTRAP,
+        17 => super::signal::SIGBUS,
+        _ => super::signal::SIGSEGV,
     };
     let name = EXCEPTION_NAMES.get(frame.vector as usize).copied().unwrap_or("exception");
     let addr = if frame.vector == Vector::PAGE_FAULT as u64 { cpu::read_cr2() } else { 0 };
-    crate::process::force_sig(signal, name, addr, frame.rip);
+    match super::upcall::get() {
+        Some(upcalls) => (upcalls.force_sig)(signal, name, addr, frame.rip),
+        // No process layer yet: no user mode either.
+        None => die(frame),
+    }
 }
 
 /// Prints the oops report for an unrecoverable exception and ends the run.
 fn die(frame: &TrapFrame) -> ! {
     // The report must get out even if the serial lock was held when the
     // exception hit (e.g. a fault inside the logger).
-    crate::serial::emergency_unlock();
+    super::serial::emergency_unlock();
     log::error!("{}", Oops(frame));
     qemu::exit(qemu::ExitCode::Failure)
 }
@@ -232,12 +239,12 @@ impl fmt::Display for PageFaultError {
     }
 }
 
-pub const KTESTS: &[crate::ktest::KTest] = &[
+pub const KTESTS: &[crate::lib::ktest::KTest] = &[
     crate::ktest!(breakpoint_is_handled_and_execution_resumes),
     crate::ktest!(page_fault_error_code_is_decoded),
 ];
 
-fn breakpoint_is_handled_and_execution_resumes() -> crate::ktest::KResult {
+fn breakpoint_is_handled_and_execution_resumes() -> crate::lib::ktest::KResult {
     let before = BREAKPOINTS.load(Ordering::Relaxed);
     x86_64::instructions::interrupts::int3();
     x86_64::instructions::interrupts::int3();
@@ -245,7 +252,7 @@ fn breakpoint_is_handled_and_execution_resumes() -> crate::ktest::KResult {
     Ok(())
 }
 
-fn page_fault_error_code_is_decoded() -> crate::ktest::KResult {
+fn page_fault_error_code_is_decoded() -> crate::lib::ktest::KResult {
     use alloc::format;
     crate::kassert_eq!(format!("{}", PageFaultError(0b00010)), "supervisor write of a not-present page");
     crate::kassert_eq!(format!("{}", PageFaultError(0b10101)), "user instruction fetch of a protection violation");

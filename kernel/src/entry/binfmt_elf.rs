@@ -1,0 +1,118 @@
+//! Loading a static ELF program into a new process (Linux
+//! `fs/binfmt_elf.c`: `load_elf_binary` and `create_elf_tables`).
+//!
+//! The host-tested `exec` crate validates the file and plans the layout
+//! (segments, entry, `AT_PHDR`, the first `brk`) and builds the initial stack
+//! image (argc, argv, envp, auxv and their strings). This module carries the
+//! plan out in a fresh address space, using the same `mmap`/`mprotect` code
+//! as the system calls: every segment is mapped writable and anonymous, the
+//! file bytes are copied in, the rest stays zero (`.bss`), and then the
+//! segment gets its final protection. The stack is a `[stack]` VMA that grows
+//! down on faults.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use exec::elf::{self, ElfError, ET_DYN_BASE};
+use exec::stack::{AuxvInfo, StackError};
+use mm::errno::Errno;
+use mm::gfp::GFP_KERNEL;
+
+use crate::fs::ramfs::{self, FdTable};
+use crate::memory::mm_struct::{self, Mm};
+use crate::task::sched::{self, Pid};
+use crate::{entry::sys_mm, arch::x86_64::uaccess};
+
+/// Top of the user stack (Linux `STACK_TOP` without randomisation).
+pub const STACK_TOP: u64 = mm::vma::TASK_SIZE;
+/// Size of the stack VMA at exec; it grows on demand up to `RLIMIT_STACK`.
+const STACK_INITIAL: u64 = 128 * 1024;
+/// Largest argv + envp (Linux `MAX_ARG_STRLEN`-ish bound for this kernel).
+const MAX_ARG_BYTES: usize = 128 * 1024;
+
+#[derive(Debug)]
+pub enum ExecError {
+    /// The file could not be read (`ENOENT`, `EISDIR`, ...).
+    File(Errno),
+    Elf(ElfError),
+    Stack(StackError),
+    /// Setting up the address space failed (out of memory, usually).
+    Mm(Errno),
+    NoKernelStack,
+}
+
+impl fmt::Display for ExecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecError::File(e) => write!(f, "{}", e),
+            ExecError::Elf(e) => write!(f, "bad ELF file: {}", e),
+            ExecError::Stack(e) => write!(f, "cannot build the stack: {}", e),
+            ExecError::Mm(e) => write!(f, "cannot set up the address space: {}", e),
+            ExecError::NoKernelStack => write!(f, "no memory for a kernel stack"),
+        }
+    }
+}
+
+/// Creates a process running `argv[0]` (a path in the initramfs) with the
+/// given arguments and environment; it starts at the next scheduling point.
+pub fn spawn(argv: &[&str], envp: &[String]) -> Result<Pid, ExecError> {
+    let path = *argv.first().ok_or(ExecError::File(Errno::EINVAL))?;
+    let image = ramfs::read_file(path).map_err(ExecError::File)?;
+    let plan = elf::parse(image, ET_DYN_BASE).map_err(ExecError::Elf)?;
+    let mm = Mm::new(GFP_KERNEL).map_err(|_| ExecError::Mm(Errno::ENOMEM))?;
+    // Build the address space with it current, so the copies below go
+    // through the ordinary user-access path (and its fault handling).
+    assert_eq!(sched::current_pid(), 0, "exec from task 0 only");
+    mm_struct::activate(mm);
+    let loaded = load(image, &plan, argv, envp);
+    let mm = mm_struct::deactivate().expect("the new mm is current");
+    let (entry, rsp) = match loaded {
+        Ok(v) => v,
+        Err(e) => {
+            mm.destroy();
+            return Err(e);
+        }
+    };
+    let name = path.rsplit('/').next().unwrap_or(path);
+    sched::spawn(name, mm, FdTable::with_console(), entry, rsp).map_err(|_| ExecError::NoKernelStack)
+}
+
+/// Maps the segments and the stack into the current (new) address space.
+/// Returns the entry point and the initial stack pointer.
+fn load(image: &[u8], plan: &elf::LoadPlan, argv: &[&str], envp: &[String]) -> Result<(u64, u64), ExecError> {
+    for seg in &plan.segments {
+        let (start, end) = (seg.page_start(), seg.page_end());
+        sys_mm::map_fixed_anon(start, end - start).map_err(ExecError::Mm)?;
+        uaccess::copy_to_user(seg.vaddr, seg.file_bytes(image)).map_err(ExecError::Mm)?;
+        sys_mm::protect(start, end - start, seg.prot.read, seg.prot.write, seg.prot.exec).map_err(ExecError::Mm)?;
+    }
+    let text = plan.segments.iter().find(|s| s.prot.exec).map_or((0, 0), |s| (s.vaddr, s.vaddr + s.memsz));
+    sys_mm::set_brk_start(plan.brk_start, text).map_err(ExecError::Mm)?;
+    sys_mm::map_stack(STACK_TOP - STACK_INITIAL, STACK_INITIAL).map_err(ExecError::Mm)?;
+
+    let argv: Vec<&str> = argv.to_vec();
+    let envp: Vec<&str> = envp.iter().map(String::as_str).collect();
+    let bytes: usize = argv.iter().chain(envp.iter()).map(|s| s.len() + 1).sum();
+    if bytes > MAX_ARG_BYTES {
+        return Err(ExecError::Stack(StackError::TooLarge));
+    }
+    let info = AuxvInfo::new(plan, argv[0], random_bytes());
+    let stack = exec::stack::build(STACK_TOP, &argv, &envp, &info).map_err(ExecError::Stack)?;
+    uaccess::copy_to_user(stack.low, &stack.bytes).map_err(ExecError::Mm)?;
+    Ok((plan.entry, stack.rsp))
+}
+
+/// 16 bytes for `AT_RANDOM`, mixed from the TSC.
+fn random_bytes() -> [u8; 16] {
+    let mut x = crate::arch::x86_64::cpu::rdtsc() | 1;
+    let mut out = [0u8; 16];
+    for chunk in out.chunks_mut(8) {
+        // xorshift64*: good enough to seed a user PRNG, not for secrets.
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        chunk.copy_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out
+}

@@ -1,0 +1,196 @@
+//! The kernel side of the `mm` page tables: page-table pages are reached
+//! through the direct map ([`DirectMapPt`]), TLB invalidation is `invlpg` or
+//! a CR3 reload ([`X86Tlb`]), new user pages are cleared by the `clear`
+//! crate ([`KernelClear`]). Also the system-wide knobs: `vm.pt_reclaim`
+//! (free empty page-table pages) and `transparent_hugepage`.
+//!
+//! The kernel half (PML4 entries 256..511: direct map, image, stack, vmalloc)
+//! is built by `init_64` and `vmalloc` in an mm-owned PML4; user address
+//! spaces copy those entries.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use mm::addr::{Pfn, PAGE_SIZE};
+use mm::fault::{ClearPages, ThpCtl, ThpMode};
+use mm::pgtable::{AddressSpace, PgtableCtl, PtMem, VirtAddr, PTRS_PER_TABLE};
+use mm::tlb::{FlushPlan, MmuGather, TlbFlush};
+
+use crate::arch::x86_64::cpu;
+use crate::arch::x86_64::memmap;
+use crate::memory::page_alloc::{page_alloc, KernelPageAlloc};
+
+/// Page-table pages through the direct map.
+pub struct DirectMapPt;
+
+fn entry_ptr(table: Pfn, index: usize) -> *mut u64 {
+    assert!(index < PTRS_PER_TABLE, "page-table index {} out of range", index);
+    (memmap::phys_to_virt(table.phys_addr()) as *mut u64).wrapping_add(index)
+}
+
+impl PtMem for DirectMapPt {
+    fn read_entry(&self, table: Pfn, index: usize) -> u64 {
+        // SAFETY: mm passes only page-table frames it allocated (or the boot
+        // root) and index < 512 (checked): the entry is in RAM, mapped by the
+        // direct map, 8-byte aligned. Volatile: the CPU sets A/D bits.
+        unsafe { entry_ptr(table, index).read_volatile() }
+    }
+
+    fn write_entry(&self, table: Pfn, index: usize, value: u64) {
+        // SAFETY: as in `read_entry`; a single aligned 64-bit store, so the
+        // hardware walker never sees a torn entry.
+        unsafe { entry_ptr(table, index).write_volatile(value) }
+    }
+
+    fn zero_table(&self, table: Pfn) {
+        // SAFETY: a freshly allocated page-table frame owned by mm.
+        unsafe { clear::clear_page(memmap::phys_to_virt(table.phys_addr())) }
+    }
+
+    fn xchg_entry(&self, table: Pfn, index: usize, value: u64) -> u64 {
+        // SAFETY: as in `read_entry`: an 8-byte aligned entry in RAM that the
+        // kernel only accesses with single 64-bit loads and stores, so viewing it
+        // as an atomic is sound. A locked `xchg`, so accessed/dirty bits another
+        // CPU's page walker sets between our read and our write are not lost.
+        unsafe { AtomicU64::from_ptr(entry_ptr(table, index)) }.swap(value, Ordering::SeqCst)
+    }
+}
+
+/// `invlpg` for small ranges, a CR3 reload for everything else.
+pub struct X86Tlb;
+
+impl TlbFlush for X86Tlb {
+    fn flush_range(&self, start: VirtAddr, nr_pages: u64) {
+        for i in 0..nr_pages {
+            cpu::invlpg(start.as_u64() + i * PAGE_SIZE);
+        }
+    }
+
+    fn flush_all(&self) {
+        // SAFETY: reloading the current root changes no mapping.
+        unsafe { cpu::write_cr3(cpu::read_cr3()) }
+    }
+}
+
+/// New user pages are cleared with the kernel's clearing policy.
+pub struct KernelClear;
+
+impl ClearPages for KernelClear {
+    fn clear_page(&self, pfn: Pfn) {
+        // SAFETY: the fault handler owns the freshly allocated frame.
+        unsafe { crate::memory::clear_page::clear_frames(pfn, 0, None) }
+    }
+
+    fn clear_huge_page(&self, base: Pfn, nr_subpages: u64, hint_subpage: u64) {
+        let order = nr_subpages.trailing_zeros() as usize;
+        // SAFETY: the fault handler owns the freshly allocated block.
+        unsafe { crate::memory::clear_page::clear_frames(base, order, Some(hint_subpage as usize)) }
+    }
+}
+
+pub static PGTABLE_CTL: PgtableCtl = PgtableCtl::new();
+pub static THP: ThpCtl = ThpCtl::new(ThpMode::Madvise);
+static PT_MEM: DirectMapPt = DirectMapPt;
+static TLB: X86Tlb = X86Tlb;
+static CLEAR: KernelClear = KernelClear;
+
+pub type UserSpace = AddressSpace<'static, KernelPageAlloc, DirectMapPt>;
+
+/// The kernel's page-table root, whose upper half every user address space
+/// shares (set up by `vmalloc::init` at boot).
+pub fn kernel_root() -> Pfn {
+    crate::memory::vmalloc::kernel_root().expect("vmalloc::init builds the kernel page tables at boot")
+}
+
+/// A new user address space sharing the kernel half.
+pub fn new_user_space(asid: u16, gfp: mm::gfp::Gfp) -> Result<UserSpace, mm::pgtable::NewSpaceError> {
+    AddressSpace::new_user(page_alloc(), &PT_MEM, &PGTABLE_CTL, Some(kernel_root()), asid, gfp)
+}
+
+/// A gather for user address spaces that flushes and frees every
+/// `GATHER_BATCH` pages (Linux `tlb_flush_mmu`), so tearing down a large
+/// mapping needs no memory even when none is left.
+pub fn tlb_gather() -> MmuGather {
+    MmuGather::with_batch_flush(|tlb| {
+        tlb_finish(tlb.take_batch());
+    })
+}
+
+/// Flushes the TLB for what `tlb` gathered, then frees the gathered pages.
+pub fn tlb_finish(tlb: MmuGather) -> FlushPlan {
+    tlb.finish(&TLB, page_alloc())
+}
+
+pub fn clear_ops() -> &'static KernelClear {
+    &CLEAR
+}
+
+fn thp_mode_name() -> alloc::string::String {
+    alloc::string::String::from(THP.mode_str())
+}
+
+/// `vm.pt_reclaim`: free empty page-table pages on unmap / MADV_DONTNEED.
+pub const SYSCTL_PT_RECLAIM: crate::lib::sysctl::Sysctl = crate::lib::sysctl::Sysctl {
+    name: "vm.pt_reclaim",
+    values: "0, 1",
+    get: || alloc::format!("{}", PGTABLE_CTL.pt_reclaim() as u8),
+    set: |v| match v {
+        "0" | "1" => {
+            PGTABLE_CTL.set_pt_reclaim(v == "1");
+            Ok(())
+        }
+        _ => Err(()),
+    },
+};
+
+/// `transparent_hugepage`: always, madvise (default) or never.
+pub const SYSCTL_THP: crate::lib::sysctl::Sysctl = crate::lib::sysctl::Sysctl {
+    name: "transparent_hugepage",
+    values: "always, madvise, never",
+    get: thp_mode_name,
+    set: |v| {
+        let mode = match v {
+            "always" => ThpMode::Always,
+            "madvise" => ThpMode::Madvise,
+            "never" => ThpMode::Never,
+            _ => return Err(()),
+        };
+        THP.set_mode(mode);
+        Ok(())
+    },
+};
+
+pub const COMMANDS: &[crate::lib::command::Command] = &[
+    crate::lib::command::Command { name: "ptstat", args: "", help: "page-table pages per level and total", run: cmd_ptstat },
+    crate::lib::command::Command { name: "ptdump", args: "ADDR", help: "walk the page tables to ADDR", run: cmd_ptdump },
+];
+
+fn cmd_ptstat(_: &str) {
+    let mut w = crate::lib::printk::Writer;
+    let _ = PGTABLE_CTL.meminfo(&mut w);
+    crate::memory::vmalloc::with_kernel_space(|k| {
+        crate::print!("kernel address space (root {}): ", k.root());
+        let _ = k.write_ptstat(&mut crate::lib::printk::Writer);
+        if let Ok(c) = k.census() {
+            crate::println!("  leaves: 4 KiB {}  2 MiB {}  1 GiB {}", c.leaves[0], c.leaves[1], c.leaves[2]);
+        }
+    });
+    let shown = crate::memory::mm_struct::with_current(|mm| {
+        crate::println!("current user address space (root {}):", mm.space.root());
+        let _ = mm.space.write_ptstat(&mut crate::lib::printk::Writer);
+    });
+    if shown.is_none() {
+        crate::println!("no user address space is current (the kernel's page tables are in CR3)");
+    }
+}
+
+fn cmd_ptdump(args: &str) {
+    let parsed = args.trim().strip_prefix("0x").map_or_else(|| args.trim().parse::<u64>().ok(), |h| u64::from_str_radix(h, 16).ok());
+    let Some(va) = parsed.and_then(VirtAddr::try_new) else {
+        return crate::println!("ptdump: need a canonical virtual address, e.g. ptdump 0xffffffff80000000");
+    };
+    let mut w = crate::lib::printk::Writer;
+    let done = crate::memory::mm_struct::with_current(|mm| mm.space.ptdump(va, &mut crate::lib::printk::Writer));
+    if done.is_none() {
+        let _ = crate::memory::vmalloc::with_kernel_space(|k| k.ptdump(va, &mut w));
+    }
+}
