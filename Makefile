@@ -17,10 +17,12 @@ build: setup
 run: setup
 	$(CARGO) run -q -p boot -- $(ARGS)
 
-# Host unit tests, then the QEMU-booted kernel tests (BIOS and UEFI).
+# The layer rules of kernel/src, the host unit tests, then the QEMU-booted
+# kernel tests (BIOS and UEFI).
 test: setup test-host test-qemu
 
 test-host:
+	$(CARGO) test -p qemu-tests --test layers
 	$(CARGO) test -p mm
 	$(CARGO) test -p clear
 	$(CARGO) test -p exec

@@ -99,8 +99,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         panic!("cannot set up the page allocator: {}", e);
     }
     clear_page::init();
-    if let Err(e) = vmalloc::init(facts) {
+    if let Err(e) = memory::init_64::init(facts) {
         panic!("cannot set up the kernel page tables: {}", e);
+    }
+    if let Err(e) = vmalloc::init() {
+        panic!("cannot preallocate the vmalloc page tables: {:?}", e);
     }
     slab::init(mm::slab::SlabConfig { init_on_alloc: cmdline.init_on_alloc, init_on_free: cmdline.init_on_free });
     apic::init(facts.physical_memory_offset);

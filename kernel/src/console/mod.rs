@@ -18,7 +18,7 @@ pub const PROMPT: &str = "mm> ";
 const MAX_LINE: usize = 256;
 
 /// Every command table; subsystems add theirs here.
-pub const COMMAND_SETS: &[&[Command]] = &[COMMANDS, crate::memory::page_alloc::COMMANDS, crate::memory::pgtable::COMMANDS, crate::memory::vmalloc::COMMANDS, crate::memory::shrinker::COMMANDS, crate::memory::slab::COMMANDS, sysctl::COMMANDS, crate::init::userland::COMMANDS, ptreclaim::COMMANDS];
+pub const COMMAND_SETS: &[&[Command]] = &[COMMANDS, crate::memory::page_alloc::COMMANDS, crate::memory::ptdump::COMMANDS, crate::memory::vmalloc::COMMANDS, crate::memory::shrinker::COMMANDS, crate::memory::slab::COMMANDS, sysctl::COMMANDS, crate::init::userland::COMMANDS, ptreclaim::COMMANDS];
 
 pub const COMMANDS: &[Command] = &[
     Command { name: "help", args: "", help: "list the commands", run: cmd_help },

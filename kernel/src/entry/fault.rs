@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use mm::fault::{FaultAccess, FaultError};
 
 use crate::arch::x86_64::cpu;
-use crate::arch::x86_64::trap::TrapFrame;
+use crate::arch::x86_64::frame::TrapFrame;
 use crate::memory::pgtable::tlb_finish;
 
 /// Faults resolved by mapping memory (Linux `pgfault` counts all faults).

@@ -15,7 +15,7 @@ use x86_64::registers::model_specific::FsBase;
 use x86_64::VirtAddr;
 
 use crate::arch::x86_64::cpu;
-use crate::arch::x86_64::trap::TrapFrame;
+use crate::arch::x86_64::frame::TrapFrame;
 use crate::task::process::{self, ExitStatus};
 use crate::{task::sched, arch::x86_64::serial, arch::x86_64::uaccess};
 

@@ -155,7 +155,7 @@ fn process_exit_statuses_and_no_pages_leak() -> crate::lib::ktest::KResult {
 /// task, and must still be in force when task 0 runs again.
 fn memalloc_scope_is_per_task() -> crate::lib::ktest::KResult {
     use mm::sched_mm::{memalloc_nofs_save, ScopeKind};
-    let scope = &crate::memory::vmalloc::MEMALLOC_SCOPE;
+    let scope = &crate::memory::page_alloc::MEMALLOC_SCOPE;
     let guard = memalloc_nofs_save(scope);
     let status = run_program(&["/bin/hello"]);
     let in_user_task = sched::LAST_USER_MEMALLOC.load(core::sync::atomic::Ordering::Relaxed);

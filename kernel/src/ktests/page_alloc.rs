@@ -16,7 +16,7 @@ use mm::page_alloc_bulk::DrainVec;
 use mm::rng::XorShift64;
 
 use crate::arch::x86_64::ioapic::{IoApic, PIT_IRQ};
-use crate::arch::x86_64::{apic, pit, trap};
+use crate::arch::x86_64::{apic, nmi, pit};
 use crate::lib::ktest::KResult;
 use crate::memory::page_alloc::{metadata_frames_range, page_alloc};
 use crate::{kassert, kassert_eq, arch::x86_64::memmap};
@@ -221,19 +221,19 @@ fn nmi_on_top_of_held_locks_fails_fast_and_defers_the_free() -> KResult {
     let page = a.alloc_pages(GFP_KERNEL, 0).map_err(|_| "alloc")?;
     NMI_PAGE.store(page.leak().0 + 1, SeqCst);
     NMI_ALLOC_RESULT.store(0, SeqCst);
-    let nmis = trap::NMIS.load(SeqCst);
+    let nmis = nmi::NMIS.load(SeqCst);
     {
         let _locks = a.hold_locks(0);
-        trap::set_nmi_hook(Some(nmi_alloc_and_free));
+        nmi::set_nmi_hook(Some(nmi_alloc_and_free));
         apic::send_self_nmi();
         let mut spins = 0u64;
-        while trap::NMIS.load(SeqCst) == nmis && spins < 100_000_000 {
+        while nmi::NMIS.load(SeqCst) == nmis && spins < 100_000_000 {
             spins += 1;
             core::hint::spin_loop();
         }
-        trap::set_nmi_hook(None);
+        nmi::set_nmi_hook(None);
     }
-    kassert_eq!(trap::NMIS.load(SeqCst), nmis + 1);
+    kassert_eq!(nmi::NMIS.load(SeqCst), nmis + 1);
     kassert_eq!(NMI_ALLOC_RESULT.load(SeqCst), 1);
     kassert_eq!(NMI_PAGE.load(SeqCst), 0);
     let after = a.stats();
@@ -317,12 +317,12 @@ fn timer_irq_hammers_nolock_pair_while_allocating() -> KResult {
     for c in [&HAMMER_TICKS, &HAMMER_ALLOCS, &HAMMER_MISSES, &HAMMER_FREES, &HAMMER_SKIPS] {
         c.store(0, SeqCst);
     }
-    let (before, nmis0) = (a.stats(), trap::NMIS.load(SeqCst));
+    let (before, nmis0) = (a.stats(), nmi::NMIS.load(SeqCst));
     // The hook first, then the route (an NMI may come at once), then the rate; all
     // undone below, and nothing in between can return early.
-    trap::set_nmi_hook(Some(hammer_tick));
+    nmi::set_nmi_hook(Some(hammer_tick));
     if io.route_as_nmi(pit_pin, apic::id() as u8).is_err() {
-        trap::set_nmi_hook(None);
+        nmi::set_nmi_hook(None);
         return Err("the I/O APIC has no PIT pin".into());
     }
     pit::set_frequency(1000);
@@ -345,9 +345,9 @@ fn timer_irq_hammers_nolock_pair_while_allocating() -> KResult {
     }
     pit::set_tick_hook(None);
     io.mask(pit_pin);
-    trap::set_nmi_hook(None);
+    nmi::set_nmi_hook(None);
     pit::set_frequency(pit::HZ);
-    let nmis = trap::NMIS.load(SeqCst) - nmis0;
+    let nmis = nmi::NMIS.load(SeqCst) - nmis0;
     for p in held {
         a.free_pages(p);
     }

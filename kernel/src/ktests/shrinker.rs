@@ -23,7 +23,7 @@ use mm::shrinker::{ShrinkControl, Shrinker, ShrinkerFlags};
 use crate::lib::ktest::KResult;
 use crate::memory::page_alloc::page_alloc;
 use crate::lib::sync::IrqSpinlock;
-use crate::memory::vmalloc::MEMALLOC_SCOPE;
+use crate::memory::page_alloc::MEMALLOC_SCOPE;
 use crate::{kassert, kassert_eq};
 
 /// A cache of pages kept "just in case", given back when reclaim asks.

@@ -228,9 +228,9 @@ fn pt_reclaim_experiment_keeps_page_tables_flat() -> KResult {
 /// count matches its entries (the boot tables would fail: mm keeps no count
 /// for them), and the direct map uses 1 GiB leaves where the CPU has them.
 fn kernel_page_tables_are_mm_owned_and_counted() -> KResult {
-    let census = crate::memory::vmalloc::with_kernel_space(|k| k.census()).map_err(|e| err("kernel census", e))?;
+    let census = crate::memory::init_64::with_kernel_space(|k| k.census()).map_err(|e| err("kernel census", e))?;
     kassert!(census.tables[2] > 0 && census.tables[0] > 0, "PUD and PTE tables exist: {:?}", census.tables);
-    let direct = crate::memory::vmalloc::with_kernel_space(|k| k.translate(VirtAddr::try_new(crate::arch::x86_64::memmap::phys_to_virt(0x5000) as u64)?));
+    let direct = crate::memory::init_64::with_kernel_space(|k| k.translate(VirtAddr::try_new(crate::arch::x86_64::memmap::phys_to_virt(0x5000) as u64)?));
     let direct = direct.ok_or("the direct map does not map physical 0x5000")?;
     kassert_eq!(direct.phys_addr, 0x5000);
     kassert!(direct.flags.contains(PteFlags::WRITABLE | PteFlags::NX), "direct map flags {:?}", direct.flags);
@@ -239,7 +239,7 @@ fn kernel_page_tables_are_mm_owned_and_counted() -> KResult {
         kassert!(census.leaves[2] >= 4, "at least 4 GiB of 1 GiB leaves: {:?}", census.leaves);
     }
     // The local APIC's MMIO page, just below 4 GiB, is in the direct map.
-    let apic = crate::memory::vmalloc::with_kernel_space(|k| k.translate(VirtAddr::try_new(crate::arch::x86_64::memmap::phys_to_virt(0xfee0_0000) as u64)?));
+    let apic = crate::memory::init_64::with_kernel_space(|k| k.translate(VirtAddr::try_new(crate::arch::x86_64::memmap::phys_to_virt(0xfee0_0000) as u64)?));
     kassert_eq!(apic.map(|t| t.phys_addr), Some(0xfee0_0000));
     Ok(())
 }
@@ -251,7 +251,7 @@ static IMAGE_DATA: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64
 /// data writable and never executable; no leaf of the image is both writable
 /// and executable.
 fn kernel_image_is_write_xor_execute() -> KResult {
-    let tr = |addr: usize| crate::memory::vmalloc::with_kernel_space(|k| k.translate(VirtAddr::try_new(addr as u64)?));
+    let tr = |addr: usize| crate::memory::init_64::with_kernel_space(|k| k.translate(VirtAddr::try_new(addr as u64)?));
     let text = tr(kernel_image_is_write_xor_execute as *const () as usize).ok_or("text unmapped")?;
     kassert!(!text.flags.contains(PteFlags::WRITABLE) && !text.flags.contains(PteFlags::NX), "text {:?}", text.flags);
     let ro = tr(core::hint::black_box(&IMAGE_RODATA) as *const _ as usize).ok_or("rodata unmapped")?;

@@ -23,19 +23,84 @@
 //! the bootloader's reserved regions.
 
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use bootloader_api::info::MemoryRegionKind;
 
 use mm::addr::{HumanBytes, Pfn, PAGE_SHIFT};
 use mm::gfp::GFP_KERNEL;
-use mm::pgtable::{walk_leaves, Leaf, MapError, PageSize, PteFlags, VirtAddr, KERNEL_PML4_START, PMD_SIZE, PTRS_PER_TABLE, PUD_SIZE};
+use mm::sync::SpinLock;
+use spin::Once;
+use mm::pgtable::{AddressSpace, walk_leaves, Leaf, MapError, PageSize, PteFlags, VirtAddr, KERNEL_PML4_START, PMD_SIZE, PTRS_PER_TABLE, PUD_SIZE};
 use mm::vmalloc::{VMALLOC_END, VMALLOC_START};
 
 use crate::arch::x86_64::layout::{DIRECT_MAP_MIN_END, KERNEL_IMAGE_BASE};
 use crate::arch::x86_64::memmap::BootFacts;
-use crate::memory::pgtable::DirectMapPt;
-use crate::memory::vmalloc::KernelSpace;
+use crate::memory::pgtable::{DirectMapPt, PGTABLE_CTL};
+use crate::arch::x86_64::cpu;
+use crate::arch::x86_64::platform::KernelPlatform;
+use crate::memory::page_alloc::{page_alloc, KernelPageAlloc};
 
+
+/// The kernel's address space: the upper half every user space shares.
+pub type KernelSpace = AddressSpace<'static, KernelPageAlloc, DirectMapPt>;
+
+static KERNEL_SPACE: Once<SpinLock<KernelSpace, KernelPlatform>> = Once::new();
+static KERNEL_ROOT_PFN: AtomicU64 = AtomicU64::new(0);
+static PT_MEM: DirectMapPt = DirectMapPt;
+
+/// Why the kernel page tables could not be set up.
+pub enum BootError {
+    NoMemory,
+    Mappings(InitError),
+}
+
+impl fmt::Display for BootError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BootError::NoMemory => write!(f, "out of memory for the kernel page tables"),
+            BootError::Mappings(e) => write!(f, "kernel mappings: {}", e),
+        }
+    }
+}
+
+/// Builds the kernel's own PML4 (the direct map, the image and the other boot
+/// mappings) and switches to it. Call once, after the page allocator is up
+/// and before any user address space exists.
+pub fn init(facts: &BootFacts) -> Result<(), BootError> {
+    let boot_root = Pfn::containing(cpu::page_table_root_phys());
+    let mut space = AddressSpace::new_kernel(page_alloc(), &PT_MEM, &PGTABLE_CTL, GFP_KERNEL)
+        .map_err(|_| BootError::NoMemory)?;
+    let gbpages = cpu::features().gbpages;
+    let mappings = build_mappings(&mut space, boot_root, facts, gbpages).map_err(BootError::Mappings)?;
+    let root = space.root();
+    // SAFETY: the new root maps everything the boot root mapped in the kernel
+    // half (same frames; the direct map at the same offset, covering at least
+    // what the bootloader covered). The lower half held nothing the kernel uses.
+    unsafe { cpu::write_cr3(root.phys_addr()) };
+    KERNEL_ROOT_PFN.store(root.0, Ordering::SeqCst);
+    KERNEL_SPACE.call_once(|| SpinLock::new(space));
+    log::info!("kernel page tables at {}: {}", root, mappings);
+    Ok(())
+}
+
+/// The kernel's address space and its lock; panics before [`init`].
+pub fn kernel_space() -> &'static SpinLock<KernelSpace, KernelPlatform> {
+    KERNEL_SPACE.get().expect("init_64::init builds the kernel page tables at boot")
+}
+
+/// Runs `f` on the kernel's address space (with its lock held).
+pub fn with_kernel_space<R>(f: impl FnOnce(&KernelSpace) -> R) -> R {
+    f(&kernel_space().lock())
+}
+
+/// The kernel's PML4 (what user address spaces copy their upper half from).
+pub fn kernel_root() -> Option<Pfn> {
+    match KERNEL_ROOT_PFN.load(Ordering::SeqCst) {
+        0 => None,
+        pfn => Some(Pfn(pfn)),
+    }
+}
 
 /// Flags kept from a boot leaf: permissions and caching.
 const KEPT_FLAGS: PteFlags = PteFlags::WRITABLE.union(PteFlags::NX).union(PteFlags::GLOBAL).union(PteFlags::PWT).union(PteFlags::PCD);
@@ -77,7 +142,7 @@ impl fmt::Display for InitError {
 
 /// Builds the direct map and re-creates the other boot mappings of `boot_root`
 /// in `space` (the kernel's PML4, not yet in CR3).
-pub fn init(space: &mut KernelSpace, boot_root: Pfn, facts: &BootFacts, gbpages: bool) -> Result<KernelMappings, InitError> {
+fn build_mappings(space: &mut KernelSpace, boot_root: Pfn, facts: &BootFacts, gbpages: bool) -> Result<KernelMappings, InitError> {
     let offset = facts.physical_memory_offset;
     let page = match gbpages && offset % PUD_SIZE == 0 {
         true => PageSize::Size1G,

@@ -12,6 +12,7 @@ pub mod migrate;
 pub mod mm_struct;
 pub mod page_alloc;
 pub mod pgtable;
+pub mod ptdump;
 pub mod shrinker;
 pub mod slab;
 pub mod vmalloc;

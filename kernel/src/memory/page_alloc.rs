@@ -23,6 +23,7 @@ use bootloader_api::info::MemoryRegionKind;
 use mm::addr::{whole_frames, HumanBytes, Pfn, PAGE_SIZE};
 use mm::gfp::Gfp;
 use mm::page::{metadata_frames, PageMeta};
+use mm::sched_mm::MemallocScope;
 use mm::page_alloc::{AllocConfig, AllocError, AllocHooks, PageAlloc, PhysMem};
 use spin::Once;
 
@@ -77,7 +78,7 @@ impl AllocHooks for KernelHooks {
     /// A reclaim round freed nothing: sleep one tick, unless the scope forbids
     /// reclaim (a shrinker's own allocation) or the context cannot sleep.
     fn reclaim_throttle(&self, gfp: Gfp) -> bool {
-        let gfp = crate::memory::vmalloc::MEMALLOC_SCOPE.current_gfp_context(gfp);
+        let gfp = MEMALLOC_SCOPE.current_gfp_context(gfp);
         mm::gfp::gfpflags_allow_blocking(gfp) && SLEEP_HOOK.get().is_some_and(|sleep| sleep(1))
     }
 }
@@ -96,6 +97,10 @@ pub fn set_sleep_hook(sleep: SleepFn) {
 }
 
 pub type KernelPageAlloc = PageAlloc<'static, KernelPlatform>;
+
+/// The allocation scope of the (single) kernel task: `memalloc_nofs_save()`
+/// and friends narrow every allocation made while their guard lives.
+pub static MEMALLOC_SCOPE: MemallocScope = MemallocScope::new();
 
 static PAGE_ALLOC: Once<KernelPageAlloc> = Once::new();
 static DIRECT_MAP_MEM: DirectMapMem = DirectMapMem;

@@ -98,7 +98,7 @@ pub type UserSpace = AddressSpace<'static, KernelPageAlloc, DirectMapPt>;
 /// The kernel's page-table root, whose upper half every user address space
 /// shares (set up by `vmalloc::init` at boot).
 pub fn kernel_root() -> Pfn {
-    crate::memory::vmalloc::kernel_root().expect("vmalloc::init builds the kernel page tables at boot")
+    crate::memory::init_64::kernel_root().expect("vmalloc::init builds the kernel page tables at boot")
 }
 
 /// A new user address space sharing the kernel half.
@@ -158,39 +158,3 @@ pub const SYSCTL_THP: crate::lib::sysctl::Sysctl = crate::lib::sysctl::Sysctl {
         Ok(())
     },
 };
-
-pub const COMMANDS: &[crate::lib::command::Command] = &[
-    crate::lib::command::Command { name: "ptstat", args: "", help: "page-table pages per level and total", run: cmd_ptstat },
-    crate::lib::command::Command { name: "ptdump", args: "ADDR", help: "walk the page tables to ADDR", run: cmd_ptdump },
-];
-
-fn cmd_ptstat(_: &str) {
-    let mut w = crate::lib::printk::Writer;
-    let _ = PGTABLE_CTL.meminfo(&mut w);
-    crate::memory::vmalloc::with_kernel_space(|k| {
-        crate::print!("kernel address space (root {}): ", k.root());
-        let _ = k.write_ptstat(&mut crate::lib::printk::Writer);
-        if let Ok(c) = k.census() {
-            crate::println!("  leaves: 4 KiB {}  2 MiB {}  1 GiB {}", c.leaves[0], c.leaves[1], c.leaves[2]);
-        }
-    });
-    let shown = crate::memory::mm_struct::with_current(|mm| {
-        crate::println!("current user address space (root {}):", mm.space.root());
-        let _ = mm.space.write_ptstat(&mut crate::lib::printk::Writer);
-    });
-    if shown.is_none() {
-        crate::println!("no user address space is current (the kernel's page tables are in CR3)");
-    }
-}
-
-fn cmd_ptdump(args: &str) {
-    let parsed = args.trim().strip_prefix("0x").map_or_else(|| args.trim().parse::<u64>().ok(), |h| u64::from_str_radix(h, 16).ok());
-    let Some(va) = parsed.and_then(VirtAddr::try_new) else {
-        return crate::println!("ptdump: need a canonical virtual address, e.g. ptdump 0xffffffff80000000");
-    };
-    let mut w = crate::lib::printk::Writer;
-    let done = crate::memory::mm_struct::with_current(|mm| mm.space.ptdump(va, &mut crate::lib::printk::Writer));
-    if done.is_none() {
-        let _ = crate::memory::vmalloc::with_kernel_space(|k| k.ptdump(va, &mut w));
-    }
-}

@@ -16,7 +16,7 @@ use mm::sched_mm::ScopeKind;
 use mm::shrinker::{DropCachesError, Shrinker, ShrinkerId, ShrinkerRegistry};
 
 use crate::arch::x86_64::platform::KernelPlatform;
-use crate::memory::vmalloc::MEMALLOC_SCOPE;
+use crate::memory::page_alloc::MEMALLOC_SCOPE;
 
 pub static SHRINKERS: ShrinkerRegistry<'static, KernelPlatform> = ShrinkerRegistry::new();
 

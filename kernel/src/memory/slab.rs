@@ -35,7 +35,7 @@ use mm::slab::{DirectMap, Kmalloc, SlabConfig, SlabPageProvider, KMALLOC_MAX_CAC
 use crate::arch::x86_64::memmap;
 use crate::arch::x86_64::platform::KernelPlatform;
 use crate::memory::page_alloc::page_alloc;
-use crate::memory::vmalloc::MEMALLOC_SCOPE;
+use crate::memory::page_alloc::MEMALLOC_SCOPE;
 
 /// Slab pages come from the kernel's page allocator.
 pub struct SlabPages;

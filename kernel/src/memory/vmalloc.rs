@@ -1,96 +1,41 @@
 //! The kernel's vmalloc area and its page tables.
 //!
-//! At boot the kernel moves from the bootloader's page tables to a PML4 that
-//! `mm` owns (`AddressSpace::new_kernel`): `init_64` builds the direct map and
-//! re-creates the image, stack and other boot mappings in it, and the PUD
-//! tables of the whole vmalloc range are preallocated, so user address spaces created later share
-//! every vmalloc mapping (Linux `preallocate_vmalloc_pages`).
+//! At boot `init_64` moves the kernel to a PML4 that `mm` owns; [`init`] then
+//! preallocates the PUD tables of the whole vmalloc range in it, so user
+//! address spaces created later share every vmalloc mapping (Linux
+//! `preallocate_vmalloc_pages`).
 //!
 //! [`vmalloc`] / [`vfree`] wrap `mm::vmalloc::Vmalloc`: every allocation a
 //! vmalloc call makes — data pages, page-table pages, bookkeeping — uses the
 //! caller's GFP flags (the bookkeeping through the scoped-GFP heap). Faults
 //! in a guard page are reported by [`describe_fault`].
 
-use core::sync::atomic::{AtomicU64, Ordering};
-
-use mm::addr::Pfn;
 use mm::gfp::{Gfp, GFP_KERNEL};
-use mm::pgtable::{AddressSpace, VirtAddr};
-use mm::sched_mm::MemallocScope;
-use mm::sync::SpinLock;
+use mm::pgtable::VirtAddr;
 use mm::vmalloc::{Caller, ScopedHeap, VmArea, Vmalloc, VmallocAddr, VmallocDeps, VmallocError};
-use spin::Once;
+use mm::sync::SpinLock;
 
 use crate::arch::x86_64::cpu;
 use crate::arch::x86_64::platform::KernelPlatform;
-use crate::memory::page_alloc::{page_alloc, KernelPageAlloc};
-use crate::memory::pgtable::{DirectMapPt, X86Tlb, PGTABLE_CTL};
+use crate::memory::init_64::{kernel_space, KernelSpace};
+use crate::memory::page_alloc::{page_alloc, KernelPageAlloc, MEMALLOC_SCOPE};
+use crate::memory::pgtable::X86Tlb;
 
-pub type KernelSpace = AddressSpace<'static, KernelPageAlloc, DirectMapPt>;
-
-static KERNEL_SPACE: Once<SpinLock<KernelSpace, KernelPlatform>> = Once::new();
 static VMALLOC: Vmalloc<KernelPlatform> = Vmalloc::new();
-/// The allocation scope of the (single) kernel task: `memalloc_nofs_save()`
-/// and friends narrow every allocation made while their guard lives.
-pub static MEMALLOC_SCOPE: MemallocScope = MemallocScope::new();
-static PT_MEM: DirectMapPt = DirectMapPt;
 static TLB: X86Tlb = X86Tlb;
-static KERNEL_ROOT_PFN: AtomicU64 = AtomicU64::new(0);
 
-/// Why the kernel page tables could not be set up.
-pub enum InitError {
-    NoMemory,
-    Mappings(crate::memory::init_64::InitError),
-}
-
-impl core::fmt::Display for InitError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            InitError::NoMemory => write!(f, "out of memory for the kernel page tables"),
-            InitError::Mappings(e) => write!(f, "kernel mappings: {}", e),
-        }
-    }
-}
-
-/// Builds the kernel's own PML4 (direct map, image and the other boot
-/// mappings through `init_64`, plus the vmalloc PUD tables) and switches to
-/// it. Call once, after the page allocator is up and before any user address
-/// space exists.
-pub fn init(facts: &crate::arch::x86_64::memmap::BootFacts) -> Result<(), InitError> {
-    let boot_root = Pfn::containing(cpu::page_table_root_phys());
-    let mut space = AddressSpace::new_kernel(page_alloc(), &PT_MEM, &PGTABLE_CTL, GFP_KERNEL)
-        .map_err(|_| InitError::NoMemory)?;
-    let gbpages = cpu::features().gbpages;
-    let mappings = crate::memory::init_64::init(&mut space, boot_root, facts, gbpages).map_err(InitError::Mappings)?;
-    VMALLOC.preallocate_page_tables(&mut space, GFP_KERNEL).map_err(|_| InitError::NoMemory)?;
-    let root = space.root();
-    // SAFETY: the new root maps everything the boot root mapped in the kernel
-    // half (same frames; the direct map at the same offset, covering at least
-    // what the bootloader covered) plus the empty vmalloc tables. The lower
-    // half held nothing the kernel uses.
-    unsafe { cpu::write_cr3(root.phys_addr()) };
-    KERNEL_ROOT_PFN.store(root.0, Ordering::SeqCst);
-    KERNEL_SPACE.call_once(|| SpinLock::new(space));
-    log::info!("kernel page tables at {}: {}", root, mappings);
+/// Preallocates the PUD tables of the whole vmalloc range in the kernel's
+/// address space (Linux `preallocate_vmalloc_pages`), so user address spaces
+/// created later share every vmalloc mapping. Call once, after
+/// `init_64::init` and before any user address space exists.
+pub fn init() -> Result<(), mm::pt_reclaim::PreallocError> {
+    VMALLOC.preallocate_page_tables(&mut kernel_space().lock(), GFP_KERNEL)?;
     log::info!("vmalloc: range {:#x}-{:#x}", VMALLOC.range().0, VMALLOC.range().1);
     Ok(())
 }
 
-/// Runs `f` on the kernel's address space (with its lock held).
-pub fn with_kernel_space<R>(f: impl FnOnce(&KernelSpace) -> R) -> R {
-    f(&KERNEL_SPACE.get().expect("vmalloc::init ran at boot").lock())
-}
-
-/// The kernel's PML4 (what user address spaces copy their upper half from).
-pub fn kernel_root() -> Option<Pfn> {
-    match KERNEL_ROOT_PFN.load(Ordering::SeqCst) {
-        0 => None,
-        pfn => Some(Pfn(pfn)),
-    }
-}
-
 fn with_deps<R>(f: impl FnOnce(&VmallocDeps<'_, KernelPageAlloc, SpinLock<KernelSpace, KernelPlatform>, ScopedHeap<'_>, X86Tlb>) -> R) -> R {
-    let kernel_pt = KERNEL_SPACE.get().expect("vmalloc::init ran at boot");
+    let kernel_pt = kernel_space();
     let book = ScopedHeap { scope: &MEMALLOC_SCOPE, nofail_stall: bookkeeping_stall };
     f(&VmallocDeps { alloc: page_alloc(), kernel_pt, book: &book, tlb: &TLB })
 }

@@ -30,7 +30,7 @@ use x86_64::VirtAddr;
 
 use crate::arch::x86_64::fpu::FpuState;
 use crate::arch::x86_64::{cpu, entry_64};
-use crate::arch::x86_64::trap::TrapFrame;
+use crate::arch::x86_64::frame::TrapFrame;
 use crate::fs::ramfs::FdTable;
 use crate::memory::mm_struct::Mm;
 use crate::task::process::ExitStatus;
@@ -310,7 +310,7 @@ pub fn schedule() {
     if next != 0 {
         LAST_USER_MEMALLOC.store(next_memalloc, Ordering::Relaxed);
     }
-    let prev_memalloc = crate::memory::vmalloc::MEMALLOC_SCOPE.switch_state(next_memalloc);
+    let prev_memalloc = crate::memory::page_alloc::MEMALLOC_SCOPE.switch_state(next_memalloc);
     match s.tasks.get_mut(&prev) {
         Some(t) => t.memalloc = prev_memalloc,
         None => IDLE_MEMALLOC.store(prev_memalloc, Ordering::Relaxed),

@@ -142,7 +142,7 @@ fn count_hook_run() {
 }
 
 fn self_nmi_is_delivered_even_with_interrupts_off() -> crate::lib::ktest::KResult {
-    use super::trap::{set_nmi_hook, NMIS};
+    use super::nmi::{set_nmi_hook, NMIS};
     crate::kassert!(is_enabled(), "no local APIC");
     let before = NMIS.load(Ordering::SeqCst);
     let hook_before = HOOK_RUNS.load(Ordering::SeqCst);

@@ -33,7 +33,7 @@ use x86_64::registers::rflags::RFlags;
 use x86_64::VirtAddr;
 
 use super::gdt;
-use super::trap::TrapFrame;
+use super::frame::TrapFrame;
 
 /// `TrapFrame::vector` of a frame built by `syscall_entry`.
 pub const SYSCALL_VECTOR: u64 = 0x100;

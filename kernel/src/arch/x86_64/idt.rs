@@ -11,7 +11,7 @@ use x86_64::VirtAddr;
 
 use super::entry_64::{trap_stubs, STUB_SIZE};
 use super::gdt;
-use super::trap::Vector;
+use super::frame::Vector;
 
 /// One 16-byte gate descriptor (Intel SDM vol. 3, 6.14.1).
 #[derive(Clone, Copy, Default)]

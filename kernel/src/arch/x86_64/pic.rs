@@ -7,7 +7,7 @@
 
 use x86_64::instructions::port::Port;
 
-use super::trap::Vector;
+use super::frame::Vector;
 
 const MASTER_CMD: u16 = 0x20;
 const MASTER_DATA: u16 = 0x21;
@@ -71,23 +71,22 @@ fn in_service(cmd_port: u16) -> u8 {
 }
 
 /// Handles IRQ `vector`: calls the driver, then acknowledges the PIC(s).
-pub fn handle_irq(vector: u8) {
+/// Starts handling `vector`: its IRQ number, or `None` for a spurious IRQ 7
+/// or 15 (no bit in service; the master still gets its EOI for the cascade).
+pub fn irq_begin(vector: u8) -> Option<u8> {
     let irq = vector - Vector::PIC_BASE;
-    // Spurious IRQ 7 / 15: the line dropped before the CPU acknowledged it.
     if irq == 7 && in_service(MASTER_CMD) & 0x80 == 0 {
-        super::trap::SPURIOUS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-        return;
+        return None;
     }
     if irq == 15 && in_service(SLAVE_CMD) & 0x80 == 0 {
-        super::trap::SPURIOUS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
         outb(MASTER_CMD, EOI); // the master did see the cascade line
-        return;
+        return None;
     }
-    match irq {
-        IRQ_TIMER => super::pit::tick(),
-        IRQ_COM1 => crate::arch::x86_64::serial::handle_irq(),
-        _ => log::warn!("unhandled IRQ {}", irq),
-    }
+    Some(irq)
+}
+
+/// Ends handling `irq` (end of interrupt to the controllers that saw it).
+pub fn eoi(irq: u8) {
     if irq >= 8 {
         outb(SLAVE_CMD, EOI);
     }

@@ -9,51 +9,8 @@
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use super::frame::{TrapFrame, Vector};
 use super::{cpu, pic, qemu};
-
-/// Register state saved by the entry stubs, lowest address first.
-#[derive(Debug)]
-#[repr(C)]
-pub struct TrapFrame {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub rbp: u64,
-    pub rdi: u64,
-    pub rsi: u64,
-    pub rdx: u64,
-    pub rcx: u64,
-    pub rbx: u64,
-    pub rax: u64,
-    pub vector: u64,
-    /// CPU-pushed error code, or 0 for vectors that have none.
-    pub error_code: u64,
-    // Pushed by the CPU:
-    pub rip: u64,
-    pub cs: u64,
-    pub rflags: u64,
-    pub rsp: u64,
-    pub ss: u64,
-}
-
-/// Vector numbers.
-pub struct Vector;
-
-impl Vector {
-    pub const DEBUG: u8 = 1;
-    pub const NMI: u8 = 2;
-    pub const BREAKPOINT: u8 = 3;
-    pub const DOUBLE_FAULT: u8 = 8;
-    pub const PAGE_FAULT: u8 = 14;
-    pub const MACHINE_CHECK: u8 = 18;
-    /// The legacy PIC's IRQs 0-15 are remapped to these vectors.
-    pub const PIC_BASE: u8 = 32;
-}
 
 const EXCEPTION_NAMES: [&str; 32] = [
     "divide error (#DE)",
@@ -92,23 +49,6 @@ const EXCEPTION_NAMES: [&str; 32] = [
 
 /// Number of `int3` breakpoints handled (tests check recovery with it).
 pub static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
-/// Non-maskable interrupts taken.
-pub static NMIS: AtomicU64 = AtomicU64::new(0);
-
-/// Code to run on every NMI (set by subsystems that test NMI safety).
-static NMI_HOOK: crate::lib::sync::FnHook = crate::lib::sync::FnHook::new();
-
-/// Installs (`Some`) or removes (`None`) the NMI hook. The hook runs in NMI
-/// context: it may only use atomics and `try_lock`.
-pub fn set_nmi_hook(hook: Option<fn()>) {
-    NMI_HOOK.set(hook);
-}
-
-fn handle_nmi() {
-    NMIS.fetch_add(1, Ordering::SeqCst);
-    NMI_HOOK.call();
-}
-
 /// Interrupts on vectors nobody claimed (spurious IRQ 7/15 included).
 pub static SPURIOUS: AtomicU64 = AtomicU64::new(0);
 
@@ -124,7 +64,7 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             log::debug!("breakpoint at {:#x}", frame.rip);
         }
         Vector::DEBUG => log::debug!("debug trap at {:#x}", frame.rip),
-        Vector::NMI => handle_nmi(),
+        Vector::NMI => super::nmi::handle_nmi(),
         Vector::PAGE_FAULT => {
             // A failed user copy resumes at its fixup and returns EFAULT.
             let handled = super::upcall::get().is_some_and(|u| (u.page_fault)(frame));
@@ -134,7 +74,15 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         }
         0..=31 => user_fault_or_die(frame),
         super::apic::TIMER_VECTOR => super::apic::handle_timer(),
-        v if pic::owns_vector(v) => pic::handle_irq(v),
+        v if pic::owns_vector(v) => match pic::irq_begin(v) {
+            Some(irq) => {
+                handle_legacy_irq(irq);
+                pic::eoi(irq);
+            }
+            None => {
+                SPURIOUS.fetch_add(1, Ordering::Relaxed);
+            }
+        },
         v if super::apic::owns_spurious_vector(v) => {
             SPURIOUS.fetch_add(1, Ordering::Relaxed);
         }
@@ -151,6 +99,15 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         if let Some(upcalls) = super::upcall::get() {
             (upcalls.return_to_user)();
         }
+    }
+}
+
+/// The devices behind the legacy PIC's IRQ lines.
+fn handle_legacy_irq(irq: u8) {
+    match irq {
+        pic::IRQ_TIMER => super::pit::tick(),
+        pic::IRQ_COM1 => super::serial::handle_irq(),
+        _ => log::warn!("unhandled IRQ {}", irq),
     }
 }
 

@@ -17,7 +17,7 @@ use mm::errno::Errno;
 use mm::vma::TASK_SIZE;
 
 use crate::arch::x86_64::cpu;
-use crate::arch::x86_64::trap::TrapFrame;
+use crate::arch::x86_64::frame::TrapFrame;
 
 global_asm!(
     r#"

@@ -10,7 +10,7 @@
 
 use spin::Once;
 
-use super::trap::TrapFrame;
+use super::frame::TrapFrame;
 
 /// What the trap and `syscall` entry paths call above `arch/`.
 pub struct Upcalls {
