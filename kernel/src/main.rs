@@ -108,6 +108,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     slab::init(mm::slab::SlabConfig { init_on_alloc: cmdline.init_on_alloc, init_on_free: cmdline.init_on_free });
     apic::init(facts.physical_memory_offset);
     entry_64::init();
+    log_cpus();
     fpu::init();
     shrinker::register(&sys_mm::LAZYFREE_SHRINKER);
     match apic::start_timer(sched::HZ) {
@@ -153,6 +154,17 @@ fn install_hooks() {
     page_alloc::set_sleep_hook(sched::schedule_timeout_uninterruptible);
     memory::migrate::set_parked_mms(sched::try_for_each_mm);
     ktest::register(ktests::SUITES);
+}
+
+/// Says how many CPUs the firmware lists, and that only the boot CPU runs.
+fn log_cpus() {
+    match arch::x86_64::acpi::madt() {
+        Ok(madt) if madt.nr_cpus > 1 => {
+            log::warn!("smp: the MADT lists {} CPUs; this kernel brings up CPU 0 only (no SMP yet)", madt.nr_cpus)
+        }
+        Ok(madt) => log::info!("smp: the MADT lists {} CPU; running on CPU 0", madt.nr_cpus),
+        Err(e) => log::warn!("smp: no MADT ({:?}); running on CPU 0 only", e),
+    }
 }
 
 /// Reads the bootloader's ramdisk as the initramfs (Linux `populate_rootfs`).

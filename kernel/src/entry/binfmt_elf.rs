@@ -18,11 +18,14 @@ use exec::elf::{self, ElfError, ET_DYN_BASE};
 use exec::stack::{AuxvInfo, StackError};
 use mm::errno::Errno;
 use mm::gfp::GFP_KERNEL;
+use mm::mman::{MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE};
+use mm::vma::{linear_pgoff, MapFixed, VmFlags, VmaKind};
 
 use crate::fs::ramfs::{self, FdTable};
 use crate::memory::mm_struct::{self, Mm};
 use crate::task::sched::{self, Pid};
-use crate::{entry::sys_mm, arch::x86_64::uaccess};
+use crate::arch::x86_64::uaccess;
+use crate::entry::sys_mm::{mmap, mprotect, with_mm};
 
 /// Top of the user stack (Linux `STACK_TOP` without randomisation).
 pub const STACK_TOP: u64 = mm::vma::TASK_SIZE;
@@ -83,13 +86,13 @@ pub fn spawn(argv: &[&str], envp: &[String]) -> Result<Pid, ExecError> {
 fn load(image: &[u8], plan: &elf::LoadPlan, argv: &[&str], envp: &[String]) -> Result<(u64, u64), ExecError> {
     for seg in &plan.segments {
         let (start, end) = (seg.page_start(), seg.page_end());
-        sys_mm::map_fixed_anon(start, end - start).map_err(ExecError::Mm)?;
+        map_fixed_anon(start, end - start).map_err(ExecError::Mm)?;
         uaccess::copy_to_user(seg.vaddr, seg.file_bytes(image)).map_err(ExecError::Mm)?;
-        sys_mm::protect(start, end - start, seg.prot.read, seg.prot.write, seg.prot.exec).map_err(ExecError::Mm)?;
+        protect(start, end - start, seg.prot.read, seg.prot.write, seg.prot.exec).map_err(ExecError::Mm)?;
     }
     let text = plan.segments.iter().find(|s| s.prot.exec).map_or((0, 0), |s| (s.vaddr, s.vaddr + s.memsz));
-    sys_mm::set_brk_start(plan.brk_start, text).map_err(ExecError::Mm)?;
-    sys_mm::map_stack(STACK_TOP - STACK_INITIAL, STACK_INITIAL).map_err(ExecError::Mm)?;
+    set_brk_start(plan.brk_start, text).map_err(ExecError::Mm)?;
+    map_stack(STACK_TOP - STACK_INITIAL, STACK_INITIAL).map_err(ExecError::Mm)?;
 
     let argv: Vec<&str> = argv.to_vec();
     let envp: Vec<&str> = envp.iter().map(String::as_str).collect();
@@ -115,4 +118,39 @@ fn random_bytes() -> [u8; 16] {
         chunk.copy_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
     }
     out
+}
+
+// ----- building the new address space (the current one) ------------------------
+
+/// Maps `[start, start + len)` private anonymous, readable and writable.
+pub fn map_fixed_anon(start: u64, len: u64) -> Result<(), Errno> {
+    mmap(start, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, u64::MAX, 0).map(|_| ())
+}
+
+/// Gives `[start, start + len)` its final protection.
+pub fn protect(start: u64, len: u64, read: bool, write: bool, exec: bool) -> Result<(), Errno> {
+    let prot = (read as u64 * PROT_READ) | (write as u64 * PROT_WRITE) | (exec as u64 * PROT_EXEC);
+    mprotect(start, len, prot).map(|_| ())
+}
+
+/// Sets the program break to just after the loaded image; records the
+/// text range for `/proc/self/status`.
+pub fn set_brk_start(brk: u64, code: (u64, u64)) -> Result<(), Errno> {
+    with_mm(|mm, _| {
+        mm.set_code_range(code.0, code.1);
+        mm.set_brk_start(brk).map(|_| 0)
+    })
+    .map(|_| ())
+}
+
+/// The `[stack]` VMA: readable, writable, growing down on faults.
+pub fn map_stack(start: u64, len: u64) -> Result<(), Errno> {
+    let flags = VmFlags::READ | VmFlags::WRITE | VmFlags::MAY_ALL | VmFlags::GROWSDOWN;
+    with_mm(|mm, _| {
+        mm.vmas
+            .mmap_region(start, len, flags, VmaKind::Stack, linear_pgoff(start), MapFixed::NoReplace)
+            .map(|_| 0)
+            .map_err(|_| Errno::ENOMEM)
+    })
+    .map(|_| ())
 }

@@ -4,18 +4,17 @@
 //! populate, `MADV_FREE`, brk) live and are host-tested. Pages and page-table
 //! pages that a call frees go back only after its TLB flush.
 //!
-//! Also here: the program loader's helpers (map a segment, the `[stack]`
-//! VMA, the first brk), `/proc/self/{status,maps}`, and the shrinker that
-//! drops `MADV_FREE` pages of every process under memory pressure.
+//! Also here: `/proc/self/{status,maps}`, and the shrinker that drops
+//! `MADV_FREE` pages of every process under memory pressure. The ELF loader
+//! (`binfmt_elf`) builds a new address space through [`mmap`], [`mprotect`]
+//! and [`with_mm`].
 
 use alloc::string::String;
 use core::fmt::Write;
 
 use mm::errno::{Errno, SysResult};
-use mm::mman::{MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE};
 use mm::shrinker::{ShrinkControl, Shrinker};
 use mm::tlb::MmuGather;
-use mm::vma::{linear_pgoff, MapFixed, VmFlags, VmaKind};
 
 use crate::memory::mm_struct::{self, mm_ops, Mm};
 use crate::memory::pgtable::tlb_finish;
@@ -23,7 +22,7 @@ use crate::task::sched;
 
 /// Runs `f` on the caller's address space with a gather that is flushed
 /// afterwards. `EFAULT` if there is none (task 0).
-fn with_mm(f: impl FnOnce(&mut Mm, &mut MmuGather) -> SysResult) -> SysResult {
+pub fn with_mm(f: impl FnOnce(&mut Mm, &mut MmuGather) -> SysResult) -> SysResult {
     let mut tlb = crate::memory::pgtable::tlb_gather();
     let r = mm_struct::with_current(|mm| f(mm, &mut tlb)).unwrap_or(Err(Errno::EFAULT));
     tlb_finish(tlb);
@@ -110,41 +109,6 @@ pub fn proc_self(name: &str) -> Option<Result<String, Errno>> {
     Some(r.map(|()| out.into_string()).map_err(|_| Errno::ENOMEM))
 }
 
-// ----- the program loader's helpers (on the current, new address space) ------
-
-/// Maps `[start, start + len)` private anonymous, readable and writable.
-pub fn map_fixed_anon(start: u64, len: u64) -> Result<(), Errno> {
-    mmap(start, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, u64::MAX, 0).map(|_| ())
-}
-
-/// Gives `[start, start + len)` its final protection.
-pub fn protect(start: u64, len: u64, read: bool, write: bool, exec: bool) -> Result<(), Errno> {
-    let prot = (read as u64 * PROT_READ) | (write as u64 * PROT_WRITE) | (exec as u64 * PROT_EXEC);
-    mprotect(start, len, prot).map(|_| ())
-}
-
-/// Sets the program break to just after the loaded image; records the
-/// text range for `/proc/self/status`.
-pub fn set_brk_start(brk: u64, code: (u64, u64)) -> Result<(), Errno> {
-    with_mm(|mm, _| {
-        mm.set_code_range(code.0, code.1);
-        mm.set_brk_start(brk).map(|_| 0)
-    })
-    .map(|_| ())
-}
-
-/// The `[stack]` VMA: readable, writable, growing down on faults.
-pub fn map_stack(start: u64, len: u64) -> Result<(), Errno> {
-    let flags = VmFlags::READ | VmFlags::WRITE | VmFlags::MAY_ALL | VmFlags::GROWSDOWN;
-    with_mm(|mm, _| {
-        mm.vmas
-            .mmap_region(start, len, flags, VmaKind::Stack, linear_pgoff(start), MapFixed::NoReplace)
-            .map(|_| 0)
-            .map_err(|_| Errno::ENOMEM)
-    })
-    .map(|_| ())
-}
-
 // ----- MADV_FREE under memory pressure --------------------------------------------
 
 /// Drops the clean `MADV_FREE` pages of every process (Linux reclaims lazy-free
@@ -157,11 +121,7 @@ pub static LAZYFREE_SHRINKER: LazyFreeShrinker = LazyFreeShrinker;
 impl LazyFreeShrinker {
     fn for_each_mm(&self, mut f: impl FnMut(&mut Mm)) {
         mm_struct::with_current(|mm| f(mm));
-        sched::try_for_each_task(|t| {
-            if let Some(mm) = t.mm.as_mut() {
-                f(mm)
-            }
-        });
+        sched::try_for_each_mm(&mut f);
     }
 }
 

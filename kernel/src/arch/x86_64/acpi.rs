@@ -1,6 +1,7 @@
 //! The little of ACPI the kernel reads: the MADT ("APIC" table), for where the
-//! I/O APIC is and which global system interrupt (GSI) an ISA line arrives on
-//! (Linux `acpi_parse_ioapic`, `acpi_parse_int_src_ovr`).
+//! I/O APIC is, which global system interrupt (GSI) an ISA line arrives on,
+//! and how many CPUs the machine has (Linux `acpi_parse_ioapic`,
+//! `acpi_parse_int_src_ovr`, `acpi_parse_lapic` / `acpi_parse_x2apic`).
 //!
 //! The walk: RSDP (address from the bootloader; checksum, and the extended
 //! checksum for revision 2+) → XSDT (revision 2+, 64-bit entries) or RSDT
@@ -19,7 +20,11 @@ const MAX_TABLE_LEN: u32 = 64 * 1024;
 const SDT_HEADER_LEN: usize = 36;
 /// MADT: local APIC address (4) and flags (4) precede the entries.
 const MADT_ENTRIES_OFFSET: usize = SDT_HEADER_LEN + 8;
+const MADT_LOCAL_APIC: u8 = 0;
 const MADT_IO_APIC: u8 = 1;
+const MADT_LOCAL_X2APIC: u8 = 9;
+/// Local (x2)APIC entry flags: enabled, or online capable (may be enabled later).
+const MADT_CPU_USABLE: u32 = 0b11;
 const MADT_INTERRUPT_OVERRIDE: u8 = 2;
 /// At most this many I/O APICs and overrides are kept.
 const MAX_IOAPICS: usize = 4;
@@ -62,6 +67,8 @@ pub struct Madt {
     pub local_apic_addr: u64,
     pub ioapics: [Option<IoApicEntry>; MAX_IOAPICS],
     pub overrides: [Option<InterruptOverride>; MAX_OVERRIDES],
+    /// Usable CPUs: local APIC and x2APIC entries enabled or online capable.
+    pub nr_cpus: u32,
 }
 
 impl Madt {
@@ -160,12 +167,13 @@ pub fn madt() -> Result<Madt, AcpiError> {
     Err(AcpiError::NoMadt)
 }
 
-/// The MADT's I/O APIC and override entries (other entry types are skipped).
+/// The MADT's I/O APIC, override and CPU entries (other types are skipped).
 fn parse_madt(t: &[u8]) -> Result<Madt, AcpiError> {
     let mut madt = Madt {
         local_apic_addr: le_u32(t, SDT_HEADER_LEN).ok_or(AcpiError::BadTable("MADT length"))? as u64,
         ioapics: [None; MAX_IOAPICS],
         overrides: [None; MAX_OVERRIDES],
+        nr_cpus: 0,
     };
     let mut at = MADT_ENTRIES_OFFSET;
     let (mut nr_io, mut nr_ovr) = (0, 0);
@@ -181,6 +189,12 @@ fn parse_madt(t: &[u8]) -> Result<Madt, AcpiError> {
                 if let (Some(addr), Some(gsi_base)) = (le_u32(e, 4), le_u32(e, 8)) {
                     madt.ioapics[nr_io] = Some(IoApicEntry { id: e[2], phys_addr: addr as u64, gsi_base });
                     nr_io += 1;
+                }
+            }
+            MADT_LOCAL_APIC | MADT_LOCAL_X2APIC => {
+                let flags = if kind == MADT_LOCAL_APIC { le_u32(e, 4) } else { le_u32(e, 8) };
+                if flags.is_some_and(|f| f & MADT_CPU_USABLE != 0) {
+                    madt.nr_cpus += 1;
                 }
             }
             // Bus 0 is ISA, the only bus ACPI defines.
@@ -212,6 +226,7 @@ fn madt_names_the_ioapic_and_the_timer_override() -> crate::lib::ktest::KResult 
     crate::kassert_eq!(pin, 2);
     // Lines without an override are identity-mapped.
     crate::kassert_eq!(madt.isa_gsi(1), 1);
+    crate::kassert!(madt.nr_cpus >= 1, "no CPU in the MADT");
     Ok(())
 }
 
@@ -220,10 +235,15 @@ fn madt_names_the_ioapic_and_the_timer_override() -> crate::lib::ktest::KResult 
 fn madt_parser_refuses_bad_entries() -> crate::lib::ktest::KResult {
     let mut t = alloc::vec![0u8; MADT_ENTRIES_OFFSET];
     t[SDT_HEADER_LEN..SDT_HEADER_LEN + 4].copy_from_slice(&0xfee0_0000u32.to_le_bytes());
-    // An I/O APIC (id 3, at 0xfec01000, GSI base 24), an unknown type 9, an override
-    // of IRQ 0 to GSI 2, and a too-short I/O APIC entry.
+    // An I/O APIC (id 3, at 0xfec01000, GSI base 24), a too-short x2APIC entry, an
+    // unknown type 0x7f, an override of IRQ 0 to GSI 2, and a too-short I/O APIC entry.
     t.extend_from_slice(&[1, 12, 3, 0, 0x00, 0x10, 0xc0, 0xfe, 24, 0, 0, 0]);
     t.extend_from_slice(&[9, 4, 0xaa, 0xbb]);
+    t.extend_from_slice(&[0x7f, 4, 0xaa, 0xbb]);
+    // CPUs: an enabled local APIC, a disabled one, an online-capable x2APIC.
+    t.extend_from_slice(&[0, 8, 0, 0, 1, 0, 0, 0]);
+    t.extend_from_slice(&[0, 8, 1, 1, 0, 0, 0, 0]);
+    t.extend_from_slice(&[9, 16, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0]);
     t.extend_from_slice(&[2, 10, 0, 0, 2, 0, 0, 0, 5, 0]);
     t.extend_from_slice(&[1, 4, 7, 0]);
     // A two-byte override (too short even for its bus byte).
@@ -233,6 +253,7 @@ fn madt_parser_refuses_bad_entries() -> crate::lib::ktest::KResult {
     crate::kassert_eq!(m.ioapics[1], None);
     crate::kassert_eq!(m.overrides[0], Some(InterruptOverride { source: 0, gsi: 2, flags: 5 }));
     crate::kassert_eq!(m.overrides[1], None);
+    crate::kassert_eq!(m.nr_cpus, 2);
     crate::kassert_eq!(m.ioapic_for_gsi(2), None);
     crate::kassert_eq!(m.ioapic_for_gsi(26).map(|(_, pin)| pin), Some(2));
     let mut truncated = t.clone();

@@ -8,6 +8,7 @@
 use core::fmt::{self, Write};
 
 use uart_16550::SerialPort;
+use x86_64::instructions::port::Port;
 
 use crate::arch::x86_64::{cpu, pic};
 use crate::lib::sync::IrqSpinlock;
@@ -52,9 +53,29 @@ impl InputRing {
     }
 }
 
-/// Programs the UART (38400 8N1, FIFO, receive interrupt) and unmasks IRQ 4.
+/// Programs the UART: 38400 baud 8N1, OUT2 (the IRQ line) and the receive
+/// interrupt. The FIFO control register is left as firmware set it: enabling
+/// or resetting the FIFO drops what is in the receive buffer, and input typed
+/// before boot waits there (QEMU holds the rest back until it is read). The
+/// receive interrupt delivers it once IRQ 4 is unmasked.
 pub fn init() {
-    PORT.lock().init();
+    const IER: u16 = COM1 + 1;
+    const LCR: u16 = COM1 + 3;
+    const MCR: u16 = COM1 + 4;
+    let _port = PORT.lock();
+    let out = |port: u16, value: u8| {
+        // SAFETY: COM1's registers, programmed under the port lock; the
+        // divisor latch (DLAB) is open only between the two LCR writes.
+        unsafe { Port::<u8>::new(port).write(value) }
+    };
+    out(IER, 0x00); // no interrupts while programming
+    out(LCR, 0x80); // DLAB: the next two ports are the divisor
+    out(COM1, 0x03); // 115200 / 3 = 38400 baud
+    out(IER, 0x00);
+    out(LCR, 0x03); // 8 data bits, no parity, one stop bit; DLAB off
+    out(MCR, 0x0B); // DTR, RTS, OUT2 (routes the interrupt to the PIC)
+    out(IER, 0x01); // interrupt on received data
+    drop(_port);
     crate::lib::printk::register_console(write_fmt);
 }
 
