@@ -39,6 +39,25 @@
 //!   (`CONFIG_MEMORY_FAILURE=n`).
 //! * `MADV_FREE` pages are dropped by [`UserMm::reclaim_lazyfree`], which the
 //!   kernel's shrinker calls under memory pressure.
+//! * The fork and KSM advice is accepted but only recorded until this kernel has
+//!   `fork` and KSM: `MADV_DONTFORK` / `MADV_DOFORK`, `MADV_WIPEONFORK` /
+//!   `MADV_KEEPONFORK` and `MADV_MERGEABLE` / `MADV_UNMERGEABLE` return 0 and
+//!   set or clear `VM_DONTCOPY`, `VM_WIPEONFORK` and `VM_MERGEABLE` in the
+//!   [`Vma::flags`] of the VMAs in the range ([`FlagAdvice`]), splitting and
+//!   merging VMAs like any flag change (so a split can fail with `ENOMEM` at
+//!   `max_map_count`). Nothing acts on these flags yet (they only keep VMAs
+//!   from merging, as any flag difference does): no page is copied, skipped or
+//!   wiped (there is no `fork`) and none is merged or unmerged (there is no
+//!   KSM). The checks are Linux's: `MADV_WIPEONFORK` on a shared VMA is
+//!   `EINVAL` (VMAs of the range before it keep the flag, as in
+//!   `madvise_walk_vmas`), `MADV_DOFORK` on `VM_IO` is `EINVAL` (no mapping
+//!   has `VM_IO` here), and
+//!   `MADV_MERGEABLE` leaves shared and `VM_SPECIAL` VMAs unchanged and returns
+//!   0 (`vma_ksm_compatible`); a Linux built without `CONFIG_KSM` would reject
+//!   both KSM advices with `EINVAL` instead. The flags are visible through
+//!   [`UserMm::vmas`] (the host tests check them) but not to user space:
+//!   `/proc/PID/maps` shows only the split, and there is no `/proc/PID/smaps`
+//!   with its `VmFlags:` line.
 //!
 //! Compaction moves this address space's private anonymous pages (4 KiB pages
 //! and PMD-mapped huge pages) through [`UserMm::migrate_anon_page`], called from
@@ -1052,7 +1071,8 @@ impl<'a, A: PtAlloc, M: PtMem> UserMm<'a, A, M> {
 /// What `madvise` does per VMA.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Visit {
-    /// Only `vm_flags` change.
+    /// Only `vm_flags` change (for the fork and KSM advice too: nothing acts on
+    /// those flags yet, see the module doc).
     Flags(FlagAdvice),
     /// `MADV_WILLNEED`: nothing to read ahead for anonymous memory.
     WillNeed,

@@ -1,7 +1,7 @@
 //! Host tests of the page allocator (unit, property, fault-injection, NMI simulation).
 
 use super::*;
-use crate::compaction::{MigrateOps, Migration};
+use crate::compaction::{CompactResult, MigrateOps, Migration};
 use crate::page_alloc_bulk::BULK_SORT_MIN;
 use crate::fail_page_alloc::FaultAttr;
 use crate::gfp::*;
@@ -588,12 +588,13 @@ fn observability_formats() {
 /// A test owner of movable pages: keeps its handles in a map keyed by pfn.
 struct Owner {
     pages: Mutex<BTreeMap<u64, Pages>>,
-    refuse: core::sync::atomic::AtomicBool,
+    /// Migrations the owner still agrees to; at zero it refuses (page busy or pinned).
+    budget: core::sync::atomic::AtomicUsize,
 }
 
 impl MigrateOps for Owner {
     fn migrate(&self, m: &Migration<'_>) {
-        if self.refuse.load(Relaxed) {
+        if self.budget.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_err() {
             return;
         }
         let mut pages = self.pages.lock().unwrap();
@@ -611,10 +612,11 @@ impl MigrateOps for Owner {
 }
 
 fn owner() -> &'static Owner {
-    leak(Owner { pages: Mutex::new(BTreeMap::new()), refuse: false.into() })
+    leak(Owner { pages: Mutex::new(BTreeMap::new()), budget: usize::MAX.into() })
 }
 
-/// Allocates `n` movable pages owned by `o`, marked movable with `id` and given content.
+/// Allocates `n` movable pages owned by `o`, marked movable with `id`; page `i` is
+/// filled with the byte `i` and its rmap says `vpn: i`.
 fn fill_movable(a: &PageAlloc<'static>, o: &Owner, id: MovableOpsId, mem: &VecMem, n: usize) {
     for i in 0..n {
         let p = a.alloc_pages(GFP_HIGHUSER_MOVABLE, 0).unwrap();
@@ -626,63 +628,124 @@ fn fill_movable(a: &PageAlloc<'static>, o: &Owner, id: MovableOpsId, mem: &VecMe
     }
 }
 
-#[test]
-fn compaction_frees_blocks_and_preserves_contents() {
+/// Unmaps and frees the pages of `o` whose pfn satisfies `drop`.
+fn free_owned(a: &PageAlloc<'_>, o: &Owner, drop: impl Fn(u64) -> bool) {
+    let mut pages = o.pages.lock().unwrap();
+    let gone: Vec<u64> = pages.keys().copied().filter(|&pfn| drop(pfn)).collect();
+    for pfn in gone {
+        let p = pages.remove(&pfn).unwrap();
+        a.page(p.pfn()).unwrap().anon_add_mapcount(-1).unwrap();
+        a.free_pages(p);
+    }
+}
+
+/// The pages `o` holds as `(pfn, vpn)`, in pfn order, after checking that each is
+/// still its anonymous page, mapped once, movable through `id`, with the content
+/// `fill_movable` gave it (the low byte of its vpn).
+fn owned_pages(a: &PageAlloc<'_>, o: &Owner, id: MovableOpsId, mem: &VecMem) -> Vec<(u64, u64)> {
+    let pages = o.pages.lock().unwrap();
+    pages
+        .keys()
+        .map(|&pfn| {
+            let m = a.page(Pfn(pfn)).unwrap();
+            assert_eq!(m.movable_ops(), Some(id), "pfn {pfn} movable through its owner");
+            match m.state() {
+                PageState::Anon { rmap, mapcount: 1, movable: true } => {
+                    assert!(mem.all_equal(Pfn(pfn), 1, rmap.vpn as u8), "content follows the page");
+                    (pfn, rmap.vpn)
+                }
+                s => panic!("pfn {pfn}: {s:?}"),
+            }
+        })
+        .collect()
+}
+
+fn vpns(pages: &[(u64, u64)]) -> Vec<u64> {
+    let mut v: Vec<u64> = pages.iter().map(|&(_, vpn)| vpn).collect();
+    v.sort();
+    v
+}
+
+/// 2048 frames of movable pages owned by one owner, of which every 4th is kept:
+/// no page block is free, but three quarters of memory is.
+fn fragmented_by_owner() -> (&'static PageAlloc<'static>, &'static Owner, MovableOpsId, &'static VecMem) {
     let mem = leak(VecMem::new(0, 2048));
     let a: &'static PageAlloc<'static> =
         leak(PageAlloc::<HostPlatform>::new(metas(2048), Pfn(0), &[Pfn(0)..Pfn(2048)], mem, leak(NoHooks), cfg()).unwrap());
     let o = owner();
     let id = a.register_movable_ops(o).unwrap();
     fill_movable(a, o, id, mem, 2048);
-    // Keep every 4th page: no order-9 block is free anywhere.
-    let mut pages = o.pages.lock().unwrap();
-    let freed: Vec<u64> = pages.keys().copied().filter(|pfn| pfn % 4 != 0).collect();
-    for pfn in freed {
-        let p = pages.remove(&pfn).unwrap();
-        a.page(p.pfn()).unwrap().anon_add_mapcount(-1).unwrap();
-        a.free_pages(p);
-    }
-    let contents: Vec<(u64, u8)> = pages.keys().map(|&pfn| (pfn, (pfn / 1) as u8)).collect();
-    let vpns: Vec<u64> = pages.keys().map(|&pfn| match a.page(Pfn(pfn)).unwrap().state() {
-        PageState::Anon { rmap, .. } => rmap.vpn,
-        s => panic!("{s:?}"),
-    }).collect();
-    drop(pages);
-    let _ = contents;
-    let mut vpns = vpns;
-    vpns.sort();
+    free_owned(a, o, |pfn| pfn % 4 != 0);
     a.drain_all_pages();
     assert!(a.alloc_pages(GFP_TRANSHUGE_LIGHT, 9).is_err(), "fragmented");
+    (a, o, id, mem)
+}
+
+#[test]
+fn compaction_frees_blocks_and_preserves_contents() {
+    let (a, o, id, mem) = fragmented_by_owner();
+    let before = owned_pages(a, o, id, mem);
     let freed = a.compact_memory();
     assert!(freed >= 2, "freed {freed} blocks");
     check(a);
     // Every page kept its content and rmap after moving.
-    let pages = o.pages.lock().unwrap();
-    assert_eq!(pages.len(), 512);
-    let mut seen: Vec<u64> = pages
-        .keys()
-        .map(|&pfn| match a.page(Pfn(pfn)).unwrap().state() {
-            PageState::Anon { rmap, mapcount: 1, movable: true } => {
-                assert!(mem.all_equal(Pfn(pfn), 1, rmap.vpn as u8), "content follows the page");
-                rmap.vpn
-            }
-            s => panic!("{s:?}"),
-        })
-        .collect();
-    seen.sort();
-    assert_eq!(seen, vpns);
-    drop(pages);
+    let after = owned_pages(a, o, id, mem);
+    assert_eq!(after.len(), 512);
+    assert_eq!(vpns(&after), vpns(&before));
     let huge = a.alloc_pages(GFP_TRANSHUGE_LIGHT, 9).unwrap();
     a.free_pages(huge);
-    // Owners may refuse: compaction aborts and restores the block.
-    o.refuse.store(true, Relaxed);
+    assert!(a.stats().compact_migrated >= 512);
+    free_owned(a, o, |_| true);
+    assert_restored(a);
+}
+
+/// The event counters compaction moves: stall, success, fail, migrated.
+fn compact_events(a: &PageAlloc<'_>) -> [u64; 4] {
+    let s = a.stats();
+    [s.compact_stall, s.compact_success, s.compact_fail, s.compact_migrated]
+}
+
+#[test]
+fn compaction_aborts_when_the_owner_refuses_and_loses_nothing() {
+    let (a, o, id, mem) = fragmented_by_owner();
+    let zone = &a.zones[0];
+    let before = owned_pages(a, o, id, mem);
+    let zones = a.stats().zones;
+    let [stall, success, fail, migrated] = compact_events(a);
+
+    // Refused at the first page: nothing moved, the target page went back and the
+    // isolated block got its type back, so every list and counter is as before.
+    o.budget.store(0, Relaxed);
+    assert_eq!(a.compact_zone(zone), CompactResult::Aborted);
     check(a);
-    let stats = a.stats();
-    assert!(stats.compact_migrated >= 512);
-    for (_, p) in core::mem::take(&mut *o.pages.lock().unwrap()) {
-        a.page(p.pfn()).unwrap().anon_add_mapcount(-1).unwrap();
-        a.free_pages(p);
-    }
+    assert_eq!(owned_pages(a, o, id, mem), before, "every page stays where it was, with its owner");
+    assert_eq!(a.stats().zones, zones, "free lists and page-block types restored");
+    assert_eq!(a.stats().zones[0].blocks_by_mt[MigrateType::Isolate.index()], 0);
+    assert_eq!(compact_events(a), [stall + 1, success, fail + 1, migrated]);
+    assert_eq!(a.compact_memory(), 0, "compact_memory gives up instead of looping");
+    assert_eq!(a.stats().zones, zones);
+
+    // Refused after 5 pages: those 5 moved (content and rmap with them), the rest
+    // stayed, and the block is no longer isolated.
+    o.budget.store(5, Relaxed);
+    let [stall, success, fail, _] = compact_events(a);
+    assert_eq!(a.compact_zone(zone), CompactResult::Aborted);
+    check(a);
+    let partly = owned_pages(a, o, id, mem);
+    assert_eq!(partly.len(), before.len(), "nothing lost");
+    assert_eq!(vpns(&partly), vpns(&before));
+    assert_eq!(before.iter().filter(|p| !partly.contains(p)).count(), 5, "exactly the agreed pages moved");
+    assert_eq!(compact_events(a), [stall + 1, success, fail + 1, migrated + 5]);
+    let after = a.stats().zones[0];
+    assert_eq!((after.free, after.allocated), (zones[0].free, zones[0].allocated));
+    assert_eq!(after.blocks_by_mt, zones[0].blocks_by_mt, "no block left isolated");
+
+    // Once the owner agrees again the same block empties.
+    o.budget.store(usize::MAX, Relaxed);
+    assert_eq!(a.compact_zone(zone), CompactResult::Success);
+    check(a);
+    assert_eq!(vpns(&owned_pages(a, o, id, mem)), vpns(&before));
+    free_owned(a, o, |_| true);
     assert_restored(a);
 }
 
@@ -697,14 +760,7 @@ fn defrag_mode_compacts_instead_of_polluting() {
         let id = a.register_movable_ops(o).unwrap();
         fill_movable(a, o, id, mem, 4096);
         // Free 1 of 4 pages everywhere: movable blocks are 75 % used, too full to claim.
-        let mut pages = o.pages.lock().unwrap();
-        let drop_pfns: Vec<u64> = pages.keys().copied().filter(|p| p % 4 == 0).collect();
-        for pfn in drop_pfns {
-            let p = pages.remove(&pfn).unwrap();
-            a.page(p.pfn()).unwrap().anon_add_mapcount(-1).unwrap();
-            a.free_pages(p);
-        }
-        drop(pages);
+        free_owned(a, o, |pfn| pfn % 4 == 0);
         a.drain_all_pages();
         let before = a.stats();
         let u: Vec<_> = (0..100).map(|_| a.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
@@ -719,10 +775,7 @@ fn defrag_mode_compacts_instead_of_polluting() {
         for p in u {
             a.free_pages(p);
         }
-        for (_, p) in core::mem::take(&mut *o.pages.lock().unwrap()) {
-            a.page(p.pfn()).unwrap().anon_add_mapcount(-1).unwrap();
-            a.free_pages(p);
-        }
+        free_owned(a, o, |_| true);
         assert_restored(a);
     }
 }

@@ -464,9 +464,15 @@ pub enum MapError {
     NoMemory,
 }
 
-/// Errors of [`AddressSpace::unmap`] (and `MADV_DONTNEED`).
+/// Errors of the page-table range operations (Linux `zap_pte_range` /
+/// `change_pte_range` and their callers): [`AddressSpace::unmap`] (and
+/// `MADV_DONTNEED`), [`AddressSpace::protect`], [`AddressSpace::mkclean_anon`]
+/// and [`AddressSpace::zap_clean_anon`]. `Unaligned`, `ZeroLength` and
+/// `OutOfRange` are found before anything changes; `NoMemory` and
+/// `PartialGiantPage` stop a walk that has already unmapped, changed or marked
+/// the part of the range below the huge page it stopped at.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum UnmapError {
+pub enum PteRangeError {
     /// Address or length not page aligned.
     Unaligned,
     /// Zero length.
@@ -474,27 +480,9 @@ pub enum UnmapError {
     /// Outside this address space's half, or the range overflows.
     OutOfRange,
     /// A partially covered 2 MiB mapping needed a PTE table to split into and none
-    /// could be allocated; the range below the huge page was unmapped.
+    /// could be allocated.
     NoMemory,
-    /// The range covers a 1 GiB mapping only partly (1 GiB pages are never split);
-    /// the range below it was unmapped.
-    PartialGiantPage,
-}
-
-/// Errors of [`AddressSpace::protect`].
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum ProtectError {
-    /// Address or length not page aligned.
-    Unaligned,
-    /// Zero length.
-    ZeroLength,
-    /// Outside this address space's half, or the range overflows.
-    OutOfRange,
-    /// Splitting a partially covered huge page needed a table; the range below it
-    /// was changed.
-    NoMemory,
-    /// The range covers a 1 GiB mapping only partly (1 GiB pages are never split);
-    /// the range below it was changed.
+    /// The range covers a 1 GiB mapping only partly (1 GiB pages are never split).
     PartialGiantPage,
 }
 
@@ -559,8 +547,7 @@ macro_rules! from_bad_range {
     };
 }
 from_bad_range!(MapError);
-from_bad_range!(UnmapError);
-from_bad_range!(ProtectError);
+from_bad_range!(PteRangeError);
 
 /// Which half an address space manages.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -1163,14 +1150,14 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
     /// huge pages, else one allocated with `gfp`). Anonymous pages whose last mapping
     /// goes and page-table pages left empty (when `pt_reclaim` is on, cascading up to
     /// the PUD tables) are queued in `tlb` and freed after its flush.
-    pub fn unmap(&mut self, va: VirtAddr, len: u64, gfp: Gfp, tlb: &mut MmuGather) -> Result<(), UnmapError> {
+    pub fn unmap(&mut self, va: VirtAddr, len: u64, gfp: Gfp, tlb: &mut MmuGather) -> Result<(), PteRangeError> {
         let (start, end) = self.check_range(va, len, PAGE_SIZE)?;
         let mode = ZapMode { reclaim: self.ctl.pt_reclaim(), teardown: false };
         self.zap_table(self.root, Level::Pml4, start, end, gfp, tlb, mode)
     }
 
     /// `MADV_DONTNEED` on anonymous memory: the same as [`unmap`](Self::unmap).
-    pub fn madvise_dontneed(&mut self, va: VirtAddr, len: u64, gfp: Gfp, tlb: &mut MmuGather) -> Result<(), UnmapError> {
+    pub fn madvise_dontneed(&mut self, va: VirtAddr, len: u64, gfp: Gfp, tlb: &mut MmuGather) -> Result<(), PteRangeError> {
         self.unmap(va, len, gfp, tlb)
     }
 
@@ -1186,7 +1173,7 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
         gfp: Gfp,
         tlb: &mut MmuGather,
         mode: ZapMode,
-    ) -> Result<(), UnmapError> {
+    ) -> Result<(), PteRangeError> {
         let span = level.entry_span();
         let base = s & !(level.table_span() - 1);
         let mut cleared = 0i32;
@@ -1209,11 +1196,11 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
                     continue;
                 }
                 if level != Level::Pmd {
-                    result = Err(UnmapError::PartialGiantPage);
+                    result = Err(PteRangeError::PartialGiantPage);
                     break;
                 }
                 if self.split_pmd_entry(table, idx, ent_start, gfp, tlb).is_err() {
-                    result = Err(UnmapError::NoMemory);
+                    result = Err(PteRangeError::NoMemory);
                     break;
                 }
             }
@@ -1360,7 +1347,7 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
     /// user space, `flags` with [`PteFlags::PROTNONE`] turn the leaves into
     /// `PROT_NONE` entries (hardware present bit clear) and flags without it make
     /// them present again.
-    pub fn protect(&mut self, va: VirtAddr, len: u64, flags: PteFlags, gfp: Gfp, tlb: &mut MmuGather) -> Result<(), ProtectError> {
+    pub fn protect(&mut self, va: VirtAddr, len: u64, flags: PteFlags, gfp: Gfp, tlb: &mut MmuGather) -> Result<(), PteRangeError> {
         let (start, end) = self.check_range(va, len, PAGE_SIZE)?;
         let perms = self.leaf_flags(flags, PageSize::Size4K) & PteFlags::PROTECT_BITS;
         self.change_table(self.root, Level::Pml4, start, end, perms, gfp, tlb)
@@ -1392,7 +1379,7 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
         perms: PteFlags,
         gfp: Gfp,
         tlb: &mut MmuGather,
-    ) -> Result<(), ProtectError> {
+    ) -> Result<(), PteRangeError> {
         let span = level.entry_span();
         let base = s & !(level.table_span() - 1);
         for idx in level.index(s)..=level.index(e - 1) {
@@ -1414,10 +1401,10 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
                     continue;
                 }
                 if level != Level::Pmd {
-                    return Err(ProtectError::PartialGiantPage);
+                    return Err(PteRangeError::PartialGiantPage);
                 }
                 if self.split_pmd_entry(table, idx, ent_start, gfp, tlb).is_err() {
-                    return Err(ProtectError::NoMemory);
+                    return Err(PteRangeError::NoMemory);
                 }
             }
             let Some(child_level) = level.child() else { continue };
@@ -1436,7 +1423,7 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
     /// only partly is split first (into its deposited table). The TLB entries are
     /// flushed through `tlb`: a cached dirty translation would let a later write
     /// skip setting the dirty bit. Returns the number of base pages marked.
-    pub fn mkclean_anon(&mut self, va: VirtAddr, len: u64, gfp: Gfp, tlb: &mut MmuGather) -> Result<u64, UnmapError> {
+    pub fn mkclean_anon(&mut self, va: VirtAddr, len: u64, gfp: Gfp, tlb: &mut MmuGather) -> Result<u64, PteRangeError> {
         let (start, end) = self.check_range(va, len, PAGE_SIZE)?;
         let mut marked = 0;
         self.clean_table(self.root, Level::Pml4, start, end, gfp, tlb, &mut marked)?;
@@ -1453,7 +1440,7 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
         gfp: Gfp,
         tlb: &mut MmuGather,
         marked: &mut u64,
-    ) -> Result<(), UnmapError> {
+    ) -> Result<(), PteRangeError> {
         let span = level.entry_span();
         let base = s & !(level.table_span() - 1);
         for idx in level.index(s)..=level.index(e - 1) {
@@ -1476,7 +1463,7 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
                     continue;
                 }
                 if level != Level::Pmd || self.split_pmd_entry(table, idx, ent_start, gfp, tlb).is_err() {
-                    return Err(UnmapError::NoMemory);
+                    return Err(PteRangeError::NoMemory);
                 }
             }
             let Some(child_level) = level.child() else { continue };
@@ -1493,7 +1480,7 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
     /// keeps its data. Partly covered 2 MiB leaves are left alone. Pages whose
     /// last mapping goes and tables left empty (with `pt_reclaim` on) are freed
     /// after `tlb`'s flush. Returns the number of base pages unmapped.
-    pub fn zap_clean_anon(&mut self, va: VirtAddr, len: u64, tlb: &mut MmuGather) -> Result<u64, UnmapError> {
+    pub fn zap_clean_anon(&mut self, va: VirtAddr, len: u64, tlb: &mut MmuGather) -> Result<u64, PteRangeError> {
         let (start, end) = self.check_range(va, len, PAGE_SIZE)?;
         let mut zapped = 0;
         self.zap_clean_table(self.root, Level::Pml4, start, end, tlb, &mut zapped);

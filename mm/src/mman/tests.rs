@@ -51,6 +51,17 @@ impl T {
         T { env, thp: ThpCtl::new(mode), mm: UserMm::new(space), baseline }
     }
 
+    /// A private mapping of `nr_pages` pages at `BASE`, page `i` written with
+    /// `first + i`.
+    fn written(nr_pages: u64, first: u64) -> T {
+        let mut t = T::new();
+        t.mmap(BASE, nr_pages * K, RW, FIXED).unwrap();
+        for i in 0..nr_pages {
+            t.write(BASE + i * K, first + i).unwrap();
+        }
+        t
+    }
+
     /// Runs `f` with a fresh gather and finishes it (flush, then free).
     fn gather<R>(&mut self, f: impl FnOnce(&mut Mm, &MmOps<'_, FakeMem>, &mut MmuGather) -> R) -> R {
         let ops = MmOps { thp: &self.thp, clear: self.env.mem };
@@ -359,11 +370,7 @@ fn munmap_argument_errors() {
 
 #[test]
 fn munmap_splits_frees_pages_and_remap_merges() {
-    let mut t = T::new();
-    t.mmap(BASE, 8 * K, RW, FIXED).unwrap();
-    for i in 0..8 {
-        t.write(BASE + i * K, 100 + i).unwrap();
-    }
+    let mut t = T::written(8, 100);
     let free = t.env.free();
     assert_eq!(t.munmap(BASE + 2 * K, 3 * K - 100), Ok(0), "length rounds up");
     assert_eq!(t.ranges(), vec![(BASE, BASE + 2 * K), (BASE + 5 * K, BASE + 8 * K)]);
@@ -436,11 +443,7 @@ fn mprotect_applies_the_prefix_before_a_hole_then_fails() {
 
 #[test]
 fn mprotect_splits_merges_and_updates_present_entries() {
-    let mut t = T::new();
-    t.mmap(BASE, 8 * K, RW, FIXED).unwrap();
-    for i in 0..8 {
-        t.write(BASE + i * K, i + 1).unwrap();
-    }
+    let mut t = T::written(8, 1);
     assert_eq!(t.mprotect(BASE + 2 * K, 3 * K, PROT_READ), Ok(0));
     assert_eq!(t.ranges(), vec![(BASE, BASE + 2 * K), (BASE + 2 * K, BASE + 5 * K), (BASE + 5 * K, BASE + 8 * K)]);
     // Downgrade is immediate: the present entry lost its write bit.
@@ -556,13 +559,59 @@ fn madvise_flag_advice_splits_and_merges() {
     t.finish();
 }
 
+/// The fork and KSM advice only records VMA flags (see the module doc): the
+/// pages, the page tables and `/proc/PID/status` do not change, and
+/// `/proc/PID/maps` shows the split but not the flags.
+#[test]
+fn madvise_fork_and_ksm_advice_only_records_vma_flags() {
+    let mut t = T::written(4, 0x40);
+    let frames: Vec<_> = (0..4).map(|i| t.translate(BASE + i * K)).collect();
+    let (status, pgtables) = (t.status(), t.mm.space.pgtables_bytes());
+    for advice in [MADV_DONTFORK, MADV_MERGEABLE, MADV_WIPEONFORK] {
+        assert_eq!(t.madvise(BASE + K, 2 * K, advice), Ok(0));
+    }
+    let recorded = VmFlags::DONTCOPY | VmFlags::MERGEABLE | VmFlags::WIPEONFORK;
+    assert_eq!(t.ranges(), vec![(BASE, BASE + K), (BASE + K, BASE + 3 * K), (BASE + 3 * K, BASE + 4 * K)]);
+    assert_eq!(t.vma(BASE + K).flags, rw_flags() | recorded);
+    assert_eq!((t.vma(BASE).flags, t.vma(BASE + 3 * K).flags), (rw_flags(), rw_flags()));
+    let mut maps = String::new();
+    t.mm.write_maps(&mut maps).unwrap();
+    assert_eq!(maps.lines().filter(|l| l.contains(" rw-p 00000000 00:00 0")).count(), 3, "{maps}");
+    assert_eq!((0..4).map(|i| t.translate(BASE + i * K)).collect::<Vec<_>>(), frames);
+    assert_eq!((t.status(), t.mm.space.pgtables_bytes()), (status, pgtables));
+    for i in 0..4 {
+        assert_eq!(t.read(BASE + i * K), Ok(0x40 + i));
+    }
+    // The opposite advice clears the flags and the VMAs merge again.
+    for advice in [MADV_DOFORK, MADV_UNMERGEABLE, MADV_KEEPONFORK] {
+        assert_eq!(t.madvise(BASE, 4 * K, advice), Ok(0));
+    }
+    assert_eq!(t.ranges(), vec![(BASE, BASE + 4 * K)]);
+    assert_eq!(t.vma(BASE).flags, rw_flags());
+
+    // Shared memory: KSM skips it without an error, WIPEONFORK is EINVAL, the
+    // other fork advice is recorded.
+    let s = BASE + 5 * K;
+    t.mmap(s, K, RW, SHARED | MAP_FIXED).unwrap();
+    let shared = t.vma(s).flags;
+    assert_eq!(t.madvise(s, K, MADV_MERGEABLE), Ok(0));
+    assert_eq!(t.madvise(s, K, MADV_WIPEONFORK), Err(EINVAL));
+    assert_eq!(t.vma(s).flags, shared);
+    assert_eq!(t.madvise(s, K, MADV_KEEPONFORK), Ok(0));
+    assert_eq!(t.madvise(s, K, MADV_DONTFORK), Ok(0));
+    assert_eq!(t.vma(s).flags, shared | VmFlags::DONTCOPY);
+    // Over a private VMA and then the shared one, the private one is marked
+    // before the shared one fails (Linux madvise_walk_vmas).
+    t.mmap(s - K, K, RW, FIXED).unwrap();
+    assert_eq!(t.madvise(s - K, 2 * K, MADV_WIPEONFORK), Err(EINVAL));
+    assert_eq!(t.vma(s - K).flags, rw_flags() | VmFlags::WIPEONFORK);
+    assert_eq!(t.vma(s).flags, shared | VmFlags::DONTCOPY);
+    t.finish();
+}
+
 #[test]
 fn madvise_dontneed_zeroes_private_memory_and_frees_tables() {
-    let mut t = T::new();
-    t.mmap(BASE, 16 * K, RW, FIXED).unwrap();
-    for i in 0..16 {
-        t.write(BASE + i * K, 0x100 + i).unwrap();
-    }
+    let mut t = T::written(16, 0x100);
     let free = t.env.free();
     assert_eq!(t.madvise(BASE + 4 * K, 4 * K, MADV_DONTNEED), Ok(0));
     assert_eq!(t.env.free(), free + 4);
@@ -602,11 +651,7 @@ fn madvise_dontneed_splits_a_partly_covered_huge_page() {
 
 #[test]
 fn madvise_free_drops_clean_pages_on_reclaim_and_keeps_rewritten_ones() {
-    let mut t = T::new();
-    t.mmap(BASE, 8 * K, RW, FIXED).unwrap();
-    for i in 0..8 {
-        t.write(BASE + i * K, 0x200 + i).unwrap();
-    }
+    let mut t = T::written(8, 0x200);
     assert_eq!(t.madvise(BASE, 8 * K, MADV_FREE), Ok(0));
     assert_eq!(t.mm.lazyfree_pages(), 8);
     assert!(!t.translate(BASE).unwrap().flags.contains(PteFlags::DIRTY), "marked clean");

@@ -105,12 +105,12 @@ fn hostile_input_is_refused() {
     let top = va(0x7fff_ffff_f000);
     s.map(top, Pfn(7), PageSize::Size4K, RW, GFP_KERNEL).unwrap();
     let mut tlb = MmuGather::new();
-    assert_eq!(s.unmap(top, 2 * K, GFP_KERNEL, &mut tlb), Err(UnmapError::OutOfRange));
-    assert_eq!(s.unmap(top, u64::MAX & !0xfff, GFP_KERNEL, &mut tlb), Err(UnmapError::OutOfRange));
-    assert_eq!(s.unmap(top, 0, GFP_KERNEL, &mut tlb), Err(UnmapError::ZeroLength));
-    assert_eq!(s.unmap(va(0x1000), 5, GFP_KERNEL, &mut tlb), Err(UnmapError::Unaligned));
-    assert_eq!(s.unmap(kva, K, GFP_KERNEL, &mut tlb), Err(UnmapError::OutOfRange));
-    assert_eq!(s.protect(kva, K, RW, GFP_KERNEL, &mut tlb), Err(ProtectError::OutOfRange));
+    assert_eq!(s.unmap(top, 2 * K, GFP_KERNEL, &mut tlb), Err(PteRangeError::OutOfRange));
+    assert_eq!(s.unmap(top, u64::MAX & !0xfff, GFP_KERNEL, &mut tlb), Err(PteRangeError::OutOfRange));
+    assert_eq!(s.unmap(top, 0, GFP_KERNEL, &mut tlb), Err(PteRangeError::ZeroLength));
+    assert_eq!(s.unmap(va(0x1000), 5, GFP_KERNEL, &mut tlb), Err(PteRangeError::Unaligned));
+    assert_eq!(s.unmap(kva, K, GFP_KERNEL, &mut tlb), Err(PteRangeError::OutOfRange));
+    assert_eq!(s.protect(kva, K, RW, GFP_KERNEL, &mut tlb), Err(PteRangeError::OutOfRange));
     assert_eq!(
         s.map_range(va(0x1000), Pfn(u64::MAX - 2), 4 * K, PageSize::Size4K, RW, GFP_KERNEL, &mut tlb),
         Err(MapError::OutOfRange)
@@ -282,7 +282,7 @@ fn split_on_partial_unmap_keeps_other_511_pages() {
     // A split that cannot get a table fails cleanly.
     s.map(va(0x80_0000), Pfn(hpfn), PageSize::Size2M, RW, GFP_KERNEL).unwrap();
     env.alloc.fail.configure(FaultAttr::every_nth(1));
-    assert_eq!(s.unmap(va(0x80_0000), K, GFP_NOWAIT, &mut tlb), Err(UnmapError::NoMemory));
+    assert_eq!(s.unmap(va(0x80_0000), K, GFP_NOWAIT, &mut tlb), Err(PteRangeError::NoMemory));
     env.alloc.fail.disable();
     assert_eq!(s.translate(va(0x80_0000)).unwrap().level, Level::Pmd);
     s.census().unwrap();
@@ -674,8 +674,8 @@ fn giant_pages_map_translate_and_refuse_partial_changes() {
     assert_eq!(k.map(va(BASE + G1 + K), Pfn(1), PageSize::Size4K, RW, GFP_KERNEL), Err(MapError::AlreadyMapped));
     assert_eq!(k.map(va(BASE + G1), Pfn(0), PageSize::Size1G, RW, GFP_KERNEL), Err(MapError::AlreadyMapped));
     // Giant pages are never split: partial changes fail and change nothing.
-    assert_eq!(k.unmap(va(BASE + G1), M2, GFP_KERNEL, &mut tlb), Err(UnmapError::PartialGiantPage));
-    assert_eq!(k.protect(va(BASE + G1 + M2), K, PteFlags::NX, GFP_KERNEL, &mut tlb), Err(ProtectError::PartialGiantPage));
+    assert_eq!(k.unmap(va(BASE + G1), M2, GFP_KERNEL, &mut tlb), Err(PteRangeError::PartialGiantPage));
+    assert_eq!(k.protect(va(BASE + G1 + M2), K, PteFlags::NX, GFP_KERNEL, &mut tlb), Err(PteRangeError::PartialGiantPage));
     assert!(k.translate(va(BASE + G1 + M2)).unwrap().flags.contains(PteFlags::WRITABLE));
     assert_eq!(k.census().unwrap().leaves, [0, 0, 4]);
     // Whole giant pages can be protected and unmapped.
