@@ -34,7 +34,7 @@ pub enum PtReclaimError {
     NewMm(mm::pgtable::NewSpaceError),
     Mmap(mm::vma::MapError),
     NoCurrentMm,
-    Dontneed(mm::pgtable::UnmapError),
+    Dontneed(mm::pgtable::PteRangeError),
 }
 
 impl core::fmt::Display for PtReclaimError {
