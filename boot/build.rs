@@ -12,6 +12,11 @@
 //! * `/etc/motd`.
 //!
 //! There is no `/init`: without `init=PATH` the kernel runs its demo of `/bin`.
+//!
+//! It also builds `user/linux/linux_init.c` (`musl-gcc -static`), the first
+//! process of the Linux peer (`boot --linux`), and exports its path as
+//! `LINUX_INIT` (empty when `musl-gcc` is missing). The runner adds it to the
+//! Linux peer's copy of the initramfs only; it is not in the archive above.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -33,6 +38,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=src/image.rs");
     println!("cargo:rerun-if-changed=../user/c");
+    println!("cargo:rerun-if-changed=../user/linux");
 
     let initramfs = out_dir.join("initramfs.cpio");
     std::fs::write(&initramfs, default_initramfs(&user_c, &out_dir)).expect("write initramfs.cpio");
@@ -46,6 +52,27 @@ fn main() {
     println!("cargo:rustc-env=UEFI_IMAGE={}", uefi.display());
     println!("cargo:rustc-env=INITRAMFS={}", initramfs.display());
     println!("cargo:rustc-env=KERNEL_ELF={}", kernel.display());
+    let linux_init = linux_init(&manifest_dir.join("../user/linux/linux_init.c"), &out_dir.join("linux-init"));
+    println!("cargo:rustc-env=LINUX_INIT={}", linux_init.map(|p| p.display().to_string()).unwrap_or_default());
+}
+
+/// Compiles the Linux peer's init (static, non-PIE) to `out`; `None` without
+/// `musl-gcc`.
+fn linux_init(src: &Path, out: &Path) -> Option<PathBuf> {
+    if Command::new("musl-gcc").arg("--version").output().is_err() {
+        println!("cargo:warning=musl-gcc not found (apt-get install musl-tools): no init for `boot --linux`");
+        return None;
+    }
+    let output = Command::new("musl-gcc")
+        .args(["-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(out)
+        .arg(src)
+        .output()
+        .expect("run musl-gcc");
+    if !output.status.success() {
+        panic!("musl-gcc failed on {}:\n{}", src.display(), String::from_utf8_lossy(&output.stderr));
+    }
+    Some(out.to_path_buf())
 }
 
 fn default_initramfs(user_c: &Path, out_dir: &Path) -> Vec<u8> {

@@ -11,8 +11,12 @@
 //! The built-in images carry the default initramfs (see `build.rs`) as the
 //! bootloader's ramdisk; `--initrd DIR` / `--initrd-file FILE` build fresh
 //! images with another one in a temporary directory for the run.
+//!
+//! `--linux` boots the Linux peer instead (see [`linux`]): Linux itself in
+//! the same QEMU, running the same programs from the same initramfs.
 
 pub mod image;
+pub mod linux;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -41,6 +45,12 @@ pub const QEMU_EXIT_FAILURE: i32 = 35;
 pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(300);
 /// How many serial lines a timeout report shows.
 pub const TAIL_LINES: usize = 25;
+/// QEMU's CPU model for both kernels. TCG's `max` CPU has LA57; our kernel
+/// uses 4-level paging, while Linux 6.1 would switch to 5-level paging (a
+/// 56-bit user address space, so `mmap` at 2^47 would succeed there) and has
+/// no `no5lvl` parameter to refuse it. Without LA57 both see the same CPU and
+/// give user space the same 47 bits.
+pub const CPU: &str = "max,la57=off";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Options {
@@ -66,6 +76,8 @@ pub struct Options {
     pub init: Option<String>,
     /// Passed to QEMU verbatim (everything after `--`).
     pub qemu_args: Vec<String>,
+    /// Boot the Linux peer instead of our kernel (`--linux`).
+    pub linux: bool,
 }
 
 impl Default for Options {
@@ -85,6 +97,7 @@ impl Default for Options {
             initrd_file: None,
             init: None,
             qemu_args: Vec::new(),
+            linux: false,
         }
     }
 }
@@ -112,6 +125,12 @@ options:
   --initrd DIR       boot with DIR (recursively, modes kept) packed as the
                      initramfs instead of the built-in one (/bin, /etc/motd)
   --initrd-file FILE boot with FILE, a cpio newc archive, as the initramfs
+  --linux            boot the Linux peer (fetched by `make setup`) instead, with
+                     the same initramfs plus /linux-init, which runs the --init
+                     program (default /init) or each --exec \"run PATH [ARGS]\",
+                     prints \"init exited with status N\" and powers off; the
+                     same QEMU flags (--mem, --smp, --icount, --timeout, --gdb);
+                     --cmdline words go to Linux's command line
   -h, --help         this text
 
 exit status: 0 kernel reported success, 1 kernel reported failure,
@@ -146,6 +165,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, St
             "--init" => o.init = Some(value("--init")?),
             "--initrd" => o.initrd = Some(value("--initrd")?.into()),
             "--initrd-file" => o.initrd_file = Some(value("--initrd-file")?.into()),
+            "--linux" => o.linux = true,
             "--ktest" => {
                 let filter = match it.peek() {
                     Some(next) if !next.starts_with('-') => it.next(),
@@ -166,18 +186,31 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, St
     if o.init.as_deref().is_some_and(|p| p.is_empty() || p.contains(char::is_whitespace)) {
         return Err("--init: need a path without spaces".into());
     }
+    if o.linux {
+        if o.uefi {
+            return Err("--linux boots with QEMU's -kernel: no --uefi".into());
+        }
+        if o.ktest.is_some() {
+            return Err("--linux: the in-kernel tests are ours only (no --ktest)".into());
+        }
+        if o.init.is_some() && !o.exec.is_empty() {
+            return Err("--linux: give --init PATH or --exec \"run PATH\", not both".into());
+        }
+        o.linux_exec_commands()?;
+    }
     Ok(o)
 }
 
 impl Options {
     /// Whether the run ends by itself (so a default timeout applies).
     pub fn ends_by_itself(&self) -> bool {
-        self.batch || self.ktest.is_some() || !self.exec.is_empty()
+        self.batch || self.ktest.is_some() || !self.exec.is_empty() || self.linux
     }
 
     /// The console script for `--exec`: each command at a prompt, then `poweroff`.
+    /// None for `--linux` (linux-init runs the commands itself).
     pub fn exec_script(&self) -> Option<Vec<Step>> {
-        if self.exec.is_empty() {
+        if self.exec.is_empty() || self.linux {
             return None;
         }
         let mut commands = self.exec.clone();
@@ -209,6 +242,75 @@ impl Options {
         words.join(" ")
     }
 
+    /// `--exec` commands as argv lists for linux-init: each must be
+    /// `run PATH [ARGS]`; a final `poweroff` is allowed (linux-init powers off
+    /// anyway).
+    fn linux_exec_commands(&self) -> Result<Vec<Vec<String>>, String> {
+        let mut commands = Vec::new();
+        for (i, line) in self.exec.iter().enumerate() {
+            let words: Vec<String> = line.split_whitespace().map(String::from).collect();
+            match words.first().map(String::as_str) {
+                Some("run") if words.len() > 1 => commands.push(words[1..].to_vec()),
+                Some("poweroff") if i + 1 == self.exec.len() && words.len() == 1 => {}
+                _ => return Err(format!("--linux: --exec '{}': only \"run PATH [ARGS]\" works on Linux", line)),
+            }
+        }
+        Ok(commands)
+    }
+
+    /// What linux-init runs: `--init PATH`, else the `--exec` commands, else
+    /// `/init` when the initramfs has one (Linux has no demo).
+    pub fn linux_commands(&self, initramfs_has_init: bool) -> Result<Vec<Vec<String>>, String> {
+        if let Some(init) = &self.init {
+            return Ok(vec![vec![init.clone()]]);
+        }
+        let commands = self.linux_exec_commands()?;
+        if !commands.is_empty() {
+            return Ok(commands);
+        }
+        if initramfs_has_init {
+            return Ok(vec![vec!["/init".into()]]);
+        }
+        Err("--linux: nothing to run: give --init PATH or --exec \"run PATH [ARGS]\" (Linux has no demo)".into())
+    }
+
+    /// The initramfs of this run (cpio `newc` bytes): `--initrd` packed,
+    /// `--initrd-file` read and checked, or the built-in one.
+    pub fn initramfs_bytes(&self) -> std::io::Result<Vec<u8>> {
+        match (&self.initrd, &self.initrd_file) {
+            (Some(dir), _) => image::pack_dir(dir)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("--initrd {}: {}", dir.display(), e))),
+            (None, Some(file)) => {
+                let bytes = std::fs::read(file)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("--initrd-file {}: {}", file.display(), e)))?;
+                if let Err(e) = exec::cpio::Archive::parse(&bytes) {
+                    let msg = format!("--initrd-file {}: not a cpio newc archive ({})", file.display(), e);
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, msg));
+                }
+                Ok(bytes)
+            }
+            (None, None) => std::fs::read(INITRAMFS),
+        }
+    }
+
+    /// For `--linux`: writes the Linux peer's initramfs (this run's
+    /// initramfs plus linux-init) into a temporary directory and returns it
+    /// with the QEMU command that boots `peer` with it.
+    pub fn linux_command(&self, peer: &linux::Peer) -> std::io::Result<(TempImage, Command)> {
+        let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
+        let base = self.initramfs_bytes()?;
+        let has_init = exec::cpio::Archive::parse(&base).map(|a| a.get("init").is_some_and(|e| e.is_file()));
+        let has_init = has_init.map_err(|e| invalid(format!("initramfs: {}", e)))?;
+        let append = linux::append_line(&self.cmdline, &self.linux_commands(has_init).map_err(invalid)?).map_err(invalid)?;
+        let mut temp = TempImage::create_dir()?;
+        temp.image = temp.dir.join("initramfs-linux.cpio");
+        std::fs::write(&temp.image, linux::initramfs(&base).map_err(invalid)?)?;
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.arg("-kernel").arg(&peer.vmlinuz).arg("-initrd").arg(&temp.image).args(["-append", &append]);
+        self.common_qemu_args(&mut cmd);
+        Ok((temp, cmd))
+    }
+
     /// The QEMU command for this run with the built-in disk image.
     pub fn qemu_command(&self) -> Command {
         self.qemu_command_for(Path::new(if self.uefi { UEFI_IMAGE } else { BIOS_IMAGE }))
@@ -224,9 +326,6 @@ impl Options {
         // snapshot=on: writes go to a temporary overlay, so parallel runs can
         // share the image.
         cmd.args(["-drive", &format!("format=raw,snapshot=on,file={}", image.display())]);
-        cmd.args(["-machine", "q35", "-cpu", "max", "-accel", "tcg"]);
-        cmd.args(["-m", &self.mem, "-smp", &self.smp.to_string()]);
-        cmd.args(["-serial", "stdio", "-display", "none", "-monitor", "none", "-no-reboot"]);
         cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         // QEMU rejects an empty fw_cfg string; no file means an empty command line.
         let cmdline = self.kernel_cmdline();
@@ -234,6 +333,16 @@ impl Options {
             // fw_cfg strings use ',' as the option separator: double it.
             cmd.args(["-fw_cfg", &format!("name=opt/kernel/cmdline,string={}", cmdline.replace(',', ",,"))]);
         }
+        self.common_qemu_args(&mut cmd);
+        cmd
+    }
+
+    /// The QEMU flags both kernels get: machine, CPU, memory, CPUs, serial
+    /// console, `-icount`, `--gdb`, and the `-- ARGS`.
+    fn common_qemu_args(&self, cmd: &mut Command) {
+        cmd.args(["-machine", "q35", "-cpu", CPU, "-accel", "tcg"]);
+        cmd.args(["-m", &self.mem, "-smp", &self.smp.to_string()]);
+        cmd.args(["-serial", "stdio", "-display", "none", "-monitor", "none", "-no-reboot"]);
         if self.icount {
             cmd.args(["-icount", "shift=0"]);
         }
@@ -241,7 +350,6 @@ impl Options {
             cmd.args(["-s", "-S"]);
         }
         cmd.args(&self.qemu_args);
-        cmd
     }
 
     /// Builds the disk image for `--initrd` / `--initrd-file` (BIOS or UEFI
@@ -252,23 +360,15 @@ impl Options {
         }
         let temp = TempImage::create_dir()?;
         let ramdisk = match (&self.initrd, &self.initrd_file) {
-            (Some(dir), _) => {
-                let archive = image::pack_dir(dir)
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("--initrd {}: {}", dir.display(), e)))?;
-                let path = temp.dir.join("initramfs.cpio");
-                std::fs::write(&path, archive)?;
-                path
-            }
             (None, Some(file)) => {
-                let bytes = std::fs::read(file)
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("--initrd-file {}: {}", file.display(), e)))?;
-                if let Err(e) = exec::cpio::Archive::parse(&bytes) {
-                    let msg = format!("--initrd-file {}: not a cpio newc archive ({})", file.display(), e);
-                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, msg));
-                }
+                self.initramfs_bytes()?; // checks the format
                 file.clone()
             }
-            (None, None) => unreachable!("checked above"),
+            _ => {
+                let path = temp.dir.join("initramfs.cpio");
+                std::fs::write(&path, self.initramfs_bytes()?)?;
+                path
+            }
         };
         image::create_disk_image(Path::new(KERNEL_ELF), Some(&ramdisk), self.uefi, &temp.image)
             .map_err(std::io::Error::other)?;
@@ -276,12 +376,12 @@ impl Options {
     }
 }
 
-/// A disk image built for one run, in its own temporary directory that is
-/// removed on drop.
+/// A disk image (or, for `--linux`, the Linux peer's initramfs) built for
+/// one run, in its own temporary directory that is removed on drop.
 #[derive(Debug)]
 pub struct TempImage {
     dir: PathBuf,
-    /// The disk image (inside the temporary directory).
+    /// The disk image or initramfs (inside the temporary directory).
     pub image: PathBuf,
 }
 
@@ -398,13 +498,25 @@ pub enum Echo {
 ///
 /// stdin: with `script`, the runner types the script into the console;
 /// without one, QEMU reads this process's stdin (interactive console).
+///
+/// With `--linux` the script is ignored (linux-init runs the `--exec`
+/// commands) and the outcome comes from [`linux::outcome`].
 pub fn run(options: &Options, script: Option<Vec<Step>>, echo: Echo) -> std::io::Result<Run> {
     // Lives until QEMU has exited (the image is opened with snapshot=on).
-    let custom = options.custom_image()?;
-    let mut cmd = match &custom {
-        Some(temp) => options.qemu_command_for(&temp.image),
-        None => options.qemu_command(),
+    let custom;
+    let mut cmd = if options.linux {
+        let peer = linux::Peer::find().map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
+        let (temp, cmd) = options.linux_command(&peer)?;
+        custom = Some(temp);
+        cmd
+    } else {
+        custom = options.custom_image()?;
+        match &custom {
+            Some(temp) => options.qemu_command_for(&temp.image),
+            None => options.qemu_command(),
+        }
     };
+    let script = if options.linux { None } else { script };
     let start = Instant::now();
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
     cmd.stdin(if script.is_some() { Stdio::piped() } else { Stdio::inherit() });
@@ -419,9 +531,10 @@ pub fn run(options: &Options, script: Option<Vec<Step>>, echo: Echo) -> std::io:
     let mut search_from = 0;
     let timeout = options.effective_timeout();
 
-    let outcome = loop {
+    // Some(QEMU's exit status), or None for a timeout.
+    let ended = loop {
         if let Some(status) = child.try_wait()? {
-            break Outcome::from_qemu_status(status.code());
+            break Some(status.code());
         }
         if let (Some(step), Some(input)) = (steps.front(), stdin.as_mut()) {
             let out = output.lock().expect("reader thread never panics");
@@ -438,14 +551,21 @@ pub fn run(options: &Options, script: Option<Vec<Step>>, echo: Echo) -> std::io:
         if timeout.is_some_and(|t| start.elapsed() > t) {
             let _ = child.kill();
             let _ = child.wait();
-            break Outcome::Timeout;
+            break None;
         }
         thread::sleep(Duration::from_millis(20));
     };
     drop(stdin);
     let _ = reader.join();
+    drop(custom);
     let bytes = output.lock().expect("reader thread never panics").clone();
-    Ok(Run { outcome, output: String::from_utf8_lossy(&bytes).into_owned(), elapsed: start.elapsed() })
+    let output = String::from_utf8_lossy(&bytes).into_owned();
+    let outcome = match ended {
+        None => Outcome::Timeout,
+        Some(code) if options.linux => linux::outcome(code, &output),
+        Some(code) => Outcome::from_qemu_status(code),
+    };
+    Ok(Run { outcome, output, elapsed: start.elapsed() })
 }
 
 fn spawn_reader(child: &mut Child, output: Arc<Mutex<Vec<u8>>>, echo: Echo) -> thread::JoinHandle<()> {
@@ -466,6 +586,18 @@ fn spawn_reader(child: &mut Child, output: Arc<Mutex<Vec<u8>>>, echo: Echo) -> t
             }
         }
     })
+}
+
+/// A QEMU memory size (`512M`, `1G`, `2048`: MiB without a suffix) in MiB.
+pub fn mem_mib(size: &str) -> Option<u64> {
+    let (digits, unit) = size.split_at(size.find(|c: char| !c.is_ascii_digit()).unwrap_or(size.len()));
+    let n: u64 = digits.parse().ok()?;
+    match unit {
+        "" | "M" | "m" | "MB" | "MiB" => Some(n),
+        "G" | "g" | "GB" | "GiB" => n.checked_mul(1024),
+        "T" | "t" => n.checked_mul(1024 * 1024),
+        _ => None,
+    }
 }
 
 /// Where the disk images are (for `--gdb` users and scripts).
@@ -634,6 +766,108 @@ mod tests {
             let plan = exec::elf::parse(bin.data, exec::elf::ET_DYN_BASE);
             assert!(plan.is_ok(), "{}: {:?}", bin.name, plan);
         }
+    }
+
+    #[test]
+    fn linux_options_parse_and_refuse_what_linux_cannot_do() {
+        let o = parse_args(args("--linux --init /bin/hello --mem 1G --smp 2 --icount")).unwrap();
+        assert!(o.linux && o.icount);
+        assert_eq!(o.linux_commands(false).unwrap(), vec![vec!["/bin/hello".to_string()]]);
+        assert!(o.exec_script().is_none());
+        assert_eq!(o.effective_timeout(), Some(DEFAULT_BATCH_TIMEOUT), "a Linux run ends by itself");
+        assert!(parse_args(args("--linux --uefi --init /x")).unwrap_err().contains("--uefi"));
+        assert!(parse_args(args("--linux --ktest")).unwrap_err().contains("--ktest"));
+        let exec = |words: &[&str]| parse_args(words.iter().map(|w| w.to_string()));
+        assert!(exec(&["--linux", "--init", "/x", "--exec", "run /y"]).unwrap_err().contains("not both"));
+        assert!(exec(&["--linux", "--exec", "meminfo"]).unwrap_err().contains("only \"run PATH [ARGS]\""));
+        assert!(exec(&["--linux", "--exec", "poweroff", "--exec", "run /x"]).is_err());
+        let o = exec(&["--linux", "--exec", "run /bin/fuzz 7 10", "--exec", "run /bin/hello", "--exec", "poweroff"]).unwrap();
+        assert_eq!(o.linux_commands(false).unwrap(), vec![args("/bin/fuzz 7 10"), args("/bin/hello")]);
+        // Nothing named: /init if the initramfs has one (Linux has no demo).
+        let o = parse_args(args("--linux")).unwrap();
+        assert_eq!(o.linux_commands(true).unwrap(), vec![args("/init")]);
+        assert!(o.linux_commands(false).unwrap_err().contains("nothing to run"));
+        assert!(USAGE.contains("--linux"));
+    }
+
+    #[test]
+    fn linux_append_line_passes_one_word_per_command() {
+        let line = linux::append_line(&args("loglevel=4"), &[args("/bin/fuzz 7 10"), args("/bin/hello")]).unwrap();
+        assert_eq!(
+            line,
+            "console=ttyS0 rdinit=/linux-init quiet panic=-1 transparent_hugepage=madvise loglevel=4 -- /bin/fuzz,7,10 /bin/hello"
+        );
+        assert!(linux::append_line(&[], &[args("bin/hello")]).unwrap_err().contains("absolute path"));
+        assert!(linux::append_line(&[], &[args("/bin/x a,b")]).unwrap_err().contains("bad word"));
+        assert!(linux::append_line(&[], &[]).is_err());
+        let many = vec![args("/bin/hello"); linux::MAX_COMMANDS + 1];
+        assert!(linux::append_line(&[], &many).unwrap_err().contains("CONFIG_INIT_ENV_ARG_LIMIT"));
+        assert!(linux::append_line(&[], &many[1..]).is_ok());
+    }
+
+    #[test]
+    fn linux_initramfs_is_the_runs_archive_plus_linux_init() {
+        let base = std::fs::read(INITRAMFS).unwrap();
+        let bytes = linux::initramfs(&base).unwrap();
+        assert_eq!(&bytes[..base.len()], &base[..], "the run's archive comes first, unchanged");
+        let archive = exec::cpio::Archive::parse(&bytes).unwrap();
+        let init = archive.get(linux::INIT_PATH).expect("linux-init appended");
+        assert!(init.is_file() && init.permissions() == 0o755);
+        assert_eq!(init.data, &std::fs::read(linux::LINUX_INIT).unwrap()[..]);
+        assert!(archive.get("bin/hello").is_some() && archive.get("etc/motd").is_some());
+        assert!(archive.get("init").is_none(), "no /init: linux-init lives at {}", linux::INIT_PATH);
+    }
+
+    #[test]
+    fn linux_outcome_comes_from_the_serial_output() {
+        let done = "hello: 1 passed, 0 failed\r\ninit exited with status 0\r\n[    2.1] reboot: Power down\r\n";
+        assert_eq!(linux::outcome(Some(0), done), Outcome::Success);
+        assert_eq!(linux::outcome(Some(0), "[ 1.0] Kernel panic - not syncing: Attempted to kill init!"), Outcome::Failure);
+        assert_eq!(linux::outcome(Some(0), "no init line"), Outcome::Crashed(Some(0)));
+        assert_eq!(linux::outcome(Some(1), done), Outcome::Crashed(Some(1)));
+        let run = Run { outcome: linux::outcome(Some(0), "init exited with status 139\n"), output: "init exited with status 139\n".into(), elapsed: Duration::ZERO };
+        assert_eq!(run.exit_status(), 139);
+    }
+
+    #[test]
+    fn linux_peer_is_found_by_its_version_file() {
+        let dir = scratch("peer");
+        assert!(linux::Peer::in_dir(&dir).unwrap_err().contains("make setup"));
+        std::fs::write(dir.join("VERSION"), "6.1.0-50-cloud-amd64\nlinux-image-6.1.0-50-cloud-amd64-unsigned 6.1.176-1\n").unwrap();
+        assert!(linux::Peer::in_dir(&dir).unwrap_err().contains("no vmlinuz"));
+        std::fs::write(dir.join("vmlinuz"), b"MZ").unwrap();
+        let peer = linux::Peer::in_dir(&dir).unwrap();
+        assert_eq!(peer.release, "6.1.0-50-cloud-amd64");
+        assert_eq!(peer.describe(), "6.1.0-50-cloud-amd64 (linux-image-6.1.0-50-cloud-amd64-unsigned 6.1.176-1)");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn both_kernels_get_the_same_machine() {
+        let o = parse_args(args("--linux --init /bin/hello --mem 1G --smp 2 --icount -- -d int")).unwrap();
+        let peer = linux::Peer { vmlinuz: "/peer/vmlinuz".into(), release: "r".into(), package: String::new() };
+        let (temp, cmd) = o.linux_command(&peer).unwrap();
+        let linux = format!("{:?}", cmd);
+        let ours = format!("{:?}", Options { linux: false, ..o.clone() }.qemu_command());
+        let common = "\"-machine\" \"q35\" \"-cpu\" \"max,la57=off\" \"-accel\" \"tcg\" \"-m\" \"1G\" \"-smp\" \"2\"";
+        assert!(linux.contains(common) && ours.contains(common), "{}\n{}", linux, ours);
+        for flag in ["\"-icount\" \"shift=0\"", "\"-no-reboot\"", "\"-d\" \"int\""] {
+            assert!(linux.contains(flag) && ours.contains(flag), "{}", flag);
+        }
+        assert!(linux.contains("\"-kernel\" \"/peer/vmlinuz\"") && linux.contains(&temp.image.display().to_string()));
+        assert!(linux.contains("rdinit=/linux-init") && linux.contains("-- /bin/hello"));
+        assert!(temp.image.is_file());
+        let dir = temp.dir().to_path_buf();
+        drop(temp);
+        assert!(!dir.exists(), "temporary directory left behind");
+    }
+
+    #[test]
+    fn mem_sizes_in_mib() {
+        assert_eq!(mem_mib("512M"), Some(512));
+        assert_eq!(mem_mib("1G"), Some(1024));
+        assert_eq!(mem_mib("2048"), Some(2048));
+        assert_eq!(mem_mib("lots"), None);
     }
 
     #[test]

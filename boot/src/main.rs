@@ -11,6 +11,18 @@ fn main() {
             std::process::exit(if msg.is_empty() { 0 } else { 64 });
         }
     };
+    if options.linux {
+        match boot::linux::Peer::find() {
+            Ok(peer) => eprintln!("linux peer: {}", peer.describe()),
+            Err(e) => {
+                eprintln!("boot: {}", e);
+                std::process::exit(3);
+            }
+        }
+        if boot::mem_mib(&options.mem).is_some_and(|mib| mib <= 512) {
+            eprintln!("boot: note: Linux turns THP off with less than 512 MiB of RAM; use --mem 1G when huge pages matter");
+        }
+    }
     if options.gdb {
         eprintln!("boot: waiting for gdb on localhost:1234 (kernel ELF: {})", env!("KERNEL_ELF"));
     }
