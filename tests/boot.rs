@@ -189,6 +189,21 @@ fn console_answers_meminfo_and_rejects_unknown_commands() {
     assert!(run.output.contains("Power down."));
 }
 
+/// Input sent before the kernel has booted (piped into `make run` during the
+/// build) reaches the prompt whole: serial init must not reset the UART's
+/// receive buffer, where QEMU parks the first byte. The machine has two CPUs,
+/// and the kernel says it runs on one. (BIOS only: under UEFI the firmware's
+/// console reads what is typed while it runs.)
+#[test]
+fn input_typed_before_boot_survives_and_extra_cpus_are_reported() {
+    let script = vec![step("", "uptime\npoweroff\n")];
+    let run = boot(Options { smp: 2, ..console_options() }, Some(script));
+    assert_eq!(run.outcome, Outcome::Success);
+    assert!(run.output.contains("mm> uptime\nup "), "the first command arrived damaged");
+    assert!(run.output.contains("Power down."));
+    assert!(run.output.contains("smp: the MADT lists 2 CPUs; this kernel brings up CPU 0 only (no SMP yet)"));
+}
+
 #[test]
 fn console_shows_allocator_state_in_linux_formats() {
     let script = vec![
