@@ -76,6 +76,10 @@ fn first_touch_maps_zeroed_pages_on_demand() -> KResult {
     Ok(())
 }
 
+/// Rounds of `invlpg_makes_a_remap_visible`: each one after the first checks one
+/// flush of a translation that is cached in the TLB.
+const REMAP_ROUNDS: usize = 8;
+
 fn invlpg_makes_a_remap_visible() -> KResult {
     const VA: u64 = 0x5000_0000;
     let a = page_alloc();
@@ -89,9 +93,23 @@ fn invlpg_makes_a_remap_visible() -> KResult {
     activate_with_vma(VA, PAGE_SIZE, VmFlags::NOHUGEPAGE)?;
     let va = VirtAddr::try_new(VA).ok_or("bad va")?;
     let flags = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER | PteFlags::NX;
-    let mut seen = [0u64; 2];
-    for (i, f) in frames.iter().enumerate() {
-        let pfn = f.pfn();
+    // Round 0 maps frame 0 into the empty slot (nothing can be stale: the CPU
+    // never caches a not-present entry). Every later round first reads VA, so
+    // the TLB holds VA -> the other frame, then remaps VA and flushes only
+    // through the gather: without its `invlpg` the read after the remap hits
+    // the stale entry (QEMU TCG keeps it, as hardware may) and sees the
+    // previous round's frame. Kernel code does not switch tasks here (the
+    // timer preempts only on return to user mode), so no CR3 reload hides a
+    // missing flush.
+    let mut cached = [0u64; REMAP_ROUNDS];
+    let mut seen = [0u64; REMAP_ROUNDS];
+    let mut plans = [mm::tlb::FlushPlan::None; REMAP_ROUNDS];
+    for round in 0..REMAP_ROUNDS {
+        if round > 0 {
+            // SAFETY: VA is mapped to frame (round - 1) % 2.
+            cached[round] = unsafe { get_user_u64(VA) };
+        }
+        let pfn = frames[round % 2].pfn();
         let mapped = with_current(|mm| {
             let mut tlb = MmuGather::new();
             let r = mm.space.unmap(va, PAGE_SIZE, GFP_KERNEL, &mut tlb).map_err(|e| err("unmap", e));
@@ -99,12 +117,11 @@ fn invlpg_makes_a_remap_visible() -> KResult {
             (r, tlb)
         });
         let (r, tlb) = mapped.ok_or("no current mm")?;
-        // The flush after the remap is what makes the new frame visible.
-        tlb_finish(tlb);
-        crate::arch::x86_64::cpu::invlpg(VA);
+        // The gather's flush (of the unmapped page) is the only invalidation.
+        plans[round] = tlb_finish(tlb);
         r?;
-        // SAFETY: VA is mapped to frame i now.
-        seen[i] = unsafe { get_user_u64(VA) };
+        // SAFETY: VA is mapped to frame round % 2 now.
+        seen[round] = unsafe { get_user_u64(VA) };
     }
     // Unmap before teardown so the frames (not owned by the VMA) are not freed twice.
     if let Some(tlb) = with_current(|mm| {
@@ -118,7 +135,10 @@ fn invlpg_makes_a_remap_visible() -> KResult {
     for f in frames {
         a.free_pages(f);
     }
-    kassert_eq!(seen, [0xaaaa_0000, 0xaaaa_0001]);
+    let expected: [u64; REMAP_ROUNDS] = core::array::from_fn(|round| 0xaaaa_0000 + (round % 2) as u64);
+    let expected_cached: [u64; REMAP_ROUNDS] = core::array::from_fn(|round| if round == 0 { 0 } else { expected[round - 1] });
+    kassert!(seen == expected, "stale translation after a remap: read {:x?}, expected {:x?} (gather flushes: {:?})", seen, expected, plans);
+    kassert_eq!(cached, expected_cached);
     kassert_eq!(crate::memory::slab::nr_free_pages_settled(), free_before);
     Ok(())
 }

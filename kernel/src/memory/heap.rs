@@ -62,7 +62,7 @@ pub fn usage() -> (usize, usize) {
 pub const KTESTS: &[crate::lib::ktest::KTest] = &[
     crate::ktest!(heap_box_vec_and_string),
     crate::ktest!(heap_reuses_freed_memory),
-    crate::ktest!(heap_reports_exhaustion_as_error),
+    crate::ktest!(heap_exhaustion_is_an_error_and_everything_comes_back),
 ];
 
 fn heap_box_vec_and_string() -> crate::lib::ktest::KResult {
@@ -92,9 +92,93 @@ fn heap_reuses_freed_memory() -> crate::lib::ktest::KResult {
     Ok(())
 }
 
-fn heap_reports_exhaustion_as_error() -> crate::lib::ktest::KResult {
-    // Ask for more than the heap holds: the fallible API must say no, not panic.
-    let mut v: alloc::vec::Vec<u8> = alloc::vec::Vec::new();
-    crate::kassert!(v.try_reserve_exact(EARLY_HEAP_SIZE * 2).is_err(), "oversized reservation succeeded");
+/// Block sizes of [`heap_exhaustion_is_an_error_and_everything_comes_back`],
+/// largest first: 1 MiB and 64 KiB blocks come from the page allocator, 4 KiB
+/// and 64 B ones from kmalloc slabs.
+const EXHAUST_SIZES: [usize; 4] = [1 << 20, 64 << 10, 4 << 10, 64];
+
+/// Handle slots beyond one per managed page: the 64 B objects the partial
+/// kmalloc-64 slabs may still hold when no page is left.
+const EXHAUST_EXTRA_HANDLES: usize = 16 * 1024;
+
+fn exhaust_layout(size: usize) -> Result<Layout, crate::lib::ktest::TestFailure> {
+    Layout::from_size_align(size, 8).map_err(|_| "bad layout".into())
+}
+
+fn heap_exhaustion_is_an_error_and_everything_comes_back() -> crate::lib::ktest::KResult {
+    use alloc::vec::Vec;
+    let a = crate::memory::page_alloc::page_alloc();
+    // Fill the kernel heap (the global allocator after boot) through the
+    // fallible API until it says no, at every size in turn, so that the heap is
+    // full for small objects too. Every handle slot is reserved first: no heap
+    // allocation may be needed once memory is gone, and nothing may allocate
+    // until everything is freed again (so the checks come at the end).
+    let mut held: Vec<NonNull<u8>> = Vec::new();
+    held.try_reserve_exact(a.managed_pages() as usize + EXHAUST_EXTRA_HANDLES).map_err(|_| "no heap for the handles")?;
+    let layouts = [
+        exhaust_layout(EXHAUST_SIZES[0])?,
+        exhaust_layout(EXHAUST_SIZES[1])?,
+        exhaust_layout(EXHAUST_SIZES[2])?,
+        exhaust_layout(EXHAUST_SIZES[3])?,
+    ];
+    let free_before = crate::memory::slab::nr_free_pages_settled();
+    let mut ends = [0usize; EXHAUST_SIZES.len()];
+    let mut refused = [false; EXHAUST_SIZES.len()];
+    for (stage, layout) in layouts.iter().enumerate() {
+        while held.len() < held.capacity() {
+            // SAFETY: every layout has a non-zero size. `alloc` is the raw
+            // fallible entry: null on failure, no `handle_alloc_error`.
+            match NonNull::new(unsafe { alloc::alloc::alloc(*layout) }) {
+                Some(p) => held.push(p),
+                None => {
+                    refused[stage] = true;
+                    break;
+                }
+            }
+        }
+        ends[stage] = held.len();
+    }
+    let left_above_min = a.free_above_min();
+    // With the heap full, `Vec`'s fallible API reports an error at any size.
+    let mut probe: Vec<u8> = Vec::new();
+    let vec_small_refused = probe.try_reserve_exact(64).is_err();
+    let vec_large_refused = probe.try_reserve_exact(1 << 20).is_err();
+    drop(probe);
+    let mut start = 0;
+    for (stage, layout) in layouts.iter().enumerate() {
+        for p in &held[start..ends[stage]] {
+            // SAFETY: `p` came from `alloc(*layout)` in this stage and is freed
+            // exactly once (the handles are cleared right after).
+            unsafe { alloc::alloc::dealloc(p.as_ptr(), *layout) };
+        }
+        start = ends[stage];
+    }
+    held.clear();
+    let free_after = crate::memory::slab::nr_free_pages_settled();
+    // Healthy again: small and large fallible allocations succeed.
+    let mut small: Vec<u8> = Vec::new();
+    let mut large: Vec<u8> = Vec::new();
+    let recovered = small.try_reserve_exact(64).is_ok() && large.try_reserve_exact(1 << 20).is_ok();
+    drop((small, large));
+    drop(held);
+    let counts: [usize; EXHAUST_SIZES.len()] = core::array::from_fn(|i| ends[i] - if i == 0 { 0 } else { ends[i - 1] });
+    let bytes: usize = counts.iter().zip(EXHAUST_SIZES).map(|(n, size)| n * size).sum();
+    crate::println!(
+        "    heap full after {} x 1 MiB, {} x 64 KiB, {} x 4 KiB, {} x 64 B ({} MiB of {} MiB free); {} pages above min left",
+        counts[0],
+        counts[1],
+        counts[2],
+        counts[3],
+        bytes >> 20,
+        (free_before * mm::addr::PAGE_SIZE) >> 20,
+        left_above_min
+    );
+    crate::kassert!(refused == [true; EXHAUST_SIZES.len()], "a stage ran out of handle slots before the heap refused: {:?}", counts);
+    crate::kassert!(counts[0] > 0, "not a single 1 MiB block on a fresh heap");
+    crate::kassert_eq!(left_above_min, 0);
+    crate::kassert!(vec_small_refused && vec_large_refused, "try_reserve succeeded on a full heap");
+    crate::kassert!(recovered, "no allocation succeeds after freeing everything");
+    crate::kassert_eq!(free_after, free_before);
+    a.check_consistency().map_err(|e| alloc::format!("allocator inconsistent: {:?}", e))?;
     Ok(())
 }

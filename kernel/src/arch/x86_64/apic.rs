@@ -1,27 +1,36 @@
 //! The local APIC, used for inter-processor interrupts to this CPU (a
 //! self-NMI for the NMI-safety tests of the page allocator) and for the
 //! scheduler's periodic timer (calibrated against the TSC). Its registers are
-//! memory-mapped; they are reached through the direct map with volatile
-//! accesses. Hardware interrupts still come through the legacy PIC, which the
+//! memory-mapped; they are reached through the direct map as
+//! `volatile::VolatilePtr`s made by one accessor ([`reg`]), one per register
+//! of the [`Reg`] list. Hardware interrupts still come through the legacy PIC, which the
 //! firmware routes via LINT0 in virtual-wire mode; enabling the APIC keeps
 //! that routing.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
+use volatile::VolatilePtr;
 use x86_64::registers::model_specific::Msr;
 
 const IA32_APIC_BASE_MSR: u32 = 0x1B;
 const APIC_BASE_ENABLE: u64 = 1 << 11;
 
-const REG_ID: usize = 0x20;
-const REG_SPURIOUS: usize = 0xF0;
-const REG_ICR_LOW: usize = 0x300;
-const REG_ICR_HIGH: usize = 0x310;
-const REG_EOI: usize = 0xB0;
-const REG_LVT_TIMER: usize = 0x320;
-const REG_TIMER_INITIAL: usize = 0x380;
-const REG_TIMER_CURRENT: usize = 0x390;
-const REG_TIMER_DIVIDE: usize = 0x3E0;
+/// The local APIC registers this driver uses: 32-bit registers at their
+/// offsets in the 4 KiB register page (all 16-byte aligned).
+#[derive(Clone, Copy, Debug)]
+#[repr(usize)]
+enum Reg {
+    Id = 0x20,
+    Eoi = 0xB0,
+    Spurious = 0xF0,
+    IcrLow = 0x300,
+    IcrHigh = 0x310,
+    LvtTimer = 0x320,
+    TimerInitial = 0x380,
+    TimerCurrent = 0x390,
+    TimerDivide = 0x3E0,
+}
 
 /// Vector of the local APIC timer (Linux `LOCAL_TIMER_VECTOR`).
 pub const TIMER_VECTOR: u8 = 0xEC;
@@ -38,24 +47,19 @@ const ICR_DELIVERY_NMI: u32 = 0b100 << 8;
 const ICR_LEVEL_ASSERT: u32 = 1 << 14;
 const ICR_SEND_PENDING: u32 = 1 << 12;
 
-/// Virtual address of the register page (0 until [`init`]).
-static BASE: AtomicU64 = AtomicU64::new(0);
+/// The register page in the direct map (null until [`init`]).
+static BASE: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
 
-fn reg(offset: usize) -> *mut u32 {
-    let base = BASE.load(Ordering::Relaxed);
-    assert!(base != 0, "apic::init must run first");
-    (base as usize + offset) as *mut u32
-}
-
-fn read(offset: usize) -> u32 {
-    // SAFETY: `reg` points into the APIC's 4 KiB register page, mapped by the
-    // direct map; APIC registers are 32-bit and must be accessed volatile.
-    unsafe { reg(offset).read_volatile() }
-}
-
-fn write(offset: usize, value: u32) {
-    // SAFETY: as in `read`; writes to these registers only affect the local APIC.
-    unsafe { reg(offset).write_volatile(value) }
+/// Register `r` of the local APIC, for volatile reads and writes. Panics
+/// before [`init`] found the APIC (a kernel bug: callers check [`is_enabled`]).
+fn reg(r: Reg) -> VolatilePtr<'static, u32> {
+    let base = NonNull::new(BASE.load(Ordering::Relaxed)).expect("apic::init must run first");
+    // SAFETY: `base` is the APIC's 4 KiB register page, which the direct map
+    // maps for the kernel's lifetime (`init` stores it once); every `Reg` is a
+    // 4-byte aligned 32-bit register inside that page. Device memory: no Rust
+    // reference to it exists, so volatile accesses through the pointer alias
+    // nothing, and accessing these registers only affects the local APIC.
+    unsafe { VolatilePtr::new(base.byte_add(r as usize).cast::<u32>()) }
 }
 
 /// Finds the local APIC (through the direct map at `direct_map_offset`)
@@ -68,18 +72,18 @@ pub fn init(direct_map_offset: u64) {
         return;
     }
     let phys = msr & 0x000f_ffff_ffff_f000;
-    BASE.store(direct_map_offset + phys, Ordering::Relaxed);
-    write(REG_SPURIOUS, SVR_ENABLE | SPURIOUS_VECTOR);
+    BASE.store((direct_map_offset + phys) as *mut u8, Ordering::Relaxed);
+    reg(Reg::Spurious).write(SVR_ENABLE | SPURIOUS_VECTOR);
     log::info!("local APIC: id {} at phys {:#x}", id(), phys);
 }
 
 pub fn is_enabled() -> bool {
-    BASE.load(Ordering::Relaxed) != 0
+    !BASE.load(Ordering::Relaxed).is_null()
 }
 
 /// This CPU's APIC id.
 pub fn id() -> u32 {
-    read(REG_ID) >> 24
+    reg(Reg::Id).read() >> 24
 }
 
 /// Sends a non-maskable interrupt to this CPU and waits until the APIC has
@@ -87,9 +91,9 @@ pub fn id() -> u32 {
 /// masked by `cli`).
 pub fn send_self_nmi() {
     // The "self" shorthand only allows fixed delivery; address ourselves by id.
-    write(REG_ICR_HIGH, id() << 24);
-    write(REG_ICR_LOW, ICR_DELIVERY_NMI | ICR_LEVEL_ASSERT);
-    while read(REG_ICR_LOW) & ICR_SEND_PENDING != 0 {
+    reg(Reg::IcrHigh).write(id() << 24);
+    reg(Reg::IcrLow).write(ICR_DELIVERY_NMI | ICR_LEVEL_ASSERT);
+    while reg(Reg::IcrLow).read() & ICR_SEND_PENDING != 0 {
         core::hint::spin_loop();
     }
 }
@@ -103,18 +107,18 @@ pub fn start_timer(hz: u64) -> Option<u64> {
     if !is_enabled() || tsc_hz == 0 || hz == 0 {
         return None;
     }
-    write(REG_TIMER_DIVIDE, DIVIDE_BY_16);
-    write(REG_LVT_TIMER, LVT_MASKED | TIMER_VECTOR as u32);
-    write(REG_TIMER_INITIAL, u32::MAX);
+    reg(Reg::TimerDivide).write(DIVIDE_BY_16);
+    reg(Reg::LvtTimer).write(LVT_MASKED | TIMER_VECTOR as u32);
+    reg(Reg::TimerInitial).write(u32::MAX);
     let start = super::cpu::rdtsc();
     while super::cpu::rdtsc() - start < tsc_hz / 100 {
         core::hint::spin_loop();
     }
-    let counted = (u32::MAX - read(REG_TIMER_CURRENT)) as u64;
+    let counted = (u32::MAX - reg(Reg::TimerCurrent).read()) as u64;
     let timer_hz = counted * 100;
     let initial = (timer_hz / hz).clamp(1, u32::MAX as u64) as u32;
-    write(REG_LVT_TIMER, LVT_PERIODIC | TIMER_VECTOR as u32);
-    write(REG_TIMER_INITIAL, initial);
+    reg(Reg::LvtTimer).write(LVT_PERIODIC | TIMER_VECTOR as u32);
+    reg(Reg::TimerInitial).write(initial);
     Some(timer_hz)
 }
 
@@ -122,7 +126,7 @@ pub fn start_timer(hz: u64) -> Option<u64> {
 /// scheduler to preempt the running task at its next return to user mode.
 pub fn handle_timer() {
     TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
-    write(REG_EOI, 0);
+    reg(Reg::Eoi).write(0);
     if let Some(upcalls) = super::upcall::get() {
         (upcalls.timer_tick)();
     }

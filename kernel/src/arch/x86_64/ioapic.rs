@@ -9,16 +9,28 @@
 //! ACPI MADT ([`super::acpi`]): [`IoApic::for_isa_irq`] finds the I/O APIC whose
 //! GSI range holds the line's GSI (after the interrupt source override: the PIT's
 //! IRQ 0 is GSI 2 on QEMU), then reads its version register (a select and a read)
-//! before any redirection entry is written. Registers are reached through the
-//! direct map with volatile accesses: `IOREGSEL` selects a register, `IOWIN`
-//! reads or writes it.
+//! before any redirection entry is written. The chip's two registers are reached
+//! through the direct map as a typed register block ([`Registers`]) behind a
+//! `volatile::VolatilePtr`: `IOREGSEL` selects a register, `IOWIN` reads or
+//! writes it.
+
+use core::ptr::NonNull;
+
+use volatile::{map_field, VolatilePtr};
 
 use super::acpi::{self, AcpiError};
 use crate::arch::x86_64::layout::DIRECT_MAP_MIN_END;
 use crate::arch::x86_64::memmap;
 
-const IOREGSEL: usize = 0x00;
-const IOWIN: usize = 0x10;
+/// The I/O APIC's memory-mapped registers: the select register and, 16 bytes
+/// further, the data window (both 32-bit).
+#[repr(C)]
+struct Registers {
+    ioregsel: u32,
+    _reserved: [u32; 3],
+    iowin: u32,
+}
+
 const REG_VERSION: u32 = 0x01;
 /// Low dword of redirection entry `pin`; the high dword follows.
 const fn redtbl(pin: u8) -> u32 {
@@ -41,11 +53,13 @@ pub enum IoApicError {
     NotPresent,
     /// The pin is beyond the chip's redirection entries.
     NoSuchPin(u8),
+    /// The MADT gives a register address that is not 16-byte aligned.
+    Misaligned(u64),
 }
 
 /// The I/O APIC found by [`IoApic::probe`].
 pub struct IoApic {
-    base: *mut u8,
+    regs: VolatilePtr<'static, Registers>,
     entries: u8,
 }
 
@@ -56,10 +70,20 @@ impl IoApic {
         let madt = acpi::madt().map_err(IoApicError::Acpi)?;
         let gsi = madt.isa_gsi(irq);
         let (entry, pin) = madt.ioapic_for_gsi(gsi).ok_or(IoApicError::NoIoApicFor(gsi))?;
-        if entry.phys_addr.saturating_add(IOWIN as u64 + 4) > DIRECT_MAP_MIN_END {
+        if entry.phys_addr.saturating_add(core::mem::size_of::<Registers>() as u64) > DIRECT_MAP_MIN_END {
             return Err(IoApicError::NoIoApicFor(gsi));
         }
-        let mut io = IoApic { base: memmap::phys_to_virt(entry.phys_addr), entries: 0 };
+        if entry.phys_addr % 16 != 0 {
+            return Err(IoApicError::Misaligned(entry.phys_addr));
+        }
+        let base = NonNull::new(memmap::phys_to_virt(entry.phys_addr)).ok_or(IoApicError::NotPresent)?;
+        // SAFETY: the register block lies in the low 4 GiB (checked above), which
+        // the direct map maps for the kernel's lifetime, and is 16-byte aligned
+        // (checked); it is device memory that no Rust reference points to, so
+        // the volatile accesses alias nothing, and they only select and access
+        // the chip's registers.
+        let regs = unsafe { VolatilePtr::new(base.cast::<Registers>()) };
+        let mut io = IoApic { regs, entries: 0 };
         let version = io.read(REG_VERSION);
         if version == u32::MAX || version == 0 {
             return Err(IoApicError::NotPresent);
@@ -69,22 +93,18 @@ impl IoApic {
         Ok((io, pin))
     }
 
+    /// Reads register `reg`: select first, then the window.
     fn read(&self, reg: u32) -> u32 {
-        // SAFETY: `base` is the I/O APIC's register page in the direct map (the low
-        // 4 GiB are mapped); IOREGSEL/IOWIN are 32-bit registers that must be
-        // accessed volatile, select first, then the window.
-        unsafe {
-            (self.base.add(IOREGSEL) as *mut u32).write_volatile(reg);
-            (self.base.add(IOWIN) as *mut u32).read_volatile()
-        }
+        let regs = self.regs;
+        map_field!(regs.ioregsel).write(reg);
+        map_field!(regs.iowin).read()
     }
 
+    /// Writes register `reg` (the callers only write redirection entries).
     fn write(&self, reg: u32, value: u32) {
-        // SAFETY: as in `read`; the callers only write redirection entries.
-        unsafe {
-            (self.base.add(IOREGSEL) as *mut u32).write_volatile(reg);
-            (self.base.add(IOWIN) as *mut u32).write_volatile(value);
-        }
+        let regs = self.regs;
+        map_field!(regs.ioregsel).write(reg);
+        map_field!(regs.iowin).write(value);
     }
 
     /// Delivers `pin` (edge-triggered, active high) to the CPU with local APIC id
