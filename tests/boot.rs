@@ -124,7 +124,7 @@ fn ktest_filter_selects_by_name() {
     let run = ktest(false, Some("heap::"));
     assert_eq!(run.outcome, Outcome::Success);
     assert_eq!(summary(&run.output), Some((3, 0)));
-    assert!(run.output.contains("test heap::heap_box_vec_and_string ... ok"));
+    assert!(run.output.contains("test memory::heap::heap_box_vec_and_string ... ok"));
     assert!(!run.output.contains("test memmap::"), "filter let other tests run");
 }
 

@@ -1,4 +1,8 @@
-//! Kernel entry and boot flow.
+//! Kernel entry and boot flow, the top of the layers (`docs/architecture.md`:
+//! `lib` < `arch` < `memory` < `fs` < `task` < `entry` < `init` < `console` <
+//! `ktests` < here). Only this file connects a lower layer to a higher one:
+//! it installs the hooks through which `arch/` and `memory/` call up, and
+//! registers the test suites with the runner.
 //!
 //! `kernel_main` brings the machine up in a fixed order (serial and clock,
 //! descriptor tables, heap, CPU protections, interrupts, memory map), then
@@ -38,7 +42,6 @@ use task::{process, sched};
 
 /// Stack for the boot CPU; the tests and the console run on it.
 const KERNEL_STACK_SIZE: u64 = 512 * 1024;
-
 
 /// Everything the bootloader maps for the kernel (image, stack, boot info,
 /// direct map) goes into the upper half, so user address spaces can share it
@@ -141,8 +144,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 }
 
 /// Connects the layers that call upwards: the traps and the `syscall` entry
-/// in `arch/` (Linux's fixed entry points), the allocator's reclaim wait, and
-/// the test runner's list of suites. Nothing below `main` names these.
+/// in `arch/` (Linux's fixed entry points), the allocator's reclaim wait,
+/// migration's walk over parked address spaces, and the test runner's list of
+/// suites. Nothing below `main` names these.
 fn install_hooks() {
     upcall::install(Upcalls {
         page_fault: fault::do_page_fault,

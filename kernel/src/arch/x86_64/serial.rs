@@ -56,18 +56,17 @@ impl InputRing {
 /// Programs the UART: 38400 baud 8N1, OUT2 (the IRQ line) and the receive
 /// interrupt. The FIFO control register is left as firmware set it: enabling
 /// or resetting the FIFO drops what is in the receive buffer, and input typed
-/// before boot waits there (QEMU holds the rest back until it is read). The
-/// receive interrupt delivers it once IRQ 4 is unmasked.
+/// before boot waits there (QEMU holds the rest back until it is read, so
+/// without a FIFO nothing is lost either, it only takes an interrupt a byte).
+/// [`enable_input_irq`] collects it.
 pub fn init() {
     const IER: u16 = COM1 + 1;
     const LCR: u16 = COM1 + 3;
     const MCR: u16 = COM1 + 4;
-    let _port = PORT.lock();
-    let out = |port: u16, value: u8| {
-        // SAFETY: COM1's registers, programmed under the port lock; the
-        // divisor latch (DLAB) is open only between the two LCR writes.
-        unsafe { Port::<u8>::new(port).write(value) }
-    };
+    let port = PORT.lock();
+    // SAFETY: COM1's registers, programmed under the port lock; the divisor
+    // latch (DLAB) is open only between the two LCR writes.
+    let out = |reg: u16, value: u8| unsafe { Port::<u8>::new(reg).write(value) };
     out(IER, 0x00); // no interrupts while programming
     out(LCR, 0x80); // DLAB: the next two ports are the divisor
     out(COM1, 0x03); // 115200 / 3 = 38400 baud
@@ -75,13 +74,17 @@ pub fn init() {
     out(LCR, 0x03); // 8 data bits, no parity, one stop bit; DLAB off
     out(MCR, 0x0B); // DTR, RTS, OUT2 (routes the interrupt to the PIC)
     out(IER, 0x01); // interrupt on received data
-    drop(_port);
+    drop(port);
     crate::lib::printk::register_console(write_fmt);
 }
 
-/// Unmasks the receive interrupt at the PIC (after the IDT is live).
+/// Unmasks the receive interrupt at the PIC (after the IDT is live), then
+/// drains the UART once, as Linux's `serial8250_startup` clears it: the PIC
+/// latches edges, and a receive condition raised before `pic::init` (input
+/// typed during boot) would hold IRQ 4 high with no edge to come.
 pub fn enable_input_irq() {
     pic::unmask(pic::IRQ_COM1);
+    handle_irq();
 }
 
 /// Writes formatted text to the serial line.
