@@ -8,7 +8,6 @@
 use core::fmt::{self, Write};
 
 use uart_16550::SerialPort;
-use x86_64::instructions::port::Port;
 
 use crate::arch::x86_64::{cpu, pic};
 use crate::lib::sync::IrqSpinlock;
@@ -53,27 +52,32 @@ impl InputRing {
     }
 }
 
-/// Programs the UART: 38400 baud 8N1, OUT2 (the IRQ line) and the receive
-/// interrupt. The FIFO control register is left as firmware set it: enabling
-/// or resetting the FIFO drops what is in the receive buffer, and input typed
-/// before boot waits there (QEMU holds the rest back until it is read, so
-/// without a FIFO nothing is lost either, it only takes an interrupt a byte).
-/// [`enable_input_irq`] collects it.
+/// Status polls without a new byte after which input typed before boot is
+/// taken to be all in (each poll is a port read, a round trip to the device
+/// model; QEMU hands over the next byte microseconds after one is read).
+const QUIET_POLLS: u32 = 10_000;
+
+/// Programs the UART (38400 8N1, FIFO with a 14-byte threshold, receive
+/// interrupt; `uart_16550`'s `init`), which resets the FIFO.
+///
+/// Input typed before boot waits in the UART (QEMU holds the rest back until
+/// it is read), and the reset would drop it: it is moved to the input ring
+/// first, until the line has been quiet for [`QUIET_POLLS`] polls.
 pub fn init() {
-    const IER: u16 = COM1 + 1;
-    const LCR: u16 = COM1 + 3;
-    const MCR: u16 = COM1 + 4;
-    let port = PORT.lock();
-    // SAFETY: COM1's registers, programmed under the port lock; the divisor
-    // latch (DLAB) is open only between the two LCR writes.
-    let out = |reg: u16, value: u8| unsafe { Port::<u8>::new(reg).write(value) };
-    out(IER, 0x00); // no interrupts while programming
-    out(LCR, 0x80); // DLAB: the next two ports are the divisor
-    out(COM1, 0x03); // 115200 / 3 = 38400 baud
-    out(IER, 0x00);
-    out(LCR, 0x03); // 8 data bits, no parity, one stop bit; DLAB off
-    out(MCR, 0x0B); // DTR, RTS, OUT2 (routes the interrupt to the PIC)
-    out(IER, 0x01); // interrupt on received data
+    let mut port = PORT.lock();
+    let mut input = INPUT.lock();
+    let mut quiet = 0;
+    while quiet < QUIET_POLLS {
+        match port.try_receive() {
+            Ok(byte) => {
+                input.push(byte);
+                quiet = 0;
+            }
+            Err(_) => quiet += 1,
+        }
+    }
+    drop(input);
+    port.init();
     drop(port);
     crate::lib::printk::register_console(write_fmt);
 }
