@@ -314,6 +314,35 @@ fn init_from_the_builtin_initramfs_exits_0() {
     assert_eq!(run.exit_status(), 0);
 }
 
+/// `--profile`: the PIT's NMI samples the whole init run (exact under
+/// `--icount`), the kernel dumps at power-off, and the runner names the
+/// sampled functions from the kernel ELF and draws the flame graph.
+#[test]
+fn profile_samples_the_kernel_and_the_runner_names_its_functions() {
+    let dir = scratch_dir("profile");
+    let svg = dir.join("hello.svg");
+    let run = run_init(Options {
+        init: Some("/bin/hello".into()),
+        icount: true,
+        profile: Some(20_000),
+        profile_out: Some(svg.clone()),
+        ..Options::default()
+    });
+    assert_eq!(run.outcome, Outcome::Success);
+    assert!(run.output.contains("profile: sampling at 20223 Hz"), "profiler not started at PIT_HZ / 59");
+    let report = boot::profile::report(&run.output, std::path::Path::new(boot::KERNEL_ELF), &svg, "hello").unwrap();
+    eprint!("{}", report.top_text(boot::profile::TOP_FUNCTIONS));
+    let s = report.summary;
+    assert!(s.samples > 0 && s.kernel > 0, "{:?}", s);
+    assert_eq!(s.dropped, 0);
+    let named = report.top.iter().take(boot::profile::TOP_FUNCTIONS).filter(|(f, _)| ["kernel::", "mm::", "alloc::"].iter().any(|p| f.contains(p)));
+    assert!(named.count() > 0, "no kernel function in the top list: {:?}", report.top);
+    assert!(report.top.iter().all(|(f, _)| !f.starts_with("[unknown")), "unsymbolised samples: {:?}", report.top);
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+    assert!(std::fs::read_to_string(boot::profile::folded_path(&svg)).unwrap().lines().count() > 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn initrd_dir_is_the_root_and_a_killed_init_sets_the_runner_status() {
     use std::os::unix::fs::PermissionsExt;

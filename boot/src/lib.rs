@@ -12,11 +12,15 @@
 //! bootloader's ramdisk; `--initrd DIR` / `--initrd-file FILE` build fresh
 //! images with another one in a temporary directory for the run.
 //!
+//! `--profile[=RATE]` runs the kernel's sampling profiler and turns its dump
+//! into a top list and a flame graph (see [`profile`]).
+//!
 //! `--linux` boots the Linux peer instead (see [`linux`]): Linux itself in
 //! the same QEMU, running the same programs from the same initramfs.
 
 pub mod image;
 pub mod linux;
+pub mod profile;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -33,6 +37,9 @@ pub const UEFI_IMAGE: &str = env!("UEFI_IMAGE");
 pub const INITRAMFS: &str = env!("INITRAMFS");
 /// The kernel ELF the images boot.
 pub const KERNEL_ELF: &str = env!("KERNEL_ELF");
+/// Where `--profile` writes its flame graph without `--profile-out`, under
+/// the workspace (the folded stacks go next to it, `profile.folded`).
+pub const DEFAULT_PROFILE_OUT: &str = "target/profile.svg";
 /// UEFI firmware shipped by Debian's `ovmf` package.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
@@ -78,6 +85,10 @@ pub struct Options {
     pub qemu_args: Vec<String>,
     /// Boot the Linux peer instead of our kernel (`--linux`).
     pub linux: bool,
+    /// Run the kernel's sampling profiler at this rate (`--profile[=RATE]`).
+    pub profile: Option<u64>,
+    /// The flame graph's file (`--profile-out`; default [`DEFAULT_PROFILE_OUT`]).
+    pub profile_out: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -98,6 +109,8 @@ impl Default for Options {
             init: None,
             qemu_args: Vec::new(),
             linux: false,
+            profile: None,
+            profile_out: None,
         }
     }
 }
@@ -131,6 +144,12 @@ options:
                      prints \"init exited with status N\" and powers off; the
                      same QEMU flags (--mem, --smp, --icount, --timeout, --gdb);
                      --cmdline words go to Linux's command line
+  --profile[=RATE]   sample the kernel RATE times a second (default 10000; the
+                     PIT as an NMI, exact under --icount) from boot to power-off;
+                     the runner prints the top 25 functions by self samples and
+                     writes a flame graph (with --batch, --ktest or --exec)
+  --profile-out FILE the flame graph's SVG (default target/profile.svg); the
+                     folded stacks go next to it (FILE with .folded)
   -h, --help         this text
 
 exit status: 0 kernel reported success, 1 kernel reported failure,
@@ -166,6 +185,15 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, St
             "--initrd" => o.initrd = Some(value("--initrd")?.into()),
             "--initrd-file" => o.initrd_file = Some(value("--initrd-file")?.into()),
             "--linux" => o.linux = true,
+            "--profile" => o.profile = Some(profile::DEFAULT_RATE_HZ),
+            "--profile-out" => o.profile_out = Some(value("--profile-out")?.into()),
+            p if p.starts_with("--profile=") => {
+                let v = &p["--profile=".len()..];
+                let rate = v.parse().ok().filter(|r| profile::RATES_HZ.contains(r)).ok_or_else(|| {
+                    format!("--profile: bad rate '{}' (samples per second, {}..={})", v, profile::RATES_HZ.start(), profile::RATES_HZ.end())
+                })?;
+                o.profile = Some(rate);
+            }
             "--ktest" => {
                 let filter = match it.peek() {
                     Some(next) if !next.starts_with('-') => it.next(),
@@ -186,7 +214,13 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, St
     if o.init.as_deref().is_some_and(|p| p.is_empty() || p.contains(char::is_whitespace)) {
         return Err("--init: need a path without spaces".into());
     }
+    if o.profile_out.is_some() && o.profile.is_none() {
+        return Err("--profile-out needs --profile".into());
+    }
     if o.linux {
+        if o.profile.is_some() {
+            return Err("--linux: --profile samples our kernel only".into());
+        }
         if o.uefi {
             return Err("--linux boots with QEMU's -kernel: no --uefi".into());
         }
@@ -237,6 +271,9 @@ impl Options {
         }
         if let Some(init) = &self.init {
             words.push(format!("init={}", init));
+        }
+        if let Some(rate) = self.profile {
+            words.push(format!("profile={}", rate));
         }
         words.extend(self.cmdline.iter().cloned());
         words.join(" ")
@@ -600,6 +637,14 @@ pub fn mem_mib(size: &str) -> Option<u64> {
     }
 }
 
+impl Options {
+    /// The flame graph's path for `--profile`.
+    pub fn profile_svg(&self) -> PathBuf {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."));
+        self.profile_out.clone().unwrap_or_else(|| workspace.join(DEFAULT_PROFILE_OUT))
+    }
+}
+
 /// Where the disk images are (for `--gdb` users and scripts).
 pub fn images() -> (PathBuf, PathBuf) {
     (PathBuf::from(BIOS_IMAGE), PathBuf::from(UEFI_IMAGE))
@@ -664,6 +709,24 @@ mod tests {
         assert_eq!(o.effective_timeout(), Some(DEFAULT_BATCH_TIMEOUT));
         let o = parse_args(args("--ktest --gdb")).unwrap();
         assert_eq!(o.effective_timeout(), None);
+    }
+
+    #[test]
+    fn profile_options_reach_the_kernel_command_line() {
+        let o = parse_args(args("--batch --profile --init /bin/hello")).unwrap();
+        assert_eq!(o.profile, Some(profile::DEFAULT_RATE_HZ));
+        assert_eq!(o.kernel_cmdline(), "batch init=/bin/hello profile=10000");
+        assert!(o.profile_svg().ends_with("target/profile.svg") && o.profile_svg().is_absolute());
+        let o = parse_args(args("--profile=2500 --profile-out /tmp/x.svg")).unwrap();
+        assert_eq!((o.profile, o.profile_out.as_deref()), (Some(2500), Some(Path::new("/tmp/x.svg"))));
+        assert_eq!(o.profile_svg(), PathBuf::from("/tmp/x.svg"));
+        assert!(parse_args(args("--profile=0")).unwrap_err().contains("100..=100000"));
+        assert!(parse_args(args("--profile=100001")).unwrap_err().contains("bad rate"));
+        assert!(parse_args(args("--profile=100")).is_ok());
+        assert!(parse_args(args("--profile=lots")).unwrap_err().contains("bad rate"));
+        assert!(parse_args(args("--profile-out a.svg")).unwrap_err().contains("needs --profile"));
+        assert!(parse_args(args("--linux --profile")).unwrap_err().contains("--linux"));
+        assert!(USAGE.contains("--profile[=RATE]") && USAGE.contains("--profile-out FILE"));
     }
 
     #[test]

@@ -33,6 +33,9 @@ fn main() {
             std::process::exit(3);
         }
     };
+    if options.profile.is_some() {
+        profile_report(&options, &run);
+    }
     match &run.outcome {
         boot::Outcome::Success => {}
         boot::Outcome::Failure => eprintln!("boot: the kernel reported failure"),
@@ -52,4 +55,23 @@ fn main() {
     }
     // A kernel that ran a user init reports its status: that is ours then.
     std::process::exit(run.exit_status());
+}
+
+/// `--profile`: the top functions and the flame graph from the kernel's dump.
+fn profile_report(options: &boot::Options, run: &boot::Run) {
+    let svg = options.profile_svg();
+    let what = match (&options.init, &options.ktest) {
+        (Some(init), _) => format!("init={}", init),
+        (None, Some(Some(filter))) => format!("ktest={}", filter),
+        (None, Some(None)) => "ktest".into(),
+        (None, None) => "boot".into(),
+    };
+    let title = format!("mm kernel: {}{}", what, if options.icount { " (--icount)" } else { "" });
+    match boot::profile::report(&run.output, std::path::Path::new(boot::KERNEL_ELF), &svg, &title) {
+        Ok(report) => {
+            print!("{}", report.top_text(boot::profile::TOP_FUNCTIONS));
+            println!("flame graph: {} (folded stacks: {})", svg.display(), boot::profile::folded_path(&svg).display());
+        }
+        Err(e) => eprintln!("boot: --profile: {}", e),
+    }
 }

@@ -122,16 +122,21 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         log::warn!("RTC unreadable: CLOCK_REALTIME counts from 1970");
     }
     init_initramfs(facts);
+    if let Some(rate) = cmdline.profile {
+        init::profile::start_from_cmdline(rate);
+    }
 
     if let Some(test) = cmdline.selftest {
         run_selftest(test);
     }
     if let Some(filter) = &cmdline.ktest {
         let summary = ktest::run(filter.as_deref());
+        init::profile::finish();
         qemu::exit(if summary.failed == 0 { qemu::ExitCode::Success } else { qemu::ExitCode::Failure });
     }
     let init_status = userland::run_init(cmdline.init.as_deref());
     if cmdline.batch {
+        init::profile::finish();
         console::execute("meminfo");
         if let Some(status) = init_status {
             // The runner turns this line into its exit status.

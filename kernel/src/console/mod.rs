@@ -18,7 +18,7 @@ pub const PROMPT: &str = "mm> ";
 const MAX_LINE: usize = 256;
 
 /// Every command table; subsystems add theirs here.
-pub const COMMAND_SETS: &[&[Command]] = &[COMMANDS, crate::memory::page_alloc::COMMANDS, crate::memory::ptdump::COMMANDS, crate::memory::vmalloc::COMMANDS, crate::memory::shrinker::COMMANDS, crate::memory::slab::COMMANDS, sysctl::COMMANDS, crate::init::userland::COMMANDS, ptreclaim::COMMANDS];
+pub const COMMAND_SETS: &[&[Command]] = &[COMMANDS, crate::memory::page_alloc::COMMANDS, crate::memory::ptdump::COMMANDS, crate::memory::vmalloc::COMMANDS, crate::memory::shrinker::COMMANDS, crate::memory::slab::COMMANDS, sysctl::COMMANDS, crate::init::userland::COMMANDS, crate::init::profile::COMMANDS, ptreclaim::COMMANDS];
 
 pub const COMMANDS: &[Command] = &[
     Command { name: "help", args: "", help: "list the commands", run: cmd_help },
@@ -125,6 +125,7 @@ fn cmd_uptime(_: &str) {
 }
 
 fn cmd_poweroff(_: &str) {
+    crate::init::profile::finish();
     println!("Power down.");
     qemu::exit(qemu::ExitCode::Success);
 }

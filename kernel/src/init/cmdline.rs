@@ -11,6 +11,7 @@
 //! | `loglevel=LEVEL`   | `error`, `warn`, `info` (default), `debug`, `trace`  |
 //! | `init_on_alloc=0\|1`, `init_on_free=0\|1` | zero kmalloc objects on allocation / on free |
 //! | `init=PATH`        | run PATH as the first process (`init=none`: no process; default `/init`, else the demo of `/bin`) |
+//! | `profile[=RATE]`   | sample the kernel at RATE Hz (default 10000) until power-off, which prints the samples (`init/profile.rs`) |
 //! | `selftest=WHAT`    | deliberately `panic`, `pagefault`, `hang` or `vmalloc-guard` (runner tests) |
 //!
 //! Unknown words are reported and ignored.
@@ -47,6 +48,8 @@ pub struct Cmdline {
     pub init_on_free: bool,
     /// `init=PATH`: the first user program (`Some("none")` disables it).
     pub init: Option<String>,
+    /// `profile[=RATE]`: run the sampling profiler at RATE Hz from boot on.
+    pub profile: Option<u64>,
     /// Words that were not understood (reported after the logger is up).
     pub unknown: Vec<String>,
 }
@@ -66,6 +69,11 @@ impl Cmdline {
                 ("loglevel", Some(v)) => match parse_level(v) {
                     Some(l) => c.loglevel = Some(l),
                     None => c.unknown.push(word.into()),
+                },
+                ("profile", None) => c.profile = Some(crate::arch::x86_64::profile::DEFAULT_RATE_HZ),
+                ("profile", Some(v)) => match v.parse::<u64>() {
+                    Ok(rate) => c.profile = Some(rate),
+                    Err(_) => c.unknown.push(word.into()),
                 },
                 ("init_on_alloc", Some(v @ ("0" | "1"))) => c.init_on_alloc = v == "1",
                 ("init_on_free", Some(v @ ("0" | "1"))) => c.init_on_free = v == "1",
@@ -116,6 +124,9 @@ fn cmdline_parses_known_words() -> crate::lib::ktest::KResult {
     crate::kassert_eq!(Cmdline::parse("init=/bin/hello").init.as_deref(), Some("/bin/hello"));
     let c = Cmdline::parse("init_on_free=1 init_on_alloc=0");
     crate::kassert!(c.init_on_free && !c.init_on_alloc && c.unknown.is_empty(), "init_on_* not parsed: {:?}", c);
+    crate::kassert_eq!(Cmdline::parse("profile").profile, Some(crate::arch::x86_64::profile::DEFAULT_RATE_HZ));
+    crate::kassert_eq!(Cmdline::parse("profile=2000").profile, Some(2000));
+    crate::kassert_eq!(Cmdline::parse("profile=fast").unknown.len(), 1);
     Ok(())
 }
 

@@ -29,6 +29,7 @@ pub const SUITES: &[&[KTest]] = &[
     crate::arch::x86_64::gdt::KTESTS,
     crate::arch::x86_64::trap::KTESTS,
     crate::arch::x86_64::pit::KTESTS,
+    crate::arch::x86_64::profile::KTESTS,
     crate::arch::x86_64::acpi::KTESTS,
     crate::arch::x86_64::apic::KTESTS,
     crate::arch::x86_64::rtc::KTESTS,

@@ -204,6 +204,15 @@ pub fn init() {
     }
 }
 
+/// The top of the running task's kernel stack, as [`set_kernel_stack`] last
+/// set it (0 before the first task); the profiler's stack walk bounds itself
+/// with it, in NMI context.
+pub fn kernel_stack_top() -> u64 {
+    // SAFETY: an aligned 8-byte read of the per-CPU slot, written only by
+    // `set_kernel_stack` on this, the only, CPU.
+    unsafe { (&raw const PER_CPU.kernel_rsp).read_volatile() }
+}
+
 /// Sets the kernel stack for the next entry from user mode: TSS `rsp0` for
 /// interrupts and the per-CPU slot for `syscall`.
 pub fn set_kernel_stack(top: u64) {

@@ -23,6 +23,7 @@ pub mod nmi;
 pub mod pic;
 pub mod pit;
 pub mod platform;
+pub mod profile;
 pub mod qemu;
 pub mod rtc;
 pub mod signal;

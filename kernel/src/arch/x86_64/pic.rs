@@ -60,6 +60,13 @@ pub fn unmask(irq: u8) {
     outb(port, mask);
 }
 
+/// Masks one IRQ line again (the profiler silences the fast PIT's IRQ 0).
+pub fn mask(irq: u8) {
+    let (port, bit) = if irq < 8 { (MASTER_DATA, irq) } else { (SLAVE_DATA, irq - 8) };
+    let mask = inb(port) | (1 << bit);
+    outb(port, mask);
+}
+
 /// Whether `vector` belongs to one of the two PICs.
 pub fn owns_vector(vector: u8) -> bool {
     (Vector::PIC_BASE..Vector::PIC_BASE + 16).contains(&vector)

@@ -52,9 +52,19 @@ pub fn tick() {
 
 /// Programs channel 0 as a square wave of `hz` interrupts per second.
 pub fn set_frequency(hz: u64) {
+    program_channel0(hz, 0x36); // channel 0, lobyte/hibyte, mode 3, binary
+}
+
+/// Programs channel 0 as a rate generator (mode 2: the output drops for one
+/// input clock per period), `hz` periods per second.
+pub fn set_rate_generator(hz: u64) {
+    program_channel0(hz, 0x34); // channel 0, lobyte/hibyte, mode 2, binary
+}
+
+fn program_channel0(hz: u64, command: u8) {
     let divisor = (PIT_HZ / hz.clamp(19, PIT_HZ)) as u16;
     let irqs = crate::lib::sync::local_irq_save();
-    outb(COMMAND, 0x36); // channel 0, lobyte/hibyte, mode 3, binary
+    outb(COMMAND, command);
     outb(CHANNEL0, divisor as u8);
     outb(CHANNEL0, (divisor >> 8) as u8);
     crate::lib::sync::local_irq_restore(irqs);

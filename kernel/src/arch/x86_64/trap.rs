@@ -64,7 +64,7 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             log::debug!("breakpoint at {:#x}", frame.rip);
         }
         Vector::DEBUG => log::debug!("debug trap at {:#x}", frame.rip),
-        Vector::NMI => super::nmi::handle_nmi(),
+        Vector::NMI => super::nmi::handle_nmi(frame),
         Vector::PAGE_FAULT => {
             // A failed user copy resumes at its fixup and returns EFAULT.
             let handled = super::upcall::get().is_some_and(|u| (u.page_fault)(frame));
