@@ -348,22 +348,33 @@ fn split_record(words: &[u64]) -> Option<(bool, &[u64], &[u64])> {
 /// unique stack with its count (`prof: COUNT K|U rip;caller;...`, most samples
 /// first), the `prof: rate ...` header before them and the summary after.
 pub fn write_samples(words: &[u64], stats: &Stats, image_base: u64, w: &mut impl Write) -> fmt::Result {
+    let mut nr_records = 0;
+    let mut rest = words;
+    while let Some((_, _, tail)) = split_record(rest) {
+        nr_records += 1;
+        rest = tail;
+    }
+    // Tens of thousands of samples: ask for the memory instead of panicking.
     let mut records: Vec<(bool, &[u64])> = Vec::new();
+    let mut groups: Vec<(usize, bool, &[u64])> = Vec::new();
+    if records.try_reserve_exact(nr_records).is_err() || groups.try_reserve(nr_records).is_err() {
+        return writeln!(w, "prof: no memory to sort {} samples", nr_records);
+    }
     let mut rest = words;
     while let Some((user, stack, tail)) = split_record(rest) {
         records.push((user, stack));
         rest = tail;
     }
     records.sort_unstable();
-    let mut groups: Vec<(usize, bool, &[u64])> = Vec::new();
     for &(user, stack) in &records {
         match groups.last_mut() {
             Some((count, u, s)) if *u == user && *s == stack => *count += 1,
             _ => groups.push((1, user, stack)),
         }
     }
-    // Most samples first; equal counts in address order (stable sort).
-    groups.sort_by(|a, b| b.0.cmp(&a.0));
+    // Most samples first, equal counts in address order (kernel before user);
+    // an unstable sort allocates nothing.
+    groups.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| (a.1, a.2).cmp(&(b.1, b.2))));
     writeln!(
         w,
         "prof: rate {} Hz (PIT divisor {}), image {:x}, {} NMIs in {}.{:03} s{}",
