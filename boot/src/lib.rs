@@ -14,9 +14,12 @@
 //!
 //! `--linux` boots the Linux peer instead (see [`linux`]): Linux itself in
 //! the same QEMU, running the same programs from the same initramfs.
+//! `--mmbench` runs `/bin/mmbench` on both under `-icount` and prints the
+//! costs side by side (see [`mmbench`]).
 
 pub mod image;
 pub mod linux;
+pub mod mmbench;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -78,6 +81,9 @@ pub struct Options {
     pub qemu_args: Vec<String>,
     /// Boot the Linux peer instead of our kernel (`--linux`).
     pub linux: bool,
+    /// Run `/bin/mmbench` on the Linux peer and on this kernel and print
+    /// the side-by-side table (`--mmbench`, see [`mmbench`]).
+    pub mmbench: bool,
 }
 
 impl Default for Options {
@@ -98,6 +104,7 @@ impl Default for Options {
             init: None,
             qemu_args: Vec::new(),
             linux: false,
+            mmbench: false,
         }
     }
 }
@@ -131,6 +138,10 @@ options:
                      prints \"init exited with status N\" and powers off; the
                      same QEMU flags (--mem, --smp, --icount, --timeout, --gdb);
                      --cmdline words go to Linux's command line
+  --mmbench          run /bin/mmbench under -icount on the Linux peer, then on
+                     this kernel (same QEMU machine, --mem 1G unless given,
+                     one run each) and print the instructions per operation
+                     side by side as a Markdown table with ratios
   -h, --help         this text
 
 exit status: 0 kernel reported success, 1 kernel reported failure,
@@ -141,6 +152,7 @@ exit status: 0 kernel reported success, 1 kernel reported failure,
 /// Parses command-line arguments (without the program name).
 pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, String> {
     let mut o = Options::default();
+    let mut mem_given = false;
     let mut it = args.into_iter().peekable();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{} needs a value", name));
@@ -150,7 +162,10 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, St
             "--batch" => o.batch = true,
             "--gdb" => o.gdb = true,
             "--icount" => o.icount = true,
-            "--mem" => o.mem = value("--mem")?,
+            "--mem" => {
+                o.mem = value("--mem")?;
+                mem_given = true;
+            }
             "--smp" => {
                 let v = value("--smp")?;
                 o.smp = v.parse().ok().filter(|&n| n >= 1).ok_or_else(|| format!("--smp: bad CPU count '{}'", v))?;
@@ -166,6 +181,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, St
             "--initrd" => o.initrd = Some(value("--initrd")?.into()),
             "--initrd-file" => o.initrd_file = Some(value("--initrd-file")?.into()),
             "--linux" => o.linux = true,
+            "--mmbench" => o.mmbench = true,
             "--ktest" => {
                 let filter = match it.peek() {
                     Some(next) if !next.starts_with('-') => it.next(),
@@ -185,6 +201,22 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, St
     }
     if o.init.as_deref().is_some_and(|p| p.is_empty() || p.contains(char::is_whitespace)) {
         return Err("--init: need a path without spaces".into());
+    }
+    if o.mmbench {
+        let conflicting = [
+            (o.linux, "--linux"),
+            (o.uefi, "--uefi"),
+            (o.ktest.is_some(), "--ktest"),
+            (!o.exec.is_empty(), "--exec"),
+            (o.init.is_some(), "--init"),
+            (o.gdb, "--gdb"),
+        ];
+        if let Some((_, name)) = conflicting.iter().find(|(set, _)| *set) {
+            return Err(format!("--mmbench runs both kernels with its own settings: no {}", name));
+        }
+        if !mem_given {
+            o.mem = mmbench::DEFAULT_MEM.into();
+        }
     }
     if o.linux {
         if o.uefi {
