@@ -425,6 +425,31 @@ fn fuzzer_leaves_the_kernel_and_its_console_working() {
     assert!(!run.output.contains("Oops"));
 }
 
+/// mmbench (user/c/mmbench.c) runs to its end on this kernel with every
+/// operation a number or `unsupported`: a quick run (at most 8 operations
+/// per round). The benchmark itself is `boot --mmbench` (docs/benchmarks.md);
+/// no test asserts on its numbers.
+#[test]
+fn mmbench_runs_every_operation_to_done() {
+    let script = vec![step("mm> ", "run /bin/mmbench 8\n"), step("/bin/mmbench: exited with status", "poweroff\n")];
+    // The program itself takes about a second of guest time; the timeout
+    // leaves room for the boot on a loaded machine.
+    let run = boot(Options { timeout: Some(Duration::from_secs(300)), ..console_options() }, Some(script));
+    assert_eq!(run.outcome, Outcome::Success);
+    let report = boot::mmbench::parse(&run.output);
+    assert!(report.done, "no 'mmbench: done'");
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../user/c/mmbench.c")).unwrap();
+    let table = source.split("static const struct op ops[] = {").nth(1).expect("the ops table").split("};").next().unwrap();
+    let names: Vec<&str> = table.lines().filter_map(|l| l.split('"').nth(1)).collect();
+    let printed: Vec<&str> = report.ops.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(printed, names, "one line per operation, in order");
+    for (name, cost) in &report.ops {
+        let ok = matches!(cost, boot::mmbench::Cost::Ns(_)) || *cost == boot::mmbench::Cost::Other("unsupported".into());
+        assert!(ok, "mmbench: {}: {}", name, cost);
+    }
+    assert!(run.output.contains("/bin/mmbench: exited with status 0"));
+}
+
 // ---- Linux itself as the oracle --------------------------------------------------------------
 //
 // The Linux peer (`boot --linux`, fetched by `make setup`) runs the very same binaries from the same
@@ -432,7 +457,8 @@ fn fuzzer_leaves_the_kernel_and_its_console_working() {
 // listed, with their reasons, in tests/linux-differences.txt.
 
 /// Arguments for programs whose default run is long; the same on both kernels.
-const ORACLE_ARGS: &[(&str, &str)] = &[("fuzz", "7 5000"), ("ptreclaim", "2048")];
+const ORACLE_ARGS: &[(&str, &str)] =
+    &[("fuzz", "7 5000"), ("ptreclaim", "2048"), ("mmbench", "8"), ("mmbench_pie", "8")];
 /// Run last, in this order: they fault or fill the memory.
 const ORACLE_LAST: &[&str] = &["segv", "oom"];
 const DIFFERENCES_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/linux-differences.txt");

@@ -17,10 +17,13 @@
 //!
 //! `--linux` boots the Linux peer instead (see [`linux`]): Linux itself in
 //! the same QEMU, running the same programs from the same initramfs.
+//! `--mmbench` runs `/bin/mmbench` on both under `-icount` and prints the
+//! costs side by side (see [`mmbench`]).
 
 pub mod image;
 pub mod linux;
 pub mod profile;
+pub mod mmbench;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -89,6 +92,9 @@ pub struct Options {
     pub profile: Option<u64>,
     /// The flame graph's file (`--profile-out`; default [`DEFAULT_PROFILE_OUT`]).
     pub profile_out: Option<PathBuf>,
+    /// Run `/bin/mmbench` on the Linux peer and on this kernel and print
+    /// the side-by-side table (`--mmbench`, see [`mmbench`]).
+    pub mmbench: bool,
 }
 
 impl Default for Options {
@@ -111,6 +117,7 @@ impl Default for Options {
             linux: false,
             profile: None,
             profile_out: None,
+            mmbench: false,
         }
     }
 }
@@ -150,6 +157,10 @@ options:
                      writes a flame graph (with --batch, --ktest or --exec)
   --profile-out FILE the flame graph's SVG (default target/profile.svg); the
                      folded stacks go next to it (FILE with .folded)
+  --mmbench          run /bin/mmbench under -icount on the Linux peer, then on
+                     this kernel (same QEMU machine, --mem 1G unless given,
+                     one run each) and print the instructions per operation
+                     side by side as a Markdown table with ratios
   -h, --help         this text
 
 exit status: 0 kernel reported success, 1 kernel reported failure,
@@ -160,6 +171,7 @@ exit status: 0 kernel reported success, 1 kernel reported failure,
 /// Parses command-line arguments (without the program name).
 pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, String> {
     let mut o = Options::default();
+    let mut mem_given = false;
     let mut it = args.into_iter().peekable();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{} needs a value", name));
@@ -169,7 +181,10 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, St
             "--batch" => o.batch = true,
             "--gdb" => o.gdb = true,
             "--icount" => o.icount = true,
-            "--mem" => o.mem = value("--mem")?,
+            "--mem" => {
+                o.mem = value("--mem")?;
+                mem_given = true;
+            }
             "--smp" => {
                 let v = value("--smp")?;
                 o.smp = v.parse().ok().filter(|&n| n >= 1).ok_or_else(|| format!("--smp: bad CPU count '{}'", v))?;
@@ -194,6 +209,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, St
                 })?;
                 o.profile = Some(rate);
             }
+            "--mmbench" => o.mmbench = true,
             "--ktest" => {
                 let filter = match it.peek() {
                     Some(next) if !next.starts_with('-') => it.next(),
@@ -216,6 +232,23 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Options, St
     }
     if o.profile_out.is_some() && o.profile.is_none() {
         return Err("--profile-out needs --profile".into());
+    }
+    if o.mmbench {
+        let conflicting = [
+            (o.linux, "--linux"),
+            (o.uefi, "--uefi"),
+            (o.ktest.is_some(), "--ktest"),
+            (!o.exec.is_empty(), "--exec"),
+            (o.init.is_some(), "--init"),
+            (o.gdb, "--gdb"),
+            (o.profile.is_some(), "--profile"),
+        ];
+        if let Some((_, name)) = conflicting.iter().find(|(set, _)| *set) {
+            return Err(format!("--mmbench runs both kernels with its own settings: no {}", name));
+        }
+        if !mem_given {
+            o.mem = mmbench::DEFAULT_MEM.into();
+        }
     }
     if o.linux {
         if o.profile.is_some() {

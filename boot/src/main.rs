@@ -11,6 +11,9 @@ fn main() {
             std::process::exit(if msg.is_empty() { 0 } else { 64 });
         }
     };
+    if options.mmbench {
+        std::process::exit(boot::mmbench::main(&options));
+    }
     if options.linux {
         match boot::linux::Peer::find() {
             Ok(peer) => eprintln!("linux peer: {}", peer.describe()),
