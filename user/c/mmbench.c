@@ -176,8 +176,8 @@ static int map_middle(char **page)
 	return 0;
 }
 
-/* MADV_DONTNEED one touched page, then write it again (a new fault). */
-static int op_dontneed_refault_4k(long n, double *cost)
+/* `advice` on one touched page (the middle one of three), then a write to it. */
+static int advise_then_touch(int advice, long n, double *cost)
 {
 	char *p;
 	int err = map_middle(&p);
@@ -185,13 +185,19 @@ static int op_dontneed_refault_4k(long n, double *cost)
 		return err;
 	T0();
 	for (long i = 0; i < n; i++) {
-		CHECK(madvise(p, PAGE, MADV_DONTNEED));
+		CHECK(madvise(p, PAGE, advice));
 		touch(p);
 	}
 	T1(n);
 out:
 	munmap(p - PAGE, 3 * PAGE);
 	return err;
+}
+
+/* MADV_DONTNEED one touched page, then write it again (a new fault). */
+static int op_dontneed_refault_4k(long n, double *cost)
+{
+	return advise_then_touch(MADV_DONTNEED, n, cost);
 }
 
 /* One munmap of n touched pages; the cost is per page. */
@@ -484,19 +490,7 @@ out:
 /* MADV_FREE a touched page, then write it again (reuse). */
 static int op_madv_free_reuse(long n, double *cost)
 {
-	char *p;
-	int err = map_middle(&p);
-	if (err)
-		return err;
-	T0();
-	for (long i = 0; i < n; i++) {
-		CHECK(madvise(p, PAGE, MADV_FREE));
-		touch(p);
-	}
-	T1(n);
-out:
-	munmap(p - PAGE, 3 * PAGE);
-	return err;
+	return advise_then_touch(MADV_FREE, n, cost);
 }
 
 /* open + close of this program's file. */
