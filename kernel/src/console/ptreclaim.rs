@@ -9,12 +9,12 @@ use mm::fault::ThpMode;
 use mm::gfp::GFP_KERNEL;
 use mm::pgtable::{VirtAddr, PMD_SIZE};
 use mm::tlb::MmuGather;
-use mm::vma::{linear_pgoff, MapFixed, VmFlags, VmaKind};
+use mm::vma::VmFlags;
 
 use crate::arch::x86_64::cpu::rdtsc;
 use crate::entry::fault::RESOLVED_FAULTS;
 use crate::lib::command::Command;
-use crate::memory::mm_struct::{activate, deactivate, put_user_u64, with_current, Mm};
+use crate::memory::mm_struct::{activate_anon, destroy_current, put_user_u64, with_current, ActivateError};
 use crate::memory::pgtable::{tlb_finish, PGTABLE_CTL, THP};
 use crate::println;
 
@@ -31,8 +31,7 @@ pub const COMMANDS: &[Command] = &[Command {
 /// Why a run stopped.
 #[derive(Debug)]
 pub enum PtReclaimError {
-    NewMm(mm::pgtable::NewSpaceError),
-    Mmap(mm::vma::MapError),
+    Activate(ActivateError),
     NoCurrentMm,
     Dontneed(mm::pgtable::PteRangeError),
 }
@@ -40,8 +39,7 @@ pub enum PtReclaimError {
 impl core::fmt::Display for PtReclaimError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::NewMm(e) => write!(f, "new address space: {:?}", e),
-            Self::Mmap(e) => write!(f, "mmap of 64 GiB: {:?}", e),
+            Self::Activate(e) => write!(f, "a 64 GiB anonymous address space: {}", e),
             Self::NoCurrentMm => write!(f, "no current address space"),
             Self::Dontneed(e) => write!(f, "MADV_DONTNEED: {:?}", e),
         }
@@ -72,12 +70,7 @@ pub fn pt_reclaim_run(iterations: u64, reclaim: bool) -> Result<PtReclaimRun, Pt
     PGTABLE_CTL.set_pt_reclaim(reclaim);
     THP.set_mode(ThpMode::Never);
     let result = (|| {
-        let mut mm = Mm::new(GFP_KERNEL).map_err(PtReclaimError::NewMm)?;
-        let flags = VmFlags::READ | VmFlags::WRITE | VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::NOHUGEPAGE;
-        mm.vmas
-            .mmap_region(BASE, LEN, flags, VmaKind::AnonPrivate, linear_pgoff(BASE), MapFixed::NoReplace)
-            .map_err(PtReclaimError::Mmap)?;
-        activate(mm);
+        activate_anon(BASE, LEN, VmFlags::NOHUGEPAGE).map_err(PtReclaimError::Activate)?;
         let pt_bytes_before = with_current(|mm| mm.space.pgtables_bytes()).unwrap_or(0);
         let faults_before = RESOLVED_FAULTS.load(core::sync::atomic::Ordering::Relaxed);
         let (mut touch_cycles, mut dontneed_cycles) = (0, 0);
@@ -104,9 +97,7 @@ pub fn pt_reclaim_run(iterations: u64, reclaim: bool) -> Result<PtReclaimRun, Pt
         let faults = RESOLVED_FAULTS.load(core::sync::atomic::Ordering::Relaxed) - faults_before;
         Ok(PtReclaimRun { iterations, faults, pt_bytes_before, pt_bytes_after, touch_cycles, dontneed_cycles })
     })();
-    if let Some(mm) = deactivate() {
-        mm.destroy();
-    }
+    destroy_current();
     PGTABLE_CTL.set_pt_reclaim(saved_reclaim);
     THP.set_mode(saved_thp);
     result

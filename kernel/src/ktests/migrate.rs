@@ -9,23 +9,22 @@ pub const KTESTS: &[crate::lib::ktest::KTest] = &[
 ];
 
 use alloc::vec::Vec;
+use core::sync::atomic::Ordering::Relaxed;
+
 use mm::addr::{Pfn, PAGE_SIZE};
 use mm::compaction::MigrateError;
 use mm::gfp::GFP_KERNEL;
-use core::sync::atomic::Ordering::Relaxed;
 use mm::pgtable::{Level, VirtAddr, PMD_SIZE};
-use mm::vma::{linear_pgoff, MapFixed, VmFlags, VmaKind};
+use mm::vma::VmFlags;
 
 use crate::lib::ktest::{KResult, TestFailure};
 use crate::memory::migrate::*;
-use crate::memory::mm_struct::{self, Mm};
 use crate::memory::page_alloc::page_alloc;
 use crate::memory::pgtable::tlb_finish;
 use crate::task::sched;
-use crate::memory::mm_struct::{activate, deactivate, get_user_u64, put_user_u64, with_current};
+use crate::memory::mm_struct::{self, activate_anon, destroy_current, get_user_u64, put_user_u64, with_current, Mm};
 use crate::{kassert, kassert_eq};
 
-const RW: VmFlags = VmFlags::READ.union(VmFlags::WRITE).union(VmFlags::MAYREAD).union(VmFlags::MAYWRITE);
 const BASE: u64 = 0x6000_0000;
 
 fn fail(what: &str) -> TestFailure {
@@ -35,18 +34,11 @@ fn fail(what: &str) -> TestFailure {
 /// A fresh current address space with one anonymous VMA of `len` bytes at
 /// `BASE` (`extra`: THP advice).
 fn activate_with_vma(len: u64, extra: VmFlags) -> KResult {
-    let mut mm = Mm::new(GFP_KERNEL).map_err(|_| fail("new address space"))?;
-    mm.vmas
-        .mmap_region(BASE, len, RW | extra, VmaKind::AnonPrivate, linear_pgoff(BASE), MapFixed::NoReplace)
-        .map_err(|_| fail("mmap_region"))?;
-    activate(mm);
-    Ok(())
+    activate_anon(BASE, len, extra).map_err(|e| fail(&alloc::format!("activate_anon: {}", e)))
 }
 
 fn teardown() {
-    if let Some(mm) = deactivate() {
-        mm.destroy();
-    }
+    destroy_current();
 }
 
 fn translate(addr: u64) -> Option<(Pfn, Level)> {

@@ -11,7 +11,7 @@ use mm::vma::{linear_pgoff, MapFixed, VmFlags, VmaKind};
 
 use crate::console::ptreclaim::pt_reclaim_run;
 use crate::lib::ktest::KResult;
-use crate::memory::mm_struct::{activate, deactivate, get_user_u64, put_user_u64, with_current, Mm};
+use crate::memory::mm_struct::{activate, activate_anon, destroy_current, get_user_u64, put_user_u64, with_current, Mm};
 use crate::memory::page_alloc::page_alloc;
 use crate::memory::pgtable::{tlb_finish, PGTABLE_CTL};
 use crate::{kassert, kassert_eq};
@@ -34,18 +34,11 @@ fn err<E: core::fmt::Debug>(what: &str, e: E) -> crate::lib::ktest::TestFailure 
 
 /// A fresh address space with one anonymous VMA, made current.
 fn activate_with_vma(start: u64, len: u64, extra: VmFlags) -> KResult {
-    let mut mm = Mm::new(GFP_KERNEL).map_err(|e| err("new address space", e))?;
-    mm.vmas
-        .mmap_region(start, len, RW | extra, VmaKind::AnonPrivate, linear_pgoff(start), MapFixed::NoReplace)
-        .map_err(|e| err("mmap_region", e))?;
-    activate(mm);
-    Ok(())
+    activate_anon(start, len, extra).map_err(|e| err("activate_anon", e))
 }
 
 fn teardown() {
-    if let Some(mm) = deactivate() {
-        mm.destroy();
-    }
+    destroy_current();
 }
 
 fn first_touch_maps_zeroed_pages_on_demand() -> KResult {

@@ -22,6 +22,7 @@ use core::sync::atomic::{AtomicU16, Ordering};
 
 use mm::gfp::Gfp;
 use mm::mman::{MmOps, UserMm};
+use mm::vma::{linear_pgoff, MapFixed, VmFlags, VmaKind};
 
 use crate::arch::x86_64::cpu;
 use crate::memory::page_alloc::KernelPageAlloc;
@@ -106,6 +107,44 @@ pub fn deactivate() -> Option<Box<Mm>> {
     // SAFETY: the boot root maps the kernel half like every user space.
     unsafe { cpu::write_cr3(kernel_root().phys_addr()) };
     current.take()
+}
+
+/// Why [`activate_anon`] could not set up its address space.
+#[derive(Debug)]
+pub enum ActivateError {
+    NewSpace(mm::pgtable::NewSpaceError),
+    Mmap(mm::vma::MapError),
+}
+
+impl core::fmt::Display for ActivateError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NewSpace(e) => write!(f, "new address space: {:?}", e),
+            Self::Mmap(e) => write!(f, "mmap_region: {:?}", e),
+        }
+    }
+}
+
+/// A fresh address space with one private anonymous VMA `[start, start +
+/// len)`, readable and writable plus `extra` flags, made current: the setting
+/// of the kernel-side experiments (`ptreclaim-demo`) and of the ktests that
+/// fault in user pages. [`destroy_current`] ends it.
+pub fn activate_anon(start: u64, len: u64, extra: VmFlags) -> Result<(), ActivateError> {
+    let mut mm = Mm::new(mm::gfp::GFP_KERNEL).map_err(ActivateError::NewSpace)?;
+    let flags = VmFlags::READ | VmFlags::WRITE | VmFlags::MAYREAD | VmFlags::MAYWRITE | extra;
+    mm.vmas
+        .mmap_region(start, len, flags, VmaKind::AnonPrivate, linear_pgoff(start), MapFixed::NoReplace)
+        .map_err(ActivateError::Mmap)?;
+    activate(mm);
+    Ok(())
+}
+
+/// Switches back to the kernel's page tables and tears the address space
+/// that was current down (nothing if there was none).
+pub fn destroy_current() {
+    if let Some(mm) = deactivate() {
+        mm.destroy();
+    }
 }
 
 /// Runs `f` on the current address space. `None` if there is none, or if

@@ -68,13 +68,7 @@ pub fn init() {
     let mut input = INPUT.lock();
     let mut quiet = 0;
     while quiet < QUIET_POLLS {
-        match port.try_receive() {
-            Ok(byte) => {
-                input.push(byte);
-                quiet = 0;
-            }
-            Err(_) => quiet += 1,
-        }
+        quiet = if receive_all(&mut port, &mut input) > 0 { 0 } else { quiet + 1 };
     }
     drop(input);
     port.init();
@@ -106,11 +100,17 @@ pub fn write_bytes(bytes: &[u8]) {
 
 /// IRQ 4: move every received byte into the input ring.
 pub fn handle_irq() {
-    let mut port = PORT.lock();
-    let mut input = INPUT.lock();
+    receive_all(&mut PORT.lock(), &mut INPUT.lock());
+}
+
+/// Moves the bytes the UART holds into `input`; returns how many.
+fn receive_all(port: &mut SerialPort, input: &mut InputRing) -> usize {
+    let mut n = 0;
     while let Ok(byte) = port.try_receive() {
         input.push(byte);
+        n += 1;
     }
+    n
 }
 
 /// The next input byte, if one has arrived.
