@@ -260,10 +260,10 @@ static void unmake_hole(char *hole)
 	munmap(hole - PAGE, 3 * PAGE);
 }
 
-/* mmap + munmap of 4 KiB, untouched, in the hole of make_hole. */
-static int op_mmap_munmap_4k(long n, double *cost)
+/* mmap (+ one write if `write`) + munmap of 4 KiB, in the hole of make_hole. */
+static inline int mmap_munmap_in_hole(int write, long n, double *cost)
 {
-	char *hole;
+	char *hole = NULL;
 	int err = make_hole(&hole);
 	if (err)
 		return err;
@@ -274,6 +274,8 @@ static int op_mmap_munmap_4k(long n, double *cost)
 			err = errno;
 			goto out;
 		}
+		if (write)
+			touch(p);
 		CHECK(munmap(p, PAGE));
 	}
 	T1(n);
@@ -282,27 +284,16 @@ out:
 	return err;
 }
 
-/* mmap + one write + munmap of 4 KiB, in the hole of make_hole. */
+/* mmap + munmap of 4 KiB, untouched. */
+static int op_mmap_munmap_4k(long n, double *cost)
+{
+	return mmap_munmap_in_hole(0, n, cost);
+}
+
+/* mmap + one write + munmap of 4 KiB. */
 static int op_mmap_write_munmap_4k(long n, double *cost)
 {
-	char *hole;
-	int err = make_hole(&hole);
-	if (err)
-		return err;
-	T0();
-	for (long i = 0; i < n; i++) {
-		char *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (p == MAP_FAILED) {
-			err = errno;
-			goto out;
-		}
-		touch(p);
-		CHECK(munmap(p, PAGE));
-	}
-	T1(n);
-out:
-	unmake_hole(hole);
-	return err;
+	return mmap_munmap_in_hole(1, n, cost);
 }
 
 /* mprotect the middle page of a touched 64-page RW mapping to R (the VMA
