@@ -114,6 +114,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     log_cpus();
     fpu::init();
     shrinker::register(&sys_mm::LAZYFREE_SHRINKER);
+    shrinker::register(memory::pgtable::QUICKLIST_SHRINKER);
     match apic::start_timer(sched::HZ) {
         Some(hz) => log::info!("APIC timer: {} kHz input, {} Hz scheduler tick", hz / 1000, sched::HZ),
         None => log::warn!("no APIC timer: user processes are not preempted"),

@@ -340,6 +340,11 @@ pub trait PtMem {
     fn write_entry(&self, table: Pfn, index: usize, value: u64);
     /// Fills a freshly allocated table with zeroes.
     fn zero_table(&self, table: Pfn);
+    /// Whether every entry of `table` is zero (a table unlinked because it was
+    /// empty, before it may go to the [`Quicklist`]).
+    fn table_is_zero(&self, table: Pfn) -> bool {
+        (0..PTRS_PER_TABLE).all(|i| self.read_entry(table, i) == 0)
+    }
     /// Writes entry `index` of `table` and returns what it held, as one atomic
     /// exchange (`xchg`) where the hardware may update the entry concurrently
     /// (Linux `ptep_get_and_clear`). The default reads, then writes: enough on one
@@ -399,6 +404,8 @@ pub struct PgtableCtl {
     nr_pagetable_pages: AtomicU64,
     /// PMD-mapped anonymous huge pages (meminfo `AnonHugePages:`).
     nr_anon_thps: AtomicU64,
+    /// Zeroed page-table pages kept for the next table (meminfo `Quicklists:`).
+    pub quicklist: Quicklist,
 }
 
 impl Default for PgtableCtl {
@@ -414,6 +421,7 @@ impl PgtableCtl {
             pt_reclaim: AtomicBool::new(true),
             nr_pagetable_pages: AtomicU64::new(0),
             nr_anon_thps: AtomicU64::new(0),
+            quicklist: Quicklist::new(),
         }
     }
     /// Turns freeing of empty page-table pages on or off (teardown always frees).
@@ -435,9 +443,10 @@ impl PgtableCtl {
     pub(crate) fn add_anon_thps(&self, delta: i64) {
         self.nr_anon_thps.fetch_add(delta as u64, Relaxed);
     }
-    /// The `PageTables:` and `AnonHugePages:` lines of `/proc/meminfo`.
+    /// The `PageTables:`, `Quicklists:` and `AnonHugePages:` lines of `/proc/meminfo`.
     pub fn meminfo(&self, out: &mut impl Write) -> fmt::Result {
         writeln!(out, "PageTables:     {:>8} kB", self.nr_pagetable_pages() * (PAGE_SIZE >> 10))?;
+        writeln!(out, "Quicklists:     {:>8} kB", self.quicklist.len() as u64 * (PAGE_SIZE >> 10))?;
         writeln!(out, "AnonHugePages:  {:>8} kB", self.nr_anon_thps() * (PMD_SIZE >> 10))
     }
 }
@@ -899,7 +908,10 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
     /// `pagetable_pte_ctor`). The caller's GFP flags are honoured except
     /// `__GFP_MOVABLE`: tables are never migrated.
     pub(crate) fn alloc_table(&mut self, gfp: Gfp, level: Level) -> Result<Pfn, AllocError> {
-        let pages = self.alloc.alloc_pages(gfp - Gfp::MOVABLE - Gfp::HIGHMEM, 0)?;
+        let (pages, zeroed) = match self.ctl.quicklist.pop() {
+            Some(p) => (p, true),
+            None => (self.alloc.alloc_pages(gfp - Gfp::MOVABLE - Gfp::HIGHMEM, 0)?, false),
+        };
         let pfn = pages.pfn();
         if self.alloc.page(pfn).map(|m| m.set_page_table()) != Some(Ok(())) {
             // Not a fresh allocation from a managed frame: refuse to use it.
@@ -907,7 +919,9 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
             return Err(AllocError::NoMemory);
         }
         let _ = pages.leak(); // owned by the entry that will point at it
-        self.mem.zero_table(pfn);
+        if !zeroed {
+            self.mem.zero_table(pfn);
+        }
         self.account_table(level, 1);
         Ok(pfn)
     }
@@ -942,8 +956,9 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
     /// Queues an unlinked table that mapped linear address `lin` for freeing after
     /// the flush (Linux `pte_free_tlb`).
     pub(crate) fn release_table(&mut self, table: Pfn, level: Level, lin: u64, tlb: &mut MmuGather) {
+        let zeroed = self.mem.table_is_zero(table);
         let p = self.table_pages(table, level);
-        tlb.remove_table(p, lin);
+        tlb.remove_table(p, lin, zeroed);
     }
 
     /// The linear bounds of this space's half.
@@ -1174,43 +1189,35 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
         tlb: &mut MmuGather,
         mode: ZapMode,
     ) -> Result<(), PteRangeError> {
-        let span = level.entry_span();
-        let base = s & !(level.table_span() - 1);
         let mut cleared = 0i32;
         let mut result = Ok(());
-        for idx in level.index(s)..=level.index(e - 1) {
-            let pte = self.entry(table, idx);
-            if !pte.is_present() {
-                continue;
-            }
-            let ent_start = base + idx as u64 * span;
-            let ent_end = ent_start + span;
-            let (lo, hi) = (s.max(ent_start), e.min(ent_end));
-            let leaf = level == Level::Pte || (level != Level::Pml4 && pte.is_huge());
-            if leaf {
-                if lo == ent_start && hi == ent_end {
+        let mut walk = RangeWalk::new(self, table, level, s, e);
+        while let Some(slot) = walk.next(self) {
+            let (idx, pte) = (slot.idx, slot.pte);
+            if slot.leaf {
+                if slot.covered() {
                     self.set_entry(table, idx, Pte::NONE);
                     cleared += 1;
-                    tlb.add_range(ent_start, ent_end);
-                    self.release_leaf(pte, level, ent_start, tlb);
+                    tlb.add_range(slot.start, slot.end);
+                    self.release_leaf(pte, level, slot.start, tlb);
                     continue;
                 }
                 if level != Level::Pmd {
                     result = Err(PteRangeError::PartialGiantPage);
                     break;
                 }
-                if self.split_pmd_entry(table, idx, ent_start, gfp, tlb).is_err() {
+                if self.split_pmd_entry(table, idx, slot.start, gfp, tlb).is_err() {
                     result = Err(PteRangeError::NoMemory);
                     break;
                 }
             }
             let Some(child_level) = level.child() else { continue };
             let child = self.entry(table, idx).pfn();
-            let r = self.zap_table(child, child_level, lo, hi, gfp, tlb, mode);
+            let r = self.zap_table(child, child_level, slot.lo, slot.hi, gfp, tlb, mode);
             if self.may_unlink(level, mode) && self.live_entries(child) == 0 {
                 self.set_entry(table, idx, Pte::NONE);
                 cleared += 1;
-                self.release_table(child, child_level, ent_start, tlb);
+                self.release_table(child, child_level, slot.start, tlb);
             }
             if r.is_err() {
                 result = r;
@@ -1380,36 +1387,28 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
         gfp: Gfp,
         tlb: &mut MmuGather,
     ) -> Result<(), PteRangeError> {
-        let span = level.entry_span();
-        let base = s & !(level.table_span() - 1);
-        for idx in level.index(s)..=level.index(e - 1) {
-            let pte = self.entry(table, idx);
-            if !pte.is_present() {
-                continue;
-            }
-            let ent_start = base + idx as u64 * span;
-            let ent_end = ent_start + span;
-            let (lo, hi) = (s.max(ent_start), e.min(ent_end));
-            let leaf = level == Level::Pte || (level != Level::Pml4 && pte.is_huge());
-            if leaf {
-                if lo == ent_start && hi == ent_end {
+        let mut walk = RangeWalk::new(self, table, level, s, e);
+        while let Some(slot) = walk.next(self) {
+            let (idx, pte) = (slot.idx, slot.pte);
+            if slot.leaf {
+                if slot.covered() {
                     let change = |p: Pte| Pte::new(p.pfn(), (p.flags() - PteFlags::PROTECT_BITS) | perms);
                     if change(pte) != pte {
                         self.update_entry(table, idx, change);
-                        tlb.add_range(ent_start, ent_end);
+                        tlb.add_range(slot.start, slot.end);
                     }
                     continue;
                 }
                 if level != Level::Pmd {
                     return Err(PteRangeError::PartialGiantPage);
                 }
-                if self.split_pmd_entry(table, idx, ent_start, gfp, tlb).is_err() {
+                if self.split_pmd_entry(table, idx, slot.start, gfp, tlb).is_err() {
                     return Err(PteRangeError::NoMemory);
                 }
             }
             let Some(child_level) = level.child() else { continue };
             let child = self.entry(table, idx).pfn();
-            self.change_table(child, child_level, lo, hi, perms, gfp, tlb)?;
+            self.change_table(child, child_level, slot.lo, slot.hi, perms, gfp, tlb)?;
         }
         Ok(())
     }
@@ -1441,34 +1440,26 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
         tlb: &mut MmuGather,
         marked: &mut u64,
     ) -> Result<(), PteRangeError> {
-        let span = level.entry_span();
-        let base = s & !(level.table_span() - 1);
-        for idx in level.index(s)..=level.index(e - 1) {
-            let pte = self.entry(table, idx);
-            if !pte.is_present() {
-                continue;
-            }
-            let ent_start = base + idx as u64 * span;
-            let ent_end = ent_start + span;
-            let (lo, hi) = (s.max(ent_start), e.min(ent_end));
-            let leaf = level == Level::Pte || (level != Level::Pml4 && pte.is_huge());
-            if leaf {
+        let mut walk = RangeWalk::new(self, table, level, s, e);
+        while let Some(slot) = walk.next(self) {
+            let (idx, pte) = (slot.idx, slot.pte);
+            if slot.leaf {
                 if !pte.flags().contains(PteFlags::SOFT_ANON) {
                     continue;
                 }
-                if lo == ent_start && hi == ent_end {
+                if slot.covered() {
                     self.update_entry(table, idx, |p| Pte(p.0 & !(PteFlags::DIRTY | PteFlags::ACCESSED).bits()));
-                    tlb.add_range(ent_start, ent_end);
-                    *marked += span >> PAGE_SHIFT;
+                    tlb.add_range(slot.start, slot.end);
+                    *marked += level.entry_span() >> PAGE_SHIFT;
                     continue;
                 }
-                if level != Level::Pmd || self.split_pmd_entry(table, idx, ent_start, gfp, tlb).is_err() {
+                if level != Level::Pmd || self.split_pmd_entry(table, idx, slot.start, gfp, tlb).is_err() {
                     return Err(PteRangeError::NoMemory);
                 }
             }
             let Some(child_level) = level.child() else { continue };
             let child = self.entry(table, idx).pfn();
-            self.clean_table(child, child_level, lo, hi, gfp, tlb, marked)?;
+            self.clean_table(child, child_level, slot.lo, slot.hi, gfp, tlb, marked)?;
         }
         Ok(())
     }
@@ -1489,21 +1480,13 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
 
     fn zap_clean_table(&mut self, table: Pfn, level: Level, s: u64, e: u64, tlb: &mut MmuGather, zapped: &mut u64) {
         let mode = ZapMode { reclaim: self.ctl.pt_reclaim(), teardown: false };
-        let span = level.entry_span();
-        let base = s & !(level.table_span() - 1);
         let mut cleared = 0i32;
-        for idx in level.index(s)..=level.index(e - 1) {
-            let pte = self.entry(table, idx);
-            if !pte.is_present() {
-                continue;
-            }
-            let ent_start = base + idx as u64 * span;
-            let ent_end = ent_start + span;
-            let (lo, hi) = (s.max(ent_start), e.min(ent_end));
-            let leaf = level == Level::Pte || (level != Level::Pml4 && pte.is_huge());
-            if leaf {
+        let mut walk = RangeWalk::new(self, table, level, s, e);
+        while let Some(slot) = walk.next(self) {
+            let (idx, pte) = (slot.idx, slot.pte);
+            if slot.leaf {
                 let clean_anon = |p: Pte| p.flags().contains(PteFlags::SOFT_ANON) && !p.flags().contains(PteFlags::DIRTY);
-                if lo != ent_start || hi != ent_end || !clean_anon(pte) {
+                if !slot.covered() || !clean_anon(pte) {
                     continue;
                 }
                 let old = Pte(self.mem.xchg_entry(table, idx, Pte::NONE.0));
@@ -1513,18 +1496,18 @@ impl<'a, A: PtAlloc, M: PtMem> AddressSpace<'a, A, M> {
                     continue;
                 }
                 cleared += 1;
-                tlb.add_range(ent_start, ent_end);
-                self.release_leaf(old, level, ent_start, tlb);
-                *zapped += span >> PAGE_SHIFT;
+                tlb.add_range(slot.start, slot.end);
+                self.release_leaf(old, level, slot.start, tlb);
+                *zapped += level.entry_span() >> PAGE_SHIFT;
                 continue;
             }
             let Some(child_level) = level.child() else { continue };
             let child = pte.pfn();
-            self.zap_clean_table(child, child_level, lo, hi, tlb, zapped);
+            self.zap_clean_table(child, child_level, slot.lo, slot.hi, tlb, zapped);
             if self.may_unlink(level, mode) && self.live_entries(child) == 0 {
                 self.set_entry(table, idx, Pte::NONE);
                 cleared += 1;
-                self.release_table(child, child_level, ent_start, tlb);
+                self.release_table(child, child_level, slot.start, tlb);
             }
         }
         self.count_add(table, -cleared);
@@ -1678,6 +1661,11 @@ pub(crate) struct ZapMode {
     /// Tearing the whole space down: the kernel's PML4 entries may go too.
     pub(crate) teardown: bool,
 }
+
+mod quicklist;
+mod range_walk;
+pub use quicklist::{Quicklist, QUICKLIST_MAX};
+use range_walk::RangeWalk;
 
 #[cfg(test)]
 pub(crate) mod testutil;

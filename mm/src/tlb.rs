@@ -21,7 +21,7 @@ use alloc::vec::Vec;
 
 use crate::addr::PAGE_SHIFT;
 use crate::page_alloc::Pages;
-use crate::pgtable::{PtAlloc, VirtAddr};
+use crate::pgtable::{PtAlloc, Quicklist, VirtAddr};
 
 /// Linux x86 `tlb_single_page_flush_ceiling`: ranges of more pages than this are
 /// flushed with a full flush instead of one `invlpg` per page.
@@ -94,6 +94,9 @@ pub struct MmuGather {
     table_va: u64,
     /// Page-table pages, freed after the flush (Linux `tlb_remove_table`).
     tables: Vec<Pages>,
+    /// Page-table pages found all zero when unlinked: after the flush they may
+    /// go to a [`Quicklist`] instead of the allocator.
+    zeroed_tables: Vec<Pages>,
     /// Data pages whose last mapping went away (Linux `tlb_remove_page`).
     pages: Vec<Pages>,
     /// Early flush once [`GATHER_BATCH`] pages are queued (None: unbounded).
@@ -109,6 +112,7 @@ impl MmuGather {
             freed_tables: false,
             table_va: 0,
             tables: Vec::new(),
+            zeroed_tables: Vec::new(),
             pages: Vec::new(),
             batch_flush: None,
         }
@@ -134,7 +138,7 @@ impl MmuGather {
 
     fn check_batch(&mut self) {
         if let Some(flush) = self.batch_flush {
-            if self.pages.len() + self.tables.len() >= GATHER_BATCH {
+            if self.pages.len() + self.nr_tables() >= GATHER_BATCH {
                 flush(self);
             }
         }
@@ -142,7 +146,7 @@ impl MmuGather {
 
     /// Whether nothing has been recorded.
     pub fn is_empty(&self) -> bool {
-        self.start >= self.end && !self.freed_tables && self.tables.is_empty() && self.pages.is_empty()
+        self.start >= self.end && !self.freed_tables && self.nr_tables() == 0 && self.pages.is_empty()
     }
 
     /// The range to flush as `(start, nr_pages)`, if any.
@@ -163,7 +167,7 @@ impl MmuGather {
 
     /// Page-table pages waiting for the flush.
     pub fn nr_tables(&self) -> usize {
-        self.tables.len()
+        self.tables.len() + self.zeroed_tables.len()
     }
 
     /// Data pages waiting for the flush.
@@ -182,13 +186,18 @@ impl MmuGather {
     /// (Linux `pte_free_tlb` → `tlb_remove_table`). If nothing else needs a
     /// flush, the page of `va` is flushed so the flush is never skipped: any
     /// `invlpg` also empties the paging-structure caches that could still point
-    /// at the table.
-    pub(crate) fn remove_table(&mut self, table: Pages, va: u64) {
+    /// at the table. `zeroed`: every entry of the table is zero, so after the
+    /// flush it may be kept for reuse ([`finish_into`](Self::finish_into)).
+    pub(crate) fn remove_table(&mut self, table: Pages, va: u64, zeroed: bool) {
         if !self.freed_tables {
             self.table_va = va;
         }
         self.freed_tables = true;
-        self.tables.push(table);
+        if zeroed {
+            self.zeroed_tables.push(table);
+        } else {
+            self.tables.push(table);
+        }
         self.check_batch();
     }
 
@@ -205,7 +214,13 @@ impl MmuGather {
 
     /// Flushes, then frees every queued page (Linux `tlb_finish_mmu`). Returns
     /// what was flushed.
-    pub fn finish(mut self, flush: &impl TlbFlush, alloc: &impl PtAlloc) -> FlushPlan {
+    pub fn finish(self, flush: &impl TlbFlush, alloc: &impl PtAlloc) -> FlushPlan {
+        self.finish_into(flush, alloc, None)
+    }
+
+    /// [`finish`](Self::finish), keeping the zeroed page-table pages in
+    /// `quicklist` while it has room (they are flushed by then).
+    pub fn finish_into(mut self, flush: &impl TlbFlush, alloc: &impl PtAlloc, quicklist: Option<&Quicklist>) -> FlushPlan {
         let plan = self.plan(flush.single_page_flush_ceiling());
         match plan {
             FlushPlan::None => {}
@@ -215,6 +230,15 @@ impl MmuGather {
         // In bulk: an unmapped range's pages are mostly contiguous runs, which
         // enter the buddy merged (`page_alloc_bulk`); the vectors keep their buffers.
         alloc.free_pages_bulk(&mut self.pages);
+        if let Some(q) = quicklist {
+            while let Some(t) = self.zeroed_tables.pop() {
+                if let Err(t) = q.push(t) {
+                    self.tables.push(t);
+                    break;
+                }
+            }
+        }
+        self.tables.append(&mut self.zeroed_tables);
         alloc.free_pages_bulk(&mut self.tables);
         self.start = u64::MAX;
         self.end = 0;
@@ -235,6 +259,7 @@ impl Drop for MmuGather {
         if std::thread::panicking() {
             // Let the queued `Pages` leak quietly while a test is failing.
             core::mem::forget(core::mem::take(&mut self.tables));
+            core::mem::forget(core::mem::take(&mut self.zeroed_tables));
             core::mem::forget(core::mem::take(&mut self.pages));
             return;
         }

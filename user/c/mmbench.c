@@ -3,7 +3,9 @@
  * For each operation: one warm-up round (at most WARMUP operations), then
  * ROUNDS timed rounds of N operations each (N = 4096, 1024 where one
  * operation costs more than about 10,000 instructions, 16 for the huge-page
- * and 1 MiB rows; `mmbench MAX` caps every N at MAX for a quick run).
+ * and 1 MiB rows; `mmbench MAX` caps every N at MAX for a quick run, and
+ * `mmbench MAX NAME...` runs only the named operations, e.g. under the
+ * kernel's profiler).
  * Each round's cost is (CLOCK_MONOTONIC after - before) / operations; the
  * program prints the median round, one line per operation:
  *
@@ -576,6 +578,15 @@ static int cmp_double(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+/* Whether NAME is one of the n names. */
+static int selected(const char *name, int n, char **names)
+{
+	for (int i = 0; i < n; i++)
+		if (strcmp(name, names[i]) == 0)
+			return 1;
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	long max_n = 0;
@@ -583,7 +594,16 @@ int main(int argc, char **argv)
 		char *end;
 		max_n = strtol(argv[1], &end, 10);
 		if (*end || max_n < 1) {
-			fprintf(stderr, "usage: mmbench [MAX_OPS_PER_ROUND]\n");
+			fprintf(stderr, "usage: mmbench [MAX_OPS_PER_ROUND [NAME...]]\n");
+			return 2;
+		}
+	}
+	for (int i = 2; i < argc; i++) {
+		size_t k = 0;
+		while (k < sizeof(ops) / sizeof(ops[0]) && strcmp(ops[k].name, argv[i]) != 0)
+			k++;
+		if (k == sizeof(ops) / sizeof(ops[0])) {
+			fprintf(stderr, "mmbench: no operation named %s\n", argv[i]);
 			return 2;
 		}
 	}
@@ -592,6 +612,8 @@ int main(int argc, char **argv)
 	int errors = 0;
 	for (size_t k = 0; k < sizeof(ops) / sizeof(ops[0]); k++) {
 		const struct op *op = &ops[k];
+		if (argc > 2 && !selected(op->name, argc - 2, argv + 2))
+			continue;
 		long n = max_n && op->n > max_n ? max_n : op->n;
 		double costs[ROUNDS], warm;
 		int err = op->run(n < WARMUP ? n : WARMUP, &warm);

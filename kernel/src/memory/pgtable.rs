@@ -13,6 +13,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use mm::addr::{Pfn, PAGE_SIZE};
 use mm::fault::{ClearPages, ThpCtl, ThpMode};
 use mm::pgtable::{AddressSpace, PgtableCtl, PtMem, VirtAddr, PTRS_PER_TABLE};
+use mm::shrinker::{ShrinkControl, Shrinker};
 use mm::tlb::{FlushPlan, MmuGather, TlbFlush};
 
 use crate::arch::x86_64::cpu;
@@ -39,6 +40,14 @@ impl PtMem for DirectMapPt {
         // SAFETY: as in `read_entry`; a single aligned 64-bit store, so the
         // hardware walker never sees a torn entry.
         unsafe { entry_ptr(table, index).write_volatile(value) }
+    }
+
+    fn table_is_zero(&self, table: Pfn) -> bool {
+        // SAFETY: as in `read_entry`, for the whole 4 KiB table (512 aligned
+        // entries). Plain reads: the table is unlinked and all its entries
+        // were cleared, so no walker sets A/D bits in it any more.
+        let entries = unsafe { &*(entry_ptr(table, 0) as *const [u64; PTRS_PER_TABLE]) };
+        entries.iter().fold(0, |acc, &e| acc | e) == 0
     }
 
     fn zero_table(&self, table: Pfn) {
@@ -115,10 +124,29 @@ pub fn tlb_gather() -> MmuGather {
     })
 }
 
-/// Flushes the TLB for what `tlb` gathered, then frees the gathered pages.
+/// Flushes the TLB for what `tlb` gathered, then frees the gathered pages
+/// (zeroed page-table pages go to the quicklist while it has room).
 pub fn tlb_finish(tlb: MmuGather) -> FlushPlan {
-    tlb.finish(&TLB, page_alloc())
+    tlb.finish_into(&TLB, page_alloc(), Some(&PGTABLE_CTL.quicklist))
 }
+
+/// Gives the quicklist's zeroed page-table pages back under memory pressure
+/// (and on `drop_caches`).
+struct QuicklistShrinker;
+
+impl Shrinker for QuicklistShrinker {
+    fn name(&self) -> &str {
+        "pgtable-quicklist"
+    }
+    fn count_objects(&self, _: &ShrinkControl) -> u64 {
+        PGTABLE_CTL.quicklist.len() as u64
+    }
+    fn scan_objects(&self, _: &mut ShrinkControl) -> u64 {
+        PGTABLE_CTL.quicklist.drain(|p| page_alloc().free_pages(p)) as u64
+    }
+}
+
+pub static QUICKLIST_SHRINKER: &dyn Shrinker = &QuicklistShrinker;
 
 pub fn clear_ops() -> &'static KernelClear {
     &CLEAR

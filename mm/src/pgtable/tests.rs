@@ -315,6 +315,44 @@ fn flush_threshold_small_ranges_use_invlpg() {
 }
 
 #[test]
+fn emptied_tables_come_back_from_the_quicklist_after_the_flush() {
+    let env = Env::new(4096);
+    let mut s = user(&env);
+    let base_free = env.free();
+    // A page in a fresh 2 MiB slot: PUD, PMD and PTE tables.
+    s.map(va(0x4000_0000), Pfn(9), PageSize::Size4K, RW, GFP_KERNEL).unwrap();
+    let tables = env.ctl.nr_pagetable_pages();
+    let mut tlb = MmuGather::new();
+    s.madvise_dontneed(va(0x4000_0000), M2, GFP_KERNEL, &mut tlb).unwrap();
+    assert_eq!(tlb.nr_tables(), 3, "PTE, PMD and PUD tables unlinked");
+    assert!(env.ctl.quicklist.is_empty(), "nothing is kept before the flush");
+    let t = env.tlb();
+    let plan = tlb.finish_into(&t, env.alloc, Some(&env.ctl.quicklist));
+    assert_ne!(plan, FlushPlan::None, "unlinked tables always flush");
+    assert_eq!(env.ctl.quicklist.len(), 3);
+    assert_eq!(env.ctl.nr_pagetable_pages(), tables - 3, "kept pages are not page tables");
+    assert_eq!(env.free(), base_free - 3, "the three tables are kept, not freed");
+    // The next slot takes them back, zero-filled, without the allocator.
+    let before = env.free();
+    s.map(va(0x8000_0000), Pfn(10), PageSize::Size4K, RW, GFP_KERNEL).unwrap();
+    assert!(env.ctl.quicklist.is_empty());
+    assert_eq!(env.free(), before, "no page came from the allocator");
+    assert_eq!(s.translate(va(0x8000_0000)).map(|t| t.pfn), Some(Pfn(10)));
+    assert_eq!(s.census().unwrap().tables, [1, 1, 1], "one table per level, counts consistent");
+    // A table with a stray non-zero word is never kept.
+    let mut tlb = MmuGather::new();
+    let (pte_table, idx) = s.find_entry(0x8000_0000, Level::Pte).unwrap();
+    env.mem.write(pte_table, (idx + 1) % 512, 0x8000_0000_0000_0000); // NX alone: not present
+    s.madvise_dontneed(va(0x8000_0000), M2, GFP_KERNEL, &mut tlb).unwrap();
+    tlb.finish_into(&env.tlb(), env.alloc, Some(&env.ctl.quicklist));
+    assert_eq!(env.ctl.quicklist.len(), 2, "PMD and PUD kept, the dirty PTE table freed");
+    let n = env.ctl.quicklist.drain(|p| env.alloc.free_pages(p));
+    assert_eq!(n, 2);
+    assert_eq!(env.free(), base_free);
+    destroy(&env, s);
+}
+
+#[test]
 fn walker_reference_keeps_table_alive() {
     let env = Env::new(4096);
     let mut s = user(&env);
@@ -347,7 +385,7 @@ fn accounting_vm_pte_and_meminfo() {
     assert_eq!(out, "VmPTE:\t      12 kB\n");
     let mut out = String::new();
     env.ctl.meminfo(&mut out).unwrap();
-    assert_eq!(out, "PageTables:           16 kB\nAnonHugePages:         0 kB\n");
+    assert_eq!(out, "PageTables:           16 kB\nQuicklists:            0 kB\nAnonHugePages:         0 kB\n");
     let mut out = String::new();
     s.ptdump(va(0x1000), &mut out).unwrap();
     assert!(out.contains("PML4[  0]") && out.contains("PTE [  1]") && out.contains("(leaf)"), "{out}");

@@ -13,6 +13,7 @@
 
 use alloc::vec::Vec;
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use bootloader_api::info::{MemoryRegion, MemoryRegionKind};
 use bootloader_api::BootInfo;
@@ -37,9 +38,14 @@ pub struct BootFacts {
 
 static FACTS: Once<BootFacts> = Once::new();
 
+/// Where the direct map starts (Linux `page_offset_base`): a copy of
+/// `BootFacts::physical_memory_offset` that [`phys_to_virt`], the hottest
+/// reader (every page-table entry access), loads without the `Once` check.
+static PAGE_OFFSET_BASE: AtomicU64 = AtomicU64::new(0);
+
 /// Copies what the kernel needs out of `BootInfo`. Needs the heap.
 pub fn init(boot_info: &BootInfo) -> &'static BootFacts {
-    FACTS.call_once(|| {
+    let facts = FACTS.call_once(|| {
         let mut regions: Vec<MemoryRegion> = boot_info.memory_regions.iter().copied().collect();
         regions.sort_unstable_by_key(|r| r.start);
         BootFacts {
@@ -53,7 +59,9 @@ pub fn init(boot_info: &BootInfo) -> &'static BootFacts {
             rsdp_addr: boot_info.rsdp_addr.into_option(),
             ramdisk: boot_info.ramdisk_addr.into_option().map(|a| (a, boot_info.ramdisk_len)),
         }
-    })
+    });
+    PAGE_OFFSET_BASE.store(facts.physical_memory_offset, Ordering::Relaxed);
+    facts
 }
 
 /// The boot facts; panics if called before [`init`] (a kernel bug).
@@ -157,8 +165,11 @@ pub fn write_memmap(out: &mut impl Write, facts: &BootFacts) -> fmt::Result {
 
 /// The direct-map address of physical address `phys` (the direct map covers
 /// RAM and the low 4 GiB, see `init_64`).
+#[inline]
 pub fn phys_to_virt(phys: u64) -> *mut u8 {
-    (facts().physical_memory_offset + phys) as *mut u8
+    let base = PAGE_OFFSET_BASE.load(Ordering::Relaxed);
+    debug_assert!(base != 0, "phys_to_virt before memmap::init");
+    (base + phys) as *mut u8
 }
 
 pub const KTESTS: &[crate::lib::ktest::KTest] = &[

@@ -348,25 +348,32 @@ fn split_record(words: &[u64]) -> Option<(bool, &[u64], &[u64])> {
 /// unique stack with its count (`prof: COUNT K|U rip;caller;...`, most samples
 /// first), the `prof: rate ...` header before them and the summary after.
 pub fn write_samples(words: &[u64], stats: &Stats, image_base: u64, w: &mut impl Write) -> fmt::Result {
+    // A full ring holds hundreds of thousands of samples: each is sorted as the
+    // 4-byte offset of its record, and only the unique stacks get a group, so
+    // the memory asked for stays below a few MiB (and is asked for, not assumed).
     let mut nr_records = 0;
     let mut rest = words;
     while let Some((_, _, tail)) = split_record(rest) {
         nr_records += 1;
         rest = tail;
     }
-    // Tens of thousands of samples: ask for the memory instead of panicking.
-    let mut records: Vec<(bool, &[u64])> = Vec::new();
-    let mut groups: Vec<(usize, bool, &[u64])> = Vec::new();
-    if records.try_reserve_exact(nr_records).is_err() || groups.try_reserve(nr_records).is_err() {
+    let mut records: Vec<u32> = Vec::new();
+    if records.try_reserve_exact(nr_records).is_err() {
         return writeln!(w, "prof: no memory to sort {} samples", nr_records);
     }
     let mut rest = words;
-    while let Some((user, stack, tail)) = split_record(rest) {
-        records.push((user, stack));
+    while let Some((_, _, tail)) = split_record(rest) {
+        records.push((words.len() - rest.len()) as u32);
         rest = tail;
     }
-    records.sort_unstable();
-    for &(user, stack) in &records {
+    let record = |offset: u32| split_record(&words[offset as usize..]).map(|(user, stack, _)| (user, stack));
+    records.sort_unstable_by_key(|&offset| record(offset));
+    let nr_groups = 1 + records.windows(2).filter(|p| record(p[0]) != record(p[1])).count();
+    let mut groups: Vec<(usize, bool, &[u64])> = Vec::new();
+    if groups.try_reserve_exact(nr_groups).is_err() {
+        return writeln!(w, "prof: no memory for {} unique stacks", nr_groups);
+    }
+    for (user, stack) in records.iter().filter_map(|&offset| record(offset)) {
         match groups.last_mut() {
             Some((count, u, s)) if *u == user && *s == stack => *count += 1,
             _ => groups.push((1, user, stack)),
@@ -386,14 +393,14 @@ pub fn write_samples(words: &[u64], stats: &Stats, image_base: u64, w: &mut impl
         stats.elapsed_ns / 1_000_000 % 1000,
         if stats.running { ", still running" } else { "" }
     )?;
-    for (count, user, stack) in groups {
+    for &(count, user, stack) in &groups {
         write!(w, "prof: {} {} ", count, if user { 'U' } else { 'K' })?;
         for (i, addr) in stack.iter().enumerate() {
             write!(w, "{}{:x}", if i == 0 { "" } else { ";" }, addr)?;
         }
         writeln!(w)?;
     }
-    let (kernel, user) = records.iter().fold((0u64, 0u64), |(k, u), r| if r.0 { (k, u + 1) } else { (k + 1, u) });
+    let (kernel, user) = groups.iter().fold((0, 0), |(k, u), g| if g.1 { (k, u + g.0) } else { (k + g.0, u) });
     writeln!(w, "prof: {} samples ({} kernel, {} user, {} dropped)", kernel + user, kernel, user, stats.dropped)
 }
 
