@@ -11,6 +11,14 @@
 //! Errors are Linux's: `ENOENT`, `ENOTDIR`, `EISDIR`, `EROFS` (creating or
 //! writing on this file system), `EACCES` (opening another `/proc` file for
 //! writing), `EEXIST` (`O_CREAT | O_EXCL` on an existing file), `EBADF`, `EMFILE`.
+//!
+//! Every descriptor but the console has a file position (Linux `f_pos`), moved
+//! by each kind of file's `llseek` as Linux's: initramfs files as tmpfs
+//! (`generic_file_llseek_size`; no holes), `/proc` text files as `seq_lseek`,
+//! initramfs directories as `dcache_dir_lseek`, `/proc` directories as
+//! `generic_file_llseek` (size 0), `drop_caches` as `default_llseek`. The
+//! system calls that use positions are in [`crate::entry::read_write`]; this
+//! module never touches user memory (see [`FdTable`]).
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -155,7 +163,9 @@ enum OpenFile {
     /// A tty: not seekable (`ESPIPE` for `lseek`, `pread`, `pwrite`).
     Console,
     Data { bytes: FileBytes, pos: i64, seek: SeekKind },
-    Dir { pos: i64 },
+    /// `proc`: a `/proc` directory (Linux `generic_file_llseek`, size 0);
+    /// else an initramfs directory (`dcache_dir_lseek`).
+    Dir { pos: i64, proc: bool },
     /// `/proc/sys/vm/drop_caches` opened for writing.
     DropCaches { pos: i64 },
 }
@@ -275,7 +285,7 @@ impl FdTable {
         }
         match node {
             Node::Dir if write => Err(Errno::EISDIR),
-            Node::Dir => self.install(OpenFile::Dir { pos: 0 }),
+            Node::Dir => self.install(OpenFile::Dir { pos: 0, proc: is_proc }),
             Node::File(_) if flags & O_DIRECTORY != 0 => Err(Errno::ENOTDIR),
             // Mode 0200 (sysctl permissions ignore root's DAC override): only a
             // write-only open.
@@ -374,7 +384,11 @@ impl FdTable {
                 let new = generic_llseek(*pos, size, offset, whence)?;
                 (pos, new)
             }
-            OpenFile::Data { pos, seek: SeekKind::Seq, .. } | OpenFile::Dir { pos } => {
+            OpenFile::Dir { pos, proc: true } => {
+                let new = generic_llseek(*pos, 0, offset, whence)?;
+                (pos, new)
+            }
+            OpenFile::Data { pos, seek: SeekKind::Seq, .. } | OpenFile::Dir { pos, proc: false } => {
                 let new = set_or_cur_llseek(*pos, offset, whence)?;
                 (pos, new)
             }

@@ -307,6 +307,15 @@ fn positions() {
     check_ok("pos_open_dir", dir);
     check_ret("read_dir_eisdir", unsafe { sys::read(dir as usize, buf.as_mut_ptr(), 16) }, -EISDIR);
     check_ret("pread_dir_eisdir", unsafe { sys::pread(dir as usize, buf.as_mut_ptr(), 16, 0) }, -EISDIR);
+    // (SEEK_END and SEEK_DATA on a directory depend on its file system:
+    // EINVAL on tmpfs, as here; ext4 answers them.)
+    check_ret("dir_lseek_set", sys::lseek(dir as usize, 2, SEEK_SET), 2);
+    sys::close(dir as usize);
+    // A /proc directory (generic_file_llseek, size 0).
+    let dir = sys::open(c"/proc", O_RDONLY | O_DIRECTORY);
+    check_ret("proc_dir_lseek_end", sys::lseek(dir as usize, 5, SEEK_END), 5);
+    check_ret("proc_dir_seek_data_enxio", sys::lseek(dir as usize, 0, SEEK_DATA), -ENXIO);
+    check_ret("proc_dir_lseek_negative_einval", sys::lseek(dir as usize, -1, SEEK_SET), -EINVAL);
     sys::close(dir as usize);
     sys::close(fd);
     check_ret("lseek_closed_fd_ebadf", sys::lseek(fd, 0, SEEK_SET), -EBADF);
