@@ -501,7 +501,8 @@ out:
 	return err;
 }
 
-/* open + read of its first 4 KiB + close (there is no lseek/pread here). */
+/* open + read of its first 4 KiB + close (a fresh descriptor each time:
+ * the open and close costs are part of the row; pread_4k is the read alone). */
 static int op_open_read_4k_close(long n, double *cost)
 {
 	int err;

@@ -45,6 +45,15 @@ pub fn arg(i: usize) -> Option<&'static [u8]> {
     Some(unsafe { CStr::from_ptr(word(1 + i) as *const core::ffi::c_char) }.to_bytes())
 }
 
+/// Argument `i` as the C string it is, if present.
+pub fn arg_cstr(i: usize) -> Option<&'static CStr> {
+    if i >= argc() {
+        return None;
+    }
+    // SAFETY: as in `arg`.
+    Some(unsafe { CStr::from_ptr(word(1 + i) as *const core::ffi::c_char) })
+}
+
 /// Index of `envp[0]` in the initial stack.
 fn env_start() -> usize {
     argc() + 2

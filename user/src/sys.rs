@@ -12,11 +12,15 @@ pub mod nr {
     pub const WRITE: usize = 1;
     pub const OPEN: usize = 2;
     pub const CLOSE: usize = 3;
+    pub const LSEEK: usize = 8;
     pub const MMAP: usize = 9;
     pub const MPROTECT: usize = 10;
     pub const MUNMAP: usize = 11;
     pub const BRK: usize = 12;
     pub const IOCTL: usize = 16;
+    pub const PREAD64: usize = 17;
+    pub const PWRITE64: usize = 18;
+    pub const READV: usize = 19;
     pub const WRITEV: usize = 20;
     pub const SCHED_YIELD: usize = 24;
     pub const MADVISE: usize = 28;
@@ -28,6 +32,8 @@ pub mod nr {
     pub const CLOCK_GETTIME: usize = 228;
     pub const EXIT_GROUP: usize = 231;
     pub const OPENAT: usize = 257;
+    pub const PREADV: usize = 295;
+    pub const PWRITEV: usize = 296;
 }
 
 /// errno values used by the tests.
@@ -139,6 +145,12 @@ pub const O_DIRECTORY: usize = 0o200000;
 pub const O_CLOEXEC: usize = 0o2000000;
 /// `openat` dirfd meaning "relative to the current directory".
 pub const AT_FDCWD: usize = -100isize as usize;
+
+pub const SEEK_SET: usize = 0;
+pub const SEEK_CUR: usize = 1;
+pub const SEEK_END: usize = 2;
+pub const SEEK_DATA: usize = 3;
+pub const SEEK_HOLE: usize = 4;
 
 pub const TCGETS: usize = 0x5401;
 pub const TIOCGWINSZ: usize = 0x5413;
@@ -306,6 +318,52 @@ pub unsafe fn read(fd: usize, buf: *mut u8, len: usize) -> isize {
 pub fn write(fd: usize, buf: &[u8]) -> isize {
     // SAFETY: the slice is readable for its length; the kernel only reads it.
     unsafe { syscall3(nr::WRITE, fd, buf.as_ptr() as usize, buf.len()) }
+}
+
+/// `lseek(2)`: returns the new position or `-errno`.
+pub fn lseek(fd: usize, offset: i64, whence: usize) -> isize {
+    // SAFETY: moving a file position affects no memory.
+    unsafe { syscall3(nr::LSEEK, fd, offset as usize, whence) }
+}
+
+/// `pread64(2)`: does not move the file position.
+///
+/// # Safety
+/// As for [`read`].
+pub unsafe fn pread(fd: usize, buf: *mut u8, len: usize, offset: i64) -> isize {
+    // SAFETY: forwarded contract.
+    unsafe { syscall4(nr::PREAD64, fd, buf as usize, len, offset as usize) }
+}
+
+/// `pwrite64(2)` of a byte slice.
+pub fn pwrite(fd: usize, buf: &[u8], offset: i64) -> isize {
+    // SAFETY: the slice is readable for its length; the kernel only reads it.
+    unsafe { syscall4(nr::PWRITE64, fd, buf.as_ptr() as usize, buf.len(), offset as usize) }
+}
+
+/// `readv(2)`.
+///
+/// # Safety
+/// Every segment must be writable for its length, or be an address the test
+/// expects the kernel to reject.
+pub unsafe fn readv(fd: usize, iov: &[Iovec]) -> isize {
+    // SAFETY: forwarded contract; the iovec array itself is readable.
+    unsafe { syscall3(nr::READV, fd, iov.as_ptr() as usize, iov.len()) }
+}
+
+/// `preadv(2)` (the offset's high half, `pos_h`, is 0).
+///
+/// # Safety
+/// As for [`readv`].
+pub unsafe fn preadv(fd: usize, iov: &[Iovec], offset: i64) -> isize {
+    // SAFETY: forwarded contract.
+    unsafe { syscall5(nr::PREADV, fd, iov.as_ptr() as usize, iov.len(), offset as usize, 0) }
+}
+
+/// `pwritev(2)` (the offset's high half is 0).
+pub fn pwritev(fd: usize, iov: &[Iovec], offset: i64) -> isize {
+    // SAFETY: as for `writev`: the kernel only reads the buffers.
+    unsafe { syscall5(nr::PWRITEV, fd, iov.as_ptr() as usize, iov.len(), offset as usize, 0) }
 }
 
 /// `open(2)`; `path` must be NUL-terminated (e.g. `c"/proc/meminfo"`).

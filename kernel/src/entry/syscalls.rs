@@ -3,7 +3,8 @@
 //!
 //! This module decodes arguments, copies user memory with
 //! [`crate::arch::x86_64::uaccess`], and calls the subsystem that does the work: the file
-//! table ([`crate::fs::ramfs`]), the scheduler, and — for `mmap`, `munmap`,
+//! table ([`crate::fs::ramfs`]; reads, writes and positions in
+//! [`crate::entry::read_write`]), the scheduler, and — for `mmap`, `munmap`,
 //! `mprotect`, `madvise`, `brk` and `prctl` — the host-tested `mm::mman`
 //! through [`crate::entry::sys_mm`]. An unknown number returns `-ENOSYS` and is
 //! logged once.
@@ -15,19 +16,25 @@ use x86_64::registers::model_specific::FsBase;
 use x86_64::VirtAddr;
 
 use crate::arch::x86_64::cpu;
+use crate::entry::read_write as rw;
 use crate::arch::x86_64::frame::TrapFrame;
 use crate::task::process::{self, ExitStatus};
-use crate::{task::sched, arch::x86_64::serial, arch::x86_64::uaccess};
+use crate::task::sched::{self, with_files};
+use crate::arch::x86_64::uaccess;
 
 pub const SYS_READ: u64 = 0;
 pub const SYS_WRITE: u64 = 1;
 pub const SYS_OPEN: u64 = 2;
 pub const SYS_CLOSE: u64 = 3;
+pub const SYS_LSEEK: u64 = 8;
 pub const SYS_MMAP: u64 = 9;
 pub const SYS_MPROTECT: u64 = 10;
 pub const SYS_MUNMAP: u64 = 11;
 pub const SYS_BRK: u64 = 12;
 pub const SYS_IOCTL: u64 = 16;
+pub const SYS_PREAD64: u64 = 17;
+pub const SYS_PWRITE64: u64 = 18;
+pub const SYS_READV: u64 = 19;
 pub const SYS_WRITEV: u64 = 20;
 pub const SYS_SCHED_YIELD: u64 = 24;
 pub const SYS_MADVISE: u64 = 28;
@@ -39,16 +46,12 @@ pub const SYS_SET_TID_ADDRESS: u64 = 218;
 pub const SYS_CLOCK_GETTIME: u64 = 228;
 pub const SYS_EXIT_GROUP: u64 = 231;
 pub const SYS_OPENAT: u64 = 257;
+pub const SYS_PREADV: u64 = 295;
+pub const SYS_PWRITEV: u64 = 296;
 
 const AT_FDCWD: i64 = -100;
 const ARCH_SET_FS: u64 = 0x1002;
 const ARCH_GET_FS: u64 = 0x1003;
-/// Linux `MAX_RW_COUNT`: one read or write moves at most this much.
-const MAX_RW_COUNT: u64 = 0x7fff_f000;
-/// Bounce-buffer size for read/write.
-const CHUNK: usize = 4096;
-/// Most iovecs per `writev` (Linux `UIO_MAXIOV`).
-const UIO_MAXIOV: u64 = 1024;
 
 /// Numbers already reported as unimplemented: a bit per number below 1024,
 /// and the last word's top bit stands for every number above.
@@ -61,13 +64,19 @@ pub fn dispatch(frame: &mut TrapFrame) {
     let (a0, a1, a2, a3, a4, a5) = (frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8, frame.r9);
     let nr = frame.rax;
     let result = match nr {
-        SYS_READ => sys_read(a0, a1, a2),
-        SYS_WRITE => sys_write(a0, a1, a2),
+        SYS_READ => rw::sys_read(a0, a1, a2),
+        SYS_WRITE => rw::sys_write(a0, a1, a2),
+        SYS_LSEEK => rw::sys_lseek(a0, a1, a2),
+        SYS_PREAD64 => rw::sys_pread64(a0, a1, a2, a3),
+        SYS_PWRITE64 => rw::sys_pwrite64(a0, a1, a2, a3),
+        SYS_READV => rw::sys_readv(a0, a1, a2),
+        SYS_PREADV => rw::sys_preadv(a0, a1, a2, a3),
+        SYS_PWRITEV => rw::sys_pwritev(a0, a1, a2, a3),
         SYS_OPEN => sys_openat(AT_FDCWD as u64, a0, a1),
         SYS_OPENAT => sys_openat(a0, a1, a2),
-        SYS_CLOSE => files(|f| f.close(a0).map(|_| 0)),
-        SYS_WRITEV => sys_writev(a0, a1, a2),
-        SYS_IOCTL => files(|f| f.is_console(a0).and(Err(Errno::ENOTTY))),
+        SYS_CLOSE => with_files(|f| f.close(a0).map(|_| 0)),
+        SYS_WRITEV => rw::sys_writev(a0, a1, a2),
+        SYS_IOCTL => with_files(|f| f.is_console(a0).and(Err(Errno::ENOTTY))),
         SYS_MMAP => crate::entry::sys_mm::mmap(a0, a1, a2, a3, a4, a5),
         SYS_MUNMAP => crate::entry::sys_mm::munmap(a0, a1),
         SYS_MPROTECT => crate::entry::sys_mm::mprotect(a0, a1, a2),
@@ -105,169 +114,16 @@ fn report_enosys(nr: u64) {
     }
 }
 
-/// Runs `f` on the caller's file table.
-fn files<R>(f: impl FnOnce(&mut crate::fs::ramfs::FdTable) -> Result<R, Errno>) -> Result<R, Errno> {
-    sched::with_current(|t| f(&mut t.files)).unwrap_or(Err(Errno::EBADF))
-}
-
-fn sys_read(fd: u64, buf: u64, count: u64) -> SysResult {
-    let count = count.min(MAX_RW_COUNT);
-    if files(|f| f.is_console(fd))? {
-        return read_console(buf, count);
-    }
-    if !uaccess::access_ok(buf, count as usize) {
-        return Err(Errno::EFAULT);
-    }
-    // On the kernel stack: a syscall's bounce buffer never needs the heap, so a
-    // full heap cannot fail (or panic) a read.
-    let mut kbuf = [0u8; CHUNK];
-    let mut done = 0u64;
-    while done < count {
-        let want = (count - done).min(CHUNK as u64) as usize;
-        let n = files(|f| f.read(fd, &mut kbuf[..want]))?;
-        if n == 0 {
-            break;
-        }
-        if let Err(e) = uaccess::copy_to_user(buf + done, &kbuf[..n]) {
-            return if done > 0 { Ok(done) } else { Err(e) };
-        }
-        done += n as u64;
-    }
-    Ok(done)
-}
-
-/// Console input: waits for at least one byte, then returns what is there.
-fn read_console(buf: u64, count: u64) -> SysResult {
-    if count == 0 {
-        return Ok(0);
-    }
-    if !uaccess::access_ok(buf, count as usize) {
-        return Err(Errno::EFAULT);
-    }
-    // What is there, at most one chunk (a short read, as from a tty).
-    let want = count.min(CHUNK as u64) as usize;
-    let mut kbuf = [0u8; CHUNK];
-    let mut n = 0;
-    while n == 0 {
-        if sched::kill_pending() {
-            return Err(Errno::EINTR);
-        }
-        // Interrupts off between the check and `sti; hlt`, so a byte that
-        // arrives in between wakes the halt instead of being missed.
-        x86_64::instructions::interrupts::disable();
-        match serial::try_read_byte() {
-            Some(b) => {
-                kbuf[0] = b;
-                n = 1;
-            }
-            None if sched::has_runnable() => sched::schedule(),
-            None => cpu::enable_irqs_and_halt(),
-        }
-        cpu::enable_irqs();
-    }
-    while n < want {
-        match serial::try_read_byte() {
-            Some(b) => {
-                kbuf[n] = b;
-                n += 1;
-            }
-            None => break,
-        }
-    }
-    uaccess::copy_to_user(buf, &kbuf[..n])?;
-    Ok(n as u64)
-}
-
-fn sys_write(fd: u64, buf: u64, count: u64) -> SysResult {
-    if files(|f| f.is_drop_caches(fd))? {
-        return write_drop_caches(buf, count);
-    }
-    files(|f| f.check_writable(fd))?;
-    write_console(buf, count.min(MAX_RW_COUNT))
-}
-
-/// A write to `/proc/sys/vm/drop_caches`: a decimal number (surrounding
-/// whitespace allowed, at most 32 bytes), as Linux's `proc_dointvec_minmax`; the
-/// whole write is consumed.
-fn write_drop_caches(buf: u64, count: u64) -> SysResult {
-    let mut kbuf = [0u8; 32];
-    let n = usize::try_from(count).ok().filter(|&n| n <= kbuf.len()).ok_or(Errno::EINVAL)?;
-    if !uaccess::access_ok(buf, n) {
-        return Err(Errno::EFAULT);
-    }
-    uaccess::copy_from_user(&mut kbuf[..n], buf)?;
-    let value = core::str::from_utf8(&kbuf[..n]).ok().and_then(|s| s.trim().parse::<u32>().ok()).ok_or(Errno::EINVAL)?;
-    let pid = sched::current_pid();
-    let mut who = crate::fs::procfs::TryString::default();
-    // Formatted in place (fallibly), without copying the task's name first.
-    let named = sched::with_current(|t| core::fmt::Write::write_fmt(&mut who, format_args!("{} ({pid})", t.name)));
-    named.unwrap_or_else(|| core::fmt::Write::write_fmt(&mut who, format_args!("? ({pid})"))).map_err(|_| Errno::ENOMEM)?;
-    crate::memory::shrinker::drop_caches_sysctl(value, &who.into_string()).map_err(|_| Errno::EINVAL)?;
-    Ok(count)
-}
-
-/// Copies `count` bytes from user memory to the console; a bad pointer
-/// after some bytes went out returns the short count, as Linux does.
-fn write_console(buf: u64, count: u64) -> SysResult {
-    if !uaccess::access_ok(buf, count as usize) {
-        return Err(Errno::EFAULT);
-    }
-    let mut kbuf = [0u8; CHUNK];
-    let mut done = 0u64;
-    while done < count {
-        let n = (count - done).min(CHUNK as u64) as usize;
-        if let Err(e) = uaccess::copy_from_user(&mut kbuf[..n], buf + done) {
-            return if done > 0 { Ok(done) } else { Err(e) };
-        }
-        serial::write_bytes(&kbuf[..n]);
-        done += n as u64;
-        sched::cond_resched();
-    }
-    Ok(done)
-}
-
-fn sys_writev(fd: u64, iov: u64, iovcnt: u64) -> SysResult {
-    if iovcnt > UIO_MAXIOV {
-        return Err(Errno::EINVAL);
-    }
-    files(|f| f.check_writable(fd))?;
-    let mut vecs = alloc::vec::Vec::new();
-    vecs.try_reserve_exact(iovcnt as usize).map_err(|_| Errno::ENOMEM)?;
-    vecs.resize(iovcnt as usize, (0u64, 0u64));
-    let mut total = 0u64;
-    for (i, v) in vecs.iter_mut().enumerate() {
-        let [base, len] = uaccess::get_user::<[u64; 2]>(iov + 16 * i as u64)?;
-        // Linux: the total length must fit in ssize_t; then it is clamped
-        // to MAX_RW_COUNT (one call moves at most that much).
-        total = total.checked_add(len).filter(|t| *t <= i64::MAX as u64).ok_or(Errno::EINVAL)?;
-        *v = (base, len.min(MAX_RW_COUNT.saturating_sub(total - len)));
-    }
-    let mut done = 0u64;
-    for (base, len) in vecs {
-        match write_console(base, len) {
-            Ok(n) => {
-                done += n;
-                if n < len {
-                    break;
-                }
-            }
-            Err(e) if done == 0 => return Err(e),
-            Err(_) => break,
-        }
-    }
-    Ok(done)
-}
-
 fn sys_openat(dirfd: u64, path: u64, flags: u64) -> SysResult {
     let path = uaccess::strncpy_from_user(path, crate::fs::ramfs::PATH_MAX)?;
     if !path.starts_with('/') && dirfd as i64 != AT_FDCWD {
         // Only absolute paths and the (root) working directory are supported.
-        files(|f| f.is_console(dirfd))?;
+        with_files(|f| f.is_console(dirfd))?;
         return Err(Errno::ENOTDIR);
     }
     // Rendered before the file table is locked: it reads the task and its mm.
     let proc_self = crate::fs::ramfs::normalise(&path)?.strip_prefix("proc/self/").and_then(crate::entry::sys_mm::proc_self);
-    files(|f| f.open(&path, flags, proc_self))
+    with_files(|f| f.open(&path, flags, proc_self))
 }
 
 fn sys_arch_prctl(code: u64, addr: u64) -> SysResult {

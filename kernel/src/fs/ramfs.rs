@@ -11,6 +11,14 @@
 //! Errors are Linux's: `ENOENT`, `ENOTDIR`, `EISDIR`, `EROFS` (creating or
 //! writing on this file system), `EACCES` (opening another `/proc` file for
 //! writing), `EEXIST` (`O_CREAT | O_EXCL` on an existing file), `EBADF`, `EMFILE`.
+//!
+//! Every descriptor but the console has a file position (Linux `f_pos`), moved
+//! by each kind of file's `llseek` as Linux's: initramfs files as tmpfs
+//! (`generic_file_llseek_size`; no holes), `/proc` text files as `seq_lseek`,
+//! initramfs directories as `dcache_dir_lseek`, `/proc` directories as
+//! `generic_file_llseek` (size 0), `drop_caches` as `default_llseek`. The
+//! system calls that use positions are in [`crate::entry::read_write`]; this
+//! module never touches user memory (see [`FdTable`]).
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -139,32 +147,99 @@ fn lookup(path: &str) -> Result<Node, Errno> {
     Err(Errno::ENOENT)
 }
 
-/// What an open file descriptor refers to.
+/// Linux `lseek` whence values.
+pub const SEEK_SET: u32 = 0;
+pub const SEEK_CUR: u32 = 1;
+pub const SEEK_END: u32 = 2;
+pub const SEEK_DATA: u32 = 3;
+pub const SEEK_HOLE: u32 = 4;
+/// The largest whence (Linux `SEEK_MAX`); anything above is `EINVAL`.
+pub const SEEK_MAX: u32 = SEEK_HOLE;
+
+/// What an open file descriptor refers to. Positions are Linux `loff_t`
+/// (`f_pos`), never negative.
 #[derive(Debug)]
 enum OpenFile {
+    /// A tty: not seekable (`ESPIPE` for `lseek`, `pread`, `pwrite`).
     Console,
-    Data { bytes: FileBytes, pos: usize, writable: bool },
-    Dir,
+    Data { bytes: FileBytes, pos: i64, seek: SeekKind },
+    /// `proc`: a `/proc` directory (Linux `generic_file_llseek`, size 0);
+    /// else an initramfs directory (`dcache_dir_lseek`).
+    Dir { pos: i64, proc: bool },
     /// `/proc/sys/vm/drop_caches` opened for writing.
-    DropCaches,
+    DropCaches { pos: i64 },
 }
 
+/// Which `llseek` a data file has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SeekKind {
+    /// An initramfs file (Linux: tmpfs `shmem_file_llseek`, i.e.
+    /// `generic_file_llseek_size` for SET/CUR/END; no holes, so DATA is the
+    /// offset and HOLE the size, `ENXIO` at or past the end).
+    Generic,
+    /// A `/proc` text file (Linux `seq_lseek`: SET and CUR only, to any
+    /// non-negative offset, also past the end).
+    Seq,
+}
+
+/// The bytes of a data file: in the initramfs, or a `/proc` snapshot.
 #[derive(Debug)]
-enum FileBytes {
+pub enum FileBytes {
     Static(&'static [u8]),
     Owned(Vec<u8>),
 }
 
 impl FileBytes {
-    fn as_slice(&self) -> &[u8] {
+    pub fn as_slice(&self) -> &[u8] {
         match self {
             FileBytes::Static(b) => b,
             FileBytes::Owned(v) => v,
         }
     }
+
+    /// Lends the bytes out of the file table: a static slice is copied, a
+    /// snapshot moved out (the table keeps an empty one until
+    /// [`Self::give_back`]).
+    fn lend(&mut self) -> FileBytes {
+        match self {
+            FileBytes::Static(b) => FileBytes::Static(b),
+            FileBytes::Owned(v) => FileBytes::Owned(core::mem::take(v)),
+        }
+    }
+
+    fn give_back(&mut self, lent: FileBytes) {
+        if let (FileBytes::Owned(slot), FileBytes::Owned(v)) = (self, lent) {
+            *slot = v;
+        }
+    }
+}
+
+/// What a read of a descriptor goes to ([`FdTable::read_begin`]).
+#[derive(Debug)]
+pub enum ReadSource {
+    /// The console: `read` waits for input; not seekable.
+    Console,
+    /// A data file's bytes, lent out of the table, and the position to read
+    /// at. Hand them back with [`FdTable::read_end`].
+    File { bytes: FileBytes, pos: i64 },
+}
+
+/// What a write to a descriptor goes to ([`FdTable::write_target`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteTarget {
+    Console,
+    /// `/proc/sys/vm/drop_caches`, and its file position.
+    DropCaches { pos: i64 },
 }
 
 /// A process's file descriptors (Linux `files_struct`).
+///
+/// The table lives in the task, under the scheduler's lock: an IRQ-safe spin
+/// lock that the page-fault path can need (the OOM killer walks every task).
+/// So no copy to or from user space happens inside an `FdTable` method: a read
+/// borrows the file's bytes with [`Self::read_begin`], copies them with the
+/// lock dropped, and returns them with [`Self::read_end`]. Only the task itself
+/// uses its table, and it is inside that system call meanwhile.
 #[derive(Debug, Default)]
 pub struct FdTable {
     fds: Vec<Option<OpenFile>>,
@@ -210,17 +285,17 @@ impl FdTable {
         }
         match node {
             Node::Dir if write => Err(Errno::EISDIR),
-            Node::Dir => self.install(OpenFile::Dir),
+            Node::Dir => self.install(OpenFile::Dir { pos: 0, proc: is_proc }),
             Node::File(_) if flags & O_DIRECTORY != 0 => Err(Errno::ENOTDIR),
             // Mode 0200 (sysctl permissions ignore root's DAC override): only a
             // write-only open.
             Node::File(_) if path == crate::fs::procfs::DROP_CACHES => match flags & O_ACCMODE {
-                O_WRONLY => self.install(OpenFile::DropCaches),
+                O_WRONLY => self.install(OpenFile::DropCaches { pos: 0 }),
                 _ => Err(Errno::EACCES),
             },
             Node::File(_) if write || flags & O_TRUNC != 0 => Err(if is_proc { Errno::EACCES } else { Errno::EROFS }),
             Node::File(data) if !is_proc => {
-                self.install(OpenFile::Data { bytes: FileBytes::Static(data), pos: 0, writable: false })
+                self.install(OpenFile::Data { bytes: FileBytes::Static(data), pos: 0, seek: SeekKind::Generic })
             }
             Node::File(_) => {
                 let text = match path.strip_prefix("proc/self/") {
@@ -228,48 +303,108 @@ impl FdTable {
                     None => crate::fs::procfs::generate(&path),
                 }
                 .ok_or(Errno::ENOENT)??;
-                self.install(OpenFile::Data { bytes: FileBytes::Owned(text.into_bytes()), pos: 0, writable: false })
+                let bytes = FileBytes::Owned(text.into_bytes());
+                self.install(OpenFile::Data { bytes, pos: 0, seek: SeekKind::Seq })
             }
         }
     }
 
-    /// Reads into `buf` from a file (not the console: see [`Self::is_console`]).
-    pub fn read(&mut self, fd: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+    /// Starts a read of `fd` (Linux `vfs_read` up to the copy): at `pos`
+    /// (`pread`), or else at the file position. `EISDIR` for a directory,
+    /// `EBADF` for a descriptor not open for reading; the console has no
+    /// position (`ESPIPE` if `pos` is given).
+    pub fn read_begin(&mut self, fd: u64, pos: Option<i64>) -> Result<ReadSource, Errno> {
         match self.get(fd)? {
-            OpenFile::Console => Err(Errno::EINVAL),
-            OpenFile::Dir => Err(Errno::EISDIR),
-            OpenFile::DropCaches => Err(Errno::EBADF),
-            OpenFile::Data { bytes, pos, .. } => {
-                let data = bytes.as_slice();
-                let start = (*pos).min(data.len());
-                let n = buf.len().min(data.len() - start);
-                buf[..n].copy_from_slice(&data[start..start + n]);
-                *pos = start + n;
-                Ok(n)
+            OpenFile::Console if pos.is_some() => Err(Errno::ESPIPE),
+            OpenFile::Console => Ok(ReadSource::Console),
+            OpenFile::Dir { .. } => Err(Errno::EISDIR),
+            OpenFile::DropCaches { .. } => Err(Errno::EBADF),
+            OpenFile::Data { bytes, pos: file_pos, .. } => {
+                Ok(ReadSource::File { bytes: bytes.lend(), pos: pos.unwrap_or(*file_pos) })
             }
         }
+    }
+
+    /// Ends a read begun by [`Self::read_begin`]: returns the lent bytes
+    /// and, for `read`/`readv`, sets the file position to `new_pos`.
+    pub fn read_end(&mut self, fd: u64, lent: FileBytes, new_pos: Option<i64>) {
+        if let Ok(OpenFile::Data { bytes, pos, .. }) = self.get(fd) {
+            bytes.give_back(lent);
+            if let Some(p) = new_pos {
+                *pos = p;
+            }
+        }
+    }
+
+    /// What a write to `fd` goes to: `EBADF` unless it was opened for
+    /// writing (no initramfs or `/proc` data file can be). `positioned`: a
+    /// `pwrite`, which the console refuses with `ESPIPE`.
+    pub fn write_target(&mut self, fd: u64, positioned: bool) -> Result<WriteTarget, Errno> {
+        match self.get(fd)? {
+            OpenFile::Console if positioned => Err(Errno::ESPIPE),
+            OpenFile::Console => Ok(WriteTarget::Console),
+            OpenFile::DropCaches { pos } => Ok(WriteTarget::DropCaches { pos: *pos }),
+            // Linux `seq_open` clears FMODE_PWRITE.
+            OpenFile::Data { seek: SeekKind::Seq, .. } if positioned => Err(Errno::ESPIPE),
+            OpenFile::Data { .. } | OpenFile::Dir { .. } => Err(Errno::EBADF),
+        }
+    }
+
+    /// Sets the file position of `/proc/sys/vm/drop_caches` after a `write`.
+    pub fn write_end(&mut self, fd: u64, new_pos: i64) {
+        if let Ok(OpenFile::DropCaches { pos }) = self.get(fd) {
+            *pos = new_pos;
+        }
+    }
+
+    /// Checks that `fd` takes an explicit position (Linux `FMODE_PREAD` for
+    /// `preadv`, `FMODE_PWRITE` for `pwritev` if `write`): `ESPIPE` for the
+    /// console, and for writes to `/proc` text files (Linux `seq_open` clears
+    /// FMODE_PWRITE).
+    pub fn check_positioned(&mut self, fd: u64, write: bool) -> Result<(), Errno> {
+        match self.get(fd)? {
+            OpenFile::Console => Err(Errno::ESPIPE),
+            OpenFile::Data { seek: SeekKind::Seq, .. } if write => Err(Errno::ESPIPE),
+            _ => Ok(()),
+        }
+    }
+
+    /// `lseek(fd, offset, whence)` (Linux `ksys_lseek` and each file's
+    /// `llseek`); returns the new position. A `whence` above `SEEK_MAX` is
+    /// `EINVAL` before the file is asked; the console is `ESPIPE`.
+    pub fn lseek(&mut self, fd: u64, offset: i64, whence: u32) -> Result<i64, Errno> {
+        let file = self.get(fd)?;
+        if whence > SEEK_MAX {
+            return Err(Errno::EINVAL);
+        }
+        let (pos, new) = match file {
+            OpenFile::Console => return Err(Errno::ESPIPE),
+            OpenFile::Data { bytes, pos, seek: SeekKind::Generic } => {
+                let size = bytes.as_slice().len() as i64;
+                let new = generic_llseek(*pos, size, offset, whence)?;
+                (pos, new)
+            }
+            OpenFile::Dir { pos, proc: true } => {
+                let new = generic_llseek(*pos, 0, offset, whence)?;
+                (pos, new)
+            }
+            OpenFile::Data { pos, seek: SeekKind::Seq, .. } | OpenFile::Dir { pos, proc: false } => {
+                let new = set_or_cur_llseek(*pos, offset, whence)?;
+                (pos, new)
+            }
+            // Linux `default_llseek`; a sysctl file's size is 0.
+            OpenFile::DropCaches { pos } => {
+                let new = default_llseek(*pos, 0, offset, whence)?;
+                (pos, new)
+            }
+        };
+        *pos = new;
+        Ok(new)
     }
 
     /// Whether `fd` is the console (reads and writes go to the serial port).
     pub fn is_console(&mut self, fd: u64) -> Result<bool, Errno> {
         Ok(matches!(self.get(fd)?, OpenFile::Console))
-    }
-
-    /// Checks that `fd` may be written like the console (`write`, `writev`).
-    pub fn check_writable(&mut self, fd: u64) -> Result<(), Errno> {
-        match self.get(fd)? {
-            OpenFile::Console => Ok(()),
-            OpenFile::Data { writable: true, .. } => Ok(()),
-            OpenFile::Dir => Err(Errno::EBADF),
-            OpenFile::Data { .. } => Err(Errno::EBADF),
-            // Only `write` with a whole number (see `sys_write`).
-            OpenFile::DropCaches => Err(Errno::EINVAL),
-        }
-    }
-
-    /// Whether `fd` is `/proc/sys/vm/drop_caches` opened for writing.
-    pub fn is_drop_caches(&mut self, fd: u64) -> Result<bool, Errno> {
-        Ok(matches!(self.get(fd)?, OpenFile::DropCaches))
     }
 
     pub fn close(&mut self, fd: u64) -> Result<(), Errno> {
@@ -282,7 +417,82 @@ impl FdTable {
     }
 }
 
-pub const KTESTS: &[crate::lib::ktest::KTest] = &[crate::ktest!(normalise_resolves_dots_and_refuses_bad_paths)];
+/// Linux `generic_file_llseek_size` with `maxsize` `MAX_LFS_FILESIZE`
+/// (`i64::MAX`, so only a negative result is `EINVAL`) and `eof` the file
+/// size, as tmpfs uses it; SEEK_DATA/SEEK_HOLE as for a file without holes.
+/// Offsets add with wrapping as in the kernel's C (`-fno-strict-overflow`):
+/// an overflow comes out negative and is `EINVAL`.
+fn generic_llseek(pos: i64, size: i64, offset: i64, whence: u32) -> Result<i64, Errno> {
+    let new = match whence {
+        SEEK_SET => offset,
+        SEEK_CUR if offset == 0 => return Ok(pos),
+        SEEK_CUR => pos.wrapping_add(offset),
+        SEEK_END => size.wrapping_add(offset),
+        // Compared unsigned: a negative offset is past the end too.
+        SEEK_DATA | SEEK_HOLE if offset as u64 >= size as u64 => return Err(Errno::ENXIO),
+        SEEK_DATA => offset,
+        SEEK_HOLE => size,
+        _ => return Err(Errno::EINVAL),
+    };
+    if new < 0 { Err(Errno::EINVAL) } else { Ok(new) }
+}
+
+/// Linux `seq_lseek` (the `/proc` text files) and `dcache_dir_lseek`
+/// (directories): SEEK_SET and SEEK_CUR to any non-negative position.
+fn set_or_cur_llseek(pos: i64, offset: i64, whence: u32) -> Result<i64, Errno> {
+    let new = match whence {
+        SEEK_SET => offset,
+        SEEK_CUR => pos.wrapping_add(offset),
+        _ => return Err(Errno::EINVAL),
+    };
+    if new < 0 { Err(Errno::EINVAL) } else { Ok(new) }
+}
+
+/// Linux `default_llseek` (the sysctl files): SEEK_DATA and SEEK_HOLE
+/// compare signed, so a negative offset is `EINVAL` rather than `ENXIO`.
+fn default_llseek(pos: i64, size: i64, offset: i64, whence: u32) -> Result<i64, Errno> {
+    let new = match whence {
+        SEEK_END => size.wrapping_add(offset),
+        SEEK_CUR if offset == 0 => return Ok(pos),
+        SEEK_CUR => pos.wrapping_add(offset),
+        SEEK_DATA | SEEK_HOLE if offset >= size => return Err(Errno::ENXIO),
+        SEEK_HOLE => size,
+        _ => offset,
+    };
+    if new < 0 { Err(Errno::EINVAL) } else { Ok(new) }
+}
+
+pub const KTESTS: &[crate::lib::ktest::KTest] = &[
+    crate::ktest!(normalise_resolves_dots_and_refuses_bad_paths),
+    crate::ktest!(llseek_follows_linux),
+];
+
+fn llseek_follows_linux() -> crate::lib::ktest::KResult {
+    use Errno::{EINVAL, ENXIO};
+    // (pos, size, offset, whence) -> tmpfs, seq_file, default_llseek.
+    let cases: &[((i64, i64, i64, u32), Result<i64, Errno>, Result<i64, Errno>, Result<i64, Errno>)] = &[
+        ((5, 100, 7, SEEK_SET), Ok(7), Ok(7), Ok(7)),
+        ((5, 100, 200, SEEK_SET), Ok(200), Ok(200), Ok(200)),
+        ((5, 100, -1, SEEK_SET), Err(EINVAL), Err(EINVAL), Err(EINVAL)),
+        ((5, 100, 3, SEEK_CUR), Ok(8), Ok(8), Ok(8)),
+        ((5, 100, -6, SEEK_CUR), Err(EINVAL), Err(EINVAL), Err(EINVAL)),
+        ((5, 100, i64::MAX, SEEK_CUR), Err(EINVAL), Err(EINVAL), Err(EINVAL)),
+        ((5, 100, 0, SEEK_END), Ok(100), Err(EINVAL), Ok(100)),
+        ((5, 100, -101, SEEK_END), Err(EINVAL), Err(EINVAL), Err(EINVAL)),
+        ((5, 100, i64::MAX, SEEK_END), Err(EINVAL), Err(EINVAL), Err(EINVAL)),
+        ((5, 100, 99, SEEK_DATA), Ok(99), Err(EINVAL), Ok(99)),
+        ((5, 100, 100, SEEK_DATA), Err(ENXIO), Err(EINVAL), Err(ENXIO)),
+        ((5, 100, -1, SEEK_DATA), Err(ENXIO), Err(EINVAL), Err(EINVAL)),
+        ((5, 100, 10, SEEK_HOLE), Ok(100), Err(EINVAL), Ok(100)),
+        ((5, 100, 100, SEEK_HOLE), Err(ENXIO), Err(EINVAL), Err(ENXIO)),
+    ];
+    for &((pos, size, offset, whence), generic, seq, default) in cases {
+        let args = (pos, size, offset, whence);
+        let got = (generic_llseek(pos, size, offset, whence), set_or_cur_llseek(pos, offset, whence), default_llseek(pos, size, offset, whence));
+        crate::kassert!(got == (generic, seq, default), "llseek{args:?} = {got:?}, want {:?}", (generic, seq, default));
+    }
+    Ok(())
+}
 
 fn normalise_resolves_dots_and_refuses_bad_paths() -> crate::lib::ktest::KResult {
     for (path, want) in [

@@ -136,6 +136,13 @@ pub fn with_current<R>(f: impl FnOnce(&mut Task) -> R) -> Option<R> {
     s.tasks.get_mut(&pid).map(|t| f(t))
 }
 
+/// Runs `f` on the running task's file table (Linux `current->files`);
+/// `EBADF` in task 0, which has none. The scheduler's lock is held meanwhile:
+/// `f` must not touch user memory.
+pub fn with_files<R>(f: impl FnOnce(&mut FdTable) -> Result<R, mm::errno::Errno>) -> Result<R, mm::errno::Errno> {
+    with_current(|t| f(&mut t.files)).unwrap_or(Err(mm::errno::Errno::EBADF))
+}
+
 /// Runs `f` on task `pid`.
 pub fn with_task<R>(pid: Pid, f: impl FnOnce(&mut Task) -> R) -> Option<R> {
     SCHED.lock().tasks.get_mut(&pid).map(|t| f(t))

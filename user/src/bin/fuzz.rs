@@ -8,7 +8,7 @@
 //! - Pointers the kernel writes through are this program's buffer, the
 //!   scratch region, or addresses that cannot be user memory.
 //! - Paths are fixed `/proc` names (nothing creatable) or invalid pointers;
-//!   fds 0-2 only see writes with unreadable buffers and read-only ioctls.
+//!   fds 0-2 only see writes with unreadable buffers, read-only ioctls and lseek.
 //! - Mappings the kernel places are unmapped at once; fixed ones stay in the
 //!   scratch or low region, both unmapped at the end.
 //!
@@ -198,7 +198,7 @@ fn meminfo_free() -> u64 {
 
 impl Fuzz {
     fn step(&mut self) {
-        let r = match self.rng.below(18) {
+        let r = match self.rng.below(21) {
             0 => self.read(),
             1 => self.write(),
             2 => self.writev(),
@@ -216,6 +216,9 @@ impl Fuzz {
             14 => self.clock_gettime(),
             15 => sys::getpid(),
             16 => sys::sched_yield(),
+            17 => self.lseek(),
+            18 => self.pread(),
+            19 => self.readv(),
             _ => self.set_tid_address(),
         };
         self.record(r);
@@ -336,6 +339,49 @@ impl Fuzz {
         // SAFETY: `ptr..ptr+len` is our buffer, the scratch region, low memory
         // or unmappable; fd is never 0-2 (no blocking on a terminal).
         unsafe { syscall3(nr::READ, fd, ptr, len) }
+    }
+
+    /// An offset: small, near the ends of `loff_t`, or anything.
+    fn offset(&mut self) -> usize {
+        let random = self.rng.next();
+        let small = self.rng.below(1 << 16);
+        self.rng.pick(&[0, small, usize::MAX, i64::MAX as usize, 1 << 63, random])
+    }
+
+    fn lseek(&mut self) -> isize {
+        let fd = if self.rng.chance(10) { self.rng.below(3) } else { self.fd() };
+        let (offset, whence) = (self.offset(), self.rng.pick(&[0, 1, 2, 3, 4, 5, 1 << 32, usize::MAX]));
+        // SAFETY: moving a position touches no memory; on 0-2 it is ESPIPE.
+        unsafe { syscall3(nr::LSEEK, fd, offset, whence) }
+    }
+
+    fn pread(&mut self) -> isize {
+        let fd = self.fd();
+        let (ptr, len) = self.out_buf();
+        let offset = self.offset();
+        // SAFETY: as in `read`.
+        unsafe { syscall4(nr::PREAD64, fd, ptr, len, offset) }
+    }
+
+    fn readv(&mut self) -> isize {
+        for i in 0..self.iov.len() {
+            let (base, len) = self.out_buf();
+            self.iov[i] = Iovec { base: base as *const u8, len };
+        }
+        let (fd, offset) = (self.fd(), self.offset());
+        let n = self.iov.len();
+        let cnt = self.rng.pick(&[0, 1, 2, n, 1025, usize::MAX]);
+        let iov = if self.rng.chance(10) { self.fault_ptr() } else { self.iov.as_ptr() as usize };
+        // SAFETY: every segment is an `out_buf` (ours, scratch, low or
+        // unmappable); `cnt` never exceeds the array or is rejected (> 1024);
+        // fd is never 0-2.
+        unsafe {
+            if self.rng.chance(50) {
+                syscall5(nr::PREADV, fd, iov, cnt, offset, 0)
+            } else {
+                syscall3(nr::READV, fd, iov, cnt)
+            }
+        }
     }
 
     fn write(&mut self) -> isize {

@@ -84,6 +84,22 @@ pub fn copy_to_user(dst: u64, src: &[u8]) -> Result<(), Errno> {
     if left == 0 { Ok(()) } else { Err(Errno::EFAULT) }
 }
 
+/// Copies as much of `src` to user address `dst` as the user mapping allows
+/// and returns how many bytes went (all of them, or fewer if a fault stopped
+/// the copy; 0 if the range is not in the user half). Linux `copy_to_user`
+/// returns the complement; `read` uses this to return a short count.
+pub fn copy_to_user_partial(dst: u64, src: &[u8]) -> usize {
+    if !access_ok(dst, src.len()) {
+        return 0;
+    }
+    cpu::user_access_begin();
+    // SAFETY: as in `copy_to_user`; `rep movsb` stops at the faulting byte and
+    // the fixup returns the count left.
+    let left = unsafe { copy_user_generic(dst as *mut u8, src.as_ptr(), src.len()) };
+    cpu::user_access_end();
+    src.len() - left
+}
+
 /// Reads a plain-old-data value from user memory.
 pub fn get_user<T: Copy + Default>(src: u64) -> Result<T, Errno> {
     let mut value = T::default();
