@@ -1089,6 +1089,11 @@ fn write_maps_matches_linux_format() {
         MapFixed::Replace,
     )
     .unwrap();
+    let vvar = SpecialMapping { name: "[vvar]", pfn: crate::addr::Pfn(0x100), nr_pages: 1 };
+    let vdso = SpecialMapping { name: "[vdso]", pfn: crate::addr::Pfn(0x101), nr_pages: 1 };
+    let special = VmFlags::IO | VmFlags::PFNMAP | VmFlags::DONTEXPAND;
+    t.mmap_region(0x7ffe_3d6f_0000, P, VmFlags::READ | special, VmaKind::Special(vvar), 0, MapFixed::Replace).unwrap();
+    t.mmap_region(0x7ffe_3d6f_1000, P, rx | special, VmaKind::Special(vdso), 0, MapFixed::Replace).unwrap();
     let mut s = String::new();
     t.write_maps(&mut s).unwrap();
     let expected = "\
@@ -1097,6 +1102,8 @@ fn write_maps_matches_linux_format() {
 7f0151a79000-7f0151a7b000 rw-s 00003000 00:01 1024                       /dev/zero (deleted)
 7f0151a80000-7f0151a81000 ---p 00000000 00:00 0 
 7ffe3d63e000-7ffe3d65f000 rw-p 00000000 00:00 0                          [stack]
+7ffe3d6f0000-7ffe3d6f1000 r--p 00000000 00:00 0                          [vvar]
+7ffe3d6f1000-7ffe3d6f2000 r-xp 00000000 00:00 0                          [vdso]
 ";
     assert_eq!(s, expected);
     for line in s.lines().filter(|l| l.ends_with(']') || l.ends_with(')')) {
