@@ -473,7 +473,7 @@ fn do_shared_fault<A: PtAlloc, M: PtMem, C: ClearPages>(
 fn do_special_fault<A: PtAlloc, M: PtMem>(
     space: &mut AddressSpace<'_, A, M>,
     vma: &Vma,
-    m: SpecialMapping,
+    m: &SpecialMapping,
     va: VirtAddr,
     prot: PteFlags,
 ) -> Result<FaultOutcome, FaultError> {

@@ -154,14 +154,16 @@ pub enum VmaKind {
     /// The main thread's stack (`[stack]` in maps).
     Stack,
     /// Kernel pages mapped into the process at exec (`[vvar]`, `[vdso]`);
-    /// `pgoff` is the page offset into them.
-    Special(SpecialMapping),
+    /// `pgoff` is the page offset into them. A reference, as Linux's
+    /// `vm_private_data`: a `Vma` stays small (the tree holds up to
+    /// `max_map_count` of them and splits copy them into vectors).
+    Special(&'static SpecialMapping),
 }
 
 /// Linux `struct vm_special_mapping`: `nr_pages` kernel frames from `pfn`,
 /// shown in maps as `name`. The kernel owns the frames: page-table entries
 /// mapping them do not, and unmapping only drops the entries.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(PartialEq, Eq, Hash, Debug)]
 pub struct SpecialMapping {
     pub name: &'static str,
     pub pfn: Pfn,

@@ -14,7 +14,7 @@
 //! `[vvar]` starts at `DEFAULT_MMAP_BASE`, in the gap Linux keeps between the
 //! top-down mmap area and the stack, so it never moves other mappings.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use spin::Once;
 
 use mm::addr::Pfn;
 use mm::errno::Errno;
@@ -32,8 +32,8 @@ pub const VVAR_START: u64 = DEFAULT_MMAP_BASE;
 pub const VDSO_START: u64 = VVAR_START + PAGE_SIZE;
 const PAGE_SIZE: u64 = 4096;
 
-/// The first of the two frames (`[vvar]`, then `[vdso]`); 0 until [`init`].
-static FRAMES: AtomicU64 = AtomicU64::new(0);
+/// `[vvar]` and `[vdso]`: one frame each, the kernel's for good; set by [`init`].
+static MAPPINGS: Once<[SpecialMapping; 2]> = Once::new();
 
 /// Why [`init`] failed (the kernel then runs programs without a vDSO).
 #[derive(Debug)]
@@ -61,18 +61,20 @@ pub fn init() -> Result<(), VdsoInitError> {
     // SAFETY: the second frame of the block just allocated is ours alone, one
     // page long, mapped by the direct map; the image is exactly one page.
     unsafe { core::ptr::copy_nonoverlapping(image.as_ptr(), vdso, image.len()) };
-    FRAMES.store(pfn.0, Ordering::Release);
+    MAPPINGS.call_once(|| {
+        [
+            SpecialMapping { name: "[vvar]", pfn, nr_pages: 1 },
+            SpecialMapping { name: "[vdso]", pfn: Pfn(pfn.0 + 1), nr_pages: 1 },
+        ]
+    });
     update();
     Ok(())
 }
 
 /// The `[vvar]` data, once [`init`] ran.
 fn vvar() -> Option<&'static VdsoData> {
-    let pfn = FRAMES.load(Ordering::Acquire);
-    if pfn == 0 {
-        return None;
-    }
-    let ptr = memmap::phys_to_virt(Pfn(pfn).phys_addr()) as *const VdsoData;
+    let [vvar, _] = MAPPINGS.get()?;
+    let ptr = memmap::phys_to_virt(vvar.pfn.phys_addr()) as *const VdsoData;
     // SAFETY: the frame is the kernel's for good (leaked in `init`), zeroed
     // (a valid VdsoData: atomics of 0), page aligned, and the kernel only
     // writes it through these atomics.
@@ -90,19 +92,15 @@ pub fn update() {
 /// Maps `[vvar]` and `[vdso]` into the current (new) address space; returns
 /// the value for `AT_SYSINFO_EHDR`, or 0 when there is no vDSO.
 pub fn map_into_current() -> Result<u64, Errno> {
-    let pfn = FRAMES.load(Ordering::Acquire);
-    if pfn == 0 {
+    let Some([vvar, vdso]) = MAPPINGS.get() else {
         return Ok(0);
-    }
+    };
     // As Linux: vvar VM_READ|VM_MAYREAD|VM_IO|VM_DONTDUMP|VM_PFNMAP, vdso
     // VM_READ|VM_EXEC|VM_MAYREAD|VM_MAYEXEC|VM_DONTEXPAND (without
     // VM_MAYWRITE: no copy-on-write of the code, mprotect to writable fails).
     let vvar_flags = VmFlags::READ | VmFlags::MAYREAD | VmFlags::IO | VmFlags::DONTDUMP | VmFlags::PFNMAP;
     let vdso_flags = VmFlags::READ | VmFlags::EXEC | VmFlags::MAYREAD | VmFlags::MAYEXEC | VmFlags::DONTEXPAND;
-    let maps = [
-        (VVAR_START, vvar_flags, SpecialMapping { name: "[vvar]", pfn: Pfn(pfn), nr_pages: 1 }),
-        (VDSO_START, vdso_flags, SpecialMapping { name: "[vdso]", pfn: Pfn(pfn + 1), nr_pages: 1 }),
-    ];
+    let maps = [(VVAR_START, vvar_flags, vvar), (VDSO_START, vdso_flags, vdso)];
     for (start, flags, special) in maps {
         with_mm(|mm, _| {
             mm.vmas

@@ -361,7 +361,7 @@ fn special_mapping_maps_kernel_frames_without_owning_them() {
     fx.thp.set_mode(ThpMode::Always);
     // Two kernel frames, e.g. the vDSO's data and code pages.
     let frames = fx.env.alloc.alloc_pages(GFP_KERNEL, 1).unwrap();
-    let m = SpecialMapping { name: "[vdso]", pfn: frames.pfn(), nr_pages: 2 };
+    let m = &*alloc::boxed::Box::leak(alloc::boxed::Box::new(SpecialMapping { name: "[vdso]", pfn: frames.pfn(), nr_pages: 2 }));
     let before = fx.env.free();
     let mut s = fx.space();
     let start = 0x40_0000;

@@ -1056,6 +1056,13 @@ fn expand_stack_refuses_low_addresses_and_pgoff_underflow() {
 // ----- /proc/PID/maps --------------------------------------------------------------
 
 #[test]
+fn vma_stays_small() {
+    // The tree holds up to max_map_count VMAs and operations copy windows
+    // of them into vectors: a kernel heap of a few MiB must hold 65530.
+    assert!(core::mem::size_of::<Vma>() <= 48, "{}", core::mem::size_of::<Vma>());
+}
+
+#[test]
 fn write_maps_matches_linux_format() {
     let mut t = VmaTree::new();
     let rx = VmFlags::READ | VmFlags::EXEC | VmFlags::MAY_ALL;
@@ -1089,8 +1096,9 @@ fn write_maps_matches_linux_format() {
         MapFixed::Replace,
     )
     .unwrap();
-    let vvar = SpecialMapping { name: "[vvar]", pfn: crate::addr::Pfn(0x100), nr_pages: 1 };
-    let vdso = SpecialMapping { name: "[vdso]", pfn: crate::addr::Pfn(0x101), nr_pages: 1 };
+    static VVAR: SpecialMapping = SpecialMapping { name: "[vvar]", pfn: crate::addr::Pfn(0x100), nr_pages: 1 };
+    static VDSO: SpecialMapping = SpecialMapping { name: "[vdso]", pfn: crate::addr::Pfn(0x101), nr_pages: 1 };
+    let (vvar, vdso) = (&VVAR, &VDSO);
     let special = VmFlags::IO | VmFlags::PFNMAP | VmFlags::DONTEXPAND;
     t.mmap_region(0x7ffe_3d6f_0000, P, VmFlags::READ | special, VmaKind::Special(vvar), 0, MapFixed::Replace).unwrap();
     t.mmap_region(0x7ffe_3d6f_1000, P, rx | special, VmaKind::Special(vdso), 0, MapFixed::Replace).unwrap();
