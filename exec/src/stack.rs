@@ -19,7 +19,8 @@
 //! [`build`] returns the bytes from `rsp` up to `top`, ready to copy into the
 //! stack mapping; the program starts with `rsp` pointing at `argc`.
 //!
-//! The auxiliary vector, in Linux's order: `AT_HWCAP` 0, `AT_PAGESZ` 4096,
+//! The auxiliary vector, in Linux's order: `AT_SYSINFO_EHDR` (the vDSO's ELF
+//! header, x86's `ARCH_DLINFO`; left out when there is no vDSO), `AT_HWCAP` 0, `AT_PAGESZ` 4096,
 //! `AT_CLKTCK` 100, `AT_PHDR`, `AT_PHENT`, `AT_PHNUM`, `AT_BASE` 0 (no
 //! interpreter), `AT_FLAGS` 0, `AT_ENTRY`, `AT_UID`/`AT_EUID`/`AT_GID`/
 //! `AT_EGID` 0, `AT_SECURE` 0, `AT_RANDOM`, `AT_EXECFN`, `AT_PLATFORM`
@@ -49,6 +50,7 @@ pub const AT_CLKTCK: u64 = 17;
 pub const AT_SECURE: u64 = 23;
 pub const AT_RANDOM: u64 = 25;
 pub const AT_EXECFN: u64 = 31;
+pub const AT_SYSINFO_EHDR: u64 = 33;
 
 /// Longest single argument or environment string, NUL included (Linux's
 /// `MAX_ARG_STRLEN`, 32 pages).
@@ -110,12 +112,22 @@ pub struct AuxvInfo<'a> {
     pub execfn: &'a str,
     /// Copied to the stack for `AT_RANDOM` (the C library's stack canary seed).
     pub random: [u8; 16],
+    /// `AT_SYSINFO_EHDR`: where the vDSO is mapped; 0 leaves the entry out.
+    pub sysinfo_ehdr: u64,
 }
 
 impl<'a> AuxvInfo<'a> {
     /// The values from `plan`, with `execfn` and `random`.
     pub fn new(plan: &LoadPlan, execfn: &'a str, random: [u8; 16]) -> Self {
-        AuxvInfo { phdr: plan.phdr_vaddr, phent: plan.phent.into(), phnum: plan.phnum.into(), entry: plan.entry, execfn, random }
+        AuxvInfo {
+            phdr: plan.phdr_vaddr,
+            phent: plan.phent.into(),
+            phnum: plan.phnum.into(),
+            entry: plan.entry,
+            execfn,
+            random,
+            sysinfo_ehdr: 0,
+        }
     }
 }
 
@@ -190,7 +202,9 @@ pub fn build<A: AsRef<[u8]>, E: AsRef<[u8]>>(
     p = down(p, 16)?;
     let random_addr = p;
 
-    let auxv = [
+    let vdso = [(AT_SYSINFO_EHDR, info.sysinfo_ehdr)];
+    let vdso = if info.sysinfo_ehdr != 0 { &vdso[..] } else { &[] };
+    let auxv: Vec<(u64, u64)> = vdso.iter().copied().chain([
         (AT_HWCAP, 0),
         (AT_PAGESZ, crate::PAGE_SIZE),
         (AT_CLKTCK, 100),
@@ -209,7 +223,7 @@ pub fn build<A: AsRef<[u8]>, E: AsRef<[u8]>>(
         (AT_EXECFN, execfn_addr),
         (AT_PLATFORM, platform_addr),
         (AT_NULL, 0),
-    ];
+    ]).collect();
 
     // argc, argv[] + NULL, envp[] + NULL, then auxv; rsp rounded down to 16.
     let words = (1 + argv.len() as u64 + 1 + envp.len() as u64 + 1).checked_add(2 * auxv.len() as u64);
@@ -353,6 +367,19 @@ mod tests {
         assert_eq!(get(AT_PLATFORM), Some((argv0 & !15) - 7));
         assert_eq!(s.random, (argv0 & !15) - 7 - 16);
         // The auxv ends at most 15 bytes below the random bytes.
+        let auxv_end = s.auxv + 16 * auxv.len() as u64;
+        assert!(auxv_end <= s.random && s.random - auxv_end < 16);
+    }
+
+    #[test]
+    fn vdso_address_comes_first_like_linux() {
+        let mut a = info("/bin/hello", [0; 16]);
+        a.sysinfo_ehdr = 0x7fff_f7ff_e000;
+        let s = build(TOP, &["/bin/hello"], &[""; 0], &a).unwrap();
+        let auxv = Reader(&s, s.low).auxv(s.auxv);
+        assert_eq!(auxv[0], (AT_SYSINFO_EHDR, 0x7fff_f7ff_e000));
+        assert_eq!(auxv[1].0, AT_HWCAP);
+        assert_eq!(auxv.len(), 19);
         let auxv_end = s.auxv + 16 * auxv.len() as u64;
         assert!(auxv_end <= s.random && s.random - auxv_end < 16);
     }

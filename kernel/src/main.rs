@@ -122,6 +122,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     if time::read_wall_clock().is_none() {
         log::warn!("RTC unreadable: CLOCK_REALTIME counts from 1970");
     }
+    if let Err(e) = entry::vdso::init() {
+        log::warn!("no vDSO: {}", e);
+    }
     init_initramfs(facts);
     if let Some(rate) = cmdline.profile {
         init::profile::start_from_cmdline(rate);

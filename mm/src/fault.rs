@@ -24,6 +24,8 @@
 //! * Shared anonymous VMAs (`MAP_SHARED | MAP_ANONYMOUS`) map the page of their
 //!   [`Shmem`] object at the VMA's offset (Linux `shmem_fault` → `finish_fault`),
 //!   allocated and cleared on first use; the entry does not own it.
+//! * Special VMAs (`[vvar]`, `[vdso]`) map the kernel's frame at the VMA's
+//!   offset (Linux `special_mapping_fault`); the entry does not own it.
 //! * Writes to read-only VMAs, execution of non-exec VMAs and addresses outside
 //!   every VMA are refused with a typed error.
 //!
@@ -44,7 +46,7 @@ use crate::pgtable::RssKind;
 use crate::pt_reclaim::TableAllocError;
 use crate::shmem::{Shmem, ShmemError};
 use crate::tlb::MmuGather;
-use crate::vma::{ShmId, VmFlags, Vma, VmaKind, VmaTree};
+use crate::vma::{ShmId, SpecialMapping, VmFlags, Vma, VmaKind, VmaTree};
 
 /// Page-table pages for user space (Linux `GFP_PGTABLE_USER` without accounting).
 pub const GFP_PGTABLE_USER: Gfp = GFP_KERNEL;
@@ -244,6 +246,12 @@ pub fn handle_mm_fault_shmem<A: PtAlloc, M: PtMem, C: ClearPages>(
             return fault_on_present(space, va, t.level, t.flags, prot, access, tlb);
         }
         return do_shared_fault(space, shmem, &vma, id, va, prot, access, clear);
+    }
+    if let VmaKind::Special(m) = vma.kind {
+        if let Some(t) = space.translate(va) {
+            return fault_on_present(space, va, t.level, t.flags, prot, access, tlb);
+        }
+        return do_special_fault(space, &vma, m, va, prot);
     }
     if let Some(t) = space.translate(va) {
         return fault_on_present(space, va, t.level, t.flags, prot, access, tlb);
@@ -456,6 +464,25 @@ fn do_shared_fault<A: PtAlloc, M: PtMem, C: ClearPages>(
         // A racing fault mapped it first (cannot happen under the mm lock).
         Err(MapError::AlreadyMapped) => Ok(FaultOutcome::Spurious),
         // The page stays in the object; the next fault maps it.
+        Err(_) => Err(FaultError::OutOfMemory),
+    }
+}
+
+/// Linux `special_mapping_fault`: maps the kernel's frame at the VMA's offset
+/// with an entry that does not own it.
+fn do_special_fault<A: PtAlloc, M: PtMem>(
+    space: &mut AddressSpace<'_, A, M>,
+    vma: &Vma,
+    m: &SpecialMapping,
+    va: VirtAddr,
+    prot: PteFlags,
+) -> Result<FaultOutcome, FaultError> {
+    let pgoff = vma.pgoff_at(va.as_u64()).ok_or(FaultError::NoVma)?;
+    let pfn = m.frame(pgoff).ok_or(FaultError::BadAddress)?;
+    let page_va = VirtAddr::try_new(va.as_u64() & !(PAGE_SIZE - 1)).ok_or(FaultError::BadAddress)?;
+    match space.map(page_va, pfn, PageSize::Size4K, prot, GFP_PGTABLE_USER) {
+        Ok(()) => Ok(FaultOutcome::MappedPage(pfn)),
+        Err(MapError::AlreadyMapped) => Ok(FaultOutcome::Spurious),
         Err(_) => Err(FaultError::OutOfMemory),
     }
 }

@@ -755,7 +755,7 @@ impl<'a, A: PtAlloc, M: PtMem> UserMm<'a, A, M> {
             Visit::Free => {
                 dontneed_free_valid(v, false)?;
                 // madvise_free_single_vma: anonymous VMAs only.
-                if matches!(v.kind, VmaKind::AnonShared(_)) {
+                if matches!(v.kind, VmaKind::AnonShared(_) | VmaKind::Special(_)) {
                     return Err(Errno::EINVAL);
                 }
                 let marked = self

@@ -38,7 +38,7 @@ use alloc::vec::Vec;
 use bitflags::bitflags;
 use core::fmt;
 
-use crate::addr::{PAGE_SHIFT, PAGE_SIZE, align_down, align_up, is_aligned};
+use crate::addr::{PAGE_SHIFT, PAGE_SIZE, Pfn, align_down, align_up, is_aligned};
 
 /// End of the user address space on x86_64 with 4-level paging (Linux
 /// `TASK_SIZE_MAX`: the last page below the canonical hole is left unmapped).
@@ -153,6 +153,28 @@ pub enum VmaKind {
     Heap,
     /// The main thread's stack (`[stack]` in maps).
     Stack,
+    /// Kernel pages mapped into the process at exec (`[vvar]`, `[vdso]`);
+    /// `pgoff` is the page offset into them. A reference, as Linux's
+    /// `vm_private_data`: a `Vma` stays small (the tree holds up to
+    /// `max_map_count` of them and splits copy them into vectors).
+    Special(&'static SpecialMapping),
+}
+
+/// Linux `struct vm_special_mapping`: `nr_pages` kernel frames from `pfn`,
+/// shown in maps as `name`. The kernel owns the frames: page-table entries
+/// mapping them do not, and unmapping only drops the entries.
+#[derive(PartialEq, Eq, Hash, Debug)]
+pub struct SpecialMapping {
+    pub name: &'static str,
+    pub pfn: Pfn,
+    pub nr_pages: u64,
+}
+
+impl SpecialMapping {
+    /// The frame at page offset `pgoff`, `None` beyond the mapping.
+    pub fn frame(&self, pgoff: u64) -> Option<Pfn> {
+        (pgoff < self.nr_pages).then(|| Pfn(self.pfn.0 + pgoff))
+    }
 }
 
 /// One virtual memory area: the half-open, page-aligned range `[start, end)`.
@@ -1198,6 +1220,7 @@ fn write_map_line<W: fmt::Write>(out: &mut W, v: &Vma) -> fmt::Result {
         }
         VmaKind::Heap => (0, 0, 0, 0, Some("[heap]")),
         VmaKind::Stack => (0, 0, 0, 0, Some("[stack]")),
+        VmaKind::Special(m) => (0, 0, 0, 0, Some(m.name)),
     };
     let mut line = Counting {
         inner: out,

@@ -17,7 +17,7 @@
  *
  * The operations (one operation = what one COST pays for):
  *   getpid                      syscall(SYS_getpid)
- *   clock_gettime               clock_gettime(CLOCK_MONOTONIC) (vDSO on Linux)
+ *   clock_gettime               clock_gettime(CLOCK_MONOTONIC) (vDSO on both)
  *   fault_4k                    first write to an untouched 4 KiB page (THP
  *                               off for the range: MADV_NOHUGEPAGE)
  *   dontneed_refault_4k         MADV_DONTNEED one touched page, write it again

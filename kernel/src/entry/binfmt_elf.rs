@@ -8,7 +8,7 @@
 //! as the system calls: every segment is mapped writable and anonymous, the
 //! file bytes are copied in, the rest stays zero (`.bss`), and then the
 //! segment gets its final protection. The stack is a `[stack]` VMA that grows
-//! down on faults.
+//! down on faults; `[vvar]` and `[vdso]` come from [`crate::entry::vdso`].
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -93,6 +93,7 @@ fn load(image: &[u8], plan: &elf::LoadPlan, argv: &[&str], envp: &[String]) -> R
     let text = plan.segments.iter().find(|s| s.prot.exec).map_or((0, 0), |s| (s.vaddr, s.vaddr + s.memsz));
     set_brk_start(plan.brk_start, text).map_err(ExecError::Mm)?;
     map_stack(STACK_TOP - STACK_INITIAL, STACK_INITIAL).map_err(ExecError::Mm)?;
+    let vdso = crate::entry::vdso::map_into_current().map_err(ExecError::Mm)?;
 
     let argv: Vec<&str> = argv.to_vec();
     let envp: Vec<&str> = envp.iter().map(String::as_str).collect();
@@ -100,7 +101,7 @@ fn load(image: &[u8], plan: &elf::LoadPlan, argv: &[&str], envp: &[String]) -> R
     if bytes > MAX_ARG_BYTES {
         return Err(ExecError::Stack(StackError::TooLarge));
     }
-    let info = AuxvInfo::new(plan, argv[0], random_bytes());
+    let info = AuxvInfo { sysinfo_ehdr: vdso, ..AuxvInfo::new(plan, argv[0], random_bytes()) };
     let stack = exec::stack::build(STACK_TOP, &argv, &envp, &info).map_err(ExecError::Stack)?;
     uaccess::copy_to_user(stack.low, &stack.bytes).map_err(ExecError::Mm)?;
     Ok((plan.entry, stack.rsp))

@@ -43,7 +43,10 @@ pub const SYS_EXIT: u64 = 60;
 pub const SYS_PRCTL: u64 = 157;
 pub const SYS_ARCH_PRCTL: u64 = 158;
 pub const SYS_SET_TID_ADDRESS: u64 = 218;
+pub const SYS_GETTIMEOFDAY: u64 = 96;
+pub const SYS_TIME: u64 = 201;
 pub const SYS_CLOCK_GETTIME: u64 = 228;
+pub const SYS_CLOCK_GETRES: u64 = 229;
 pub const SYS_EXIT_GROUP: u64 = 231;
 pub const SYS_OPENAT: u64 = 257;
 pub const SYS_PREADV: u64 = 295;
@@ -89,6 +92,9 @@ pub fn dispatch(frame: &mut TrapFrame) {
             Ok(sched::current_pid() as u64)
         }
         SYS_CLOCK_GETTIME => sys_clock_gettime(a0, a1),
+        SYS_CLOCK_GETRES => sys_clock_getres(a0, a1),
+        SYS_GETTIMEOFDAY => sys_gettimeofday(a0, a1),
+        SYS_TIME => sys_time(a0),
         SYS_SCHED_YIELD => {
             sched::schedule();
             Ok(0)
@@ -153,12 +159,19 @@ const CLOCK_REALTIME_COARSE: u64 = 5;
 const CLOCK_MONOTONIC_COARSE: u64 = 6;
 const CLOCK_BOOTTIME: u64 = 7;
 
-fn sys_clock_gettime(clock: u64, tp: u64) -> SysResult {
+/// The clock ids this kernel knows (`EINVAL` for the others).
+fn clock_valid(clock: u64) -> Result<(), Errno> {
     match clock {
         CLOCK_REALTIME | CLOCK_MONOTONIC | CLOCK_PROCESS_CPUTIME_ID | CLOCK_THREAD_CPUTIME_ID
-        | CLOCK_MONOTONIC_RAW | CLOCK_REALTIME_COARSE | CLOCK_MONOTONIC_COARSE | CLOCK_BOOTTIME => {}
-        _ => return Err(Errno::EINVAL),
+        | CLOCK_MONOTONIC_RAW | CLOCK_REALTIME_COARSE | CLOCK_MONOTONIC_COARSE | CLOCK_BOOTTIME => Ok(()),
+        _ => Err(Errno::EINVAL),
     }
+}
+
+// The vDSO (arch/x86_64/vdso.rs) computes the same clocks in user mode and
+// calls these for what it does not serve.
+fn sys_clock_gettime(clock: u64, tp: u64) -> SysResult {
+    clock_valid(clock)?;
     // Wall-clock clocks count from the RTC reading at boot, the others from boot.
     let ns = match clock {
         CLOCK_REALTIME | CLOCK_REALTIME_COARSE => crate::arch::x86_64::time::realtime_ns(),
@@ -166,4 +179,35 @@ fn sys_clock_gettime(clock: u64, tp: u64) -> SysResult {
     };
     uaccess::put_user(tp, &[ns / 1_000_000_000, ns % 1_000_000_000])?;
     Ok(0)
+}
+
+/// Every clock reads the TSC, the coarse ones too: 1 ns. A null `res` is allowed.
+fn sys_clock_getres(clock: u64, res: u64) -> SysResult {
+    clock_valid(clock)?;
+    if res != 0 {
+        uaccess::put_user(res, &[0u64, 1])?;
+    }
+    Ok(0)
+}
+
+/// `CLOCK_REALTIME` in microseconds; the time zone (if asked for) is UTC with
+/// no DST, Linux's `sys_tz` until someone sets it.
+fn sys_gettimeofday(tv: u64, tz: u64) -> SysResult {
+    if tv != 0 {
+        let us = crate::arch::x86_64::time::realtime_ns() / 1000;
+        uaccess::put_user(tv, &[us / 1_000_000, us % 1_000_000])?;
+    }
+    if tz != 0 {
+        uaccess::put_user(tz, &[0i32, 0])?;
+    }
+    Ok(0)
+}
+
+/// Seconds since the epoch, also stored at `tloc` unless it is null.
+fn sys_time(tloc: u64) -> SysResult {
+    let secs = crate::arch::x86_64::time::realtime_ns() / 1_000_000_000;
+    if tloc != 0 {
+        uaccess::put_user(tloc, &secs)?;
+    }
+    Ok(secs)
 }

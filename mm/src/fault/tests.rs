@@ -354,3 +354,32 @@ fn reclaim_experiment_in_miniature() {
     fx.env.ctl.set_pt_reclaim(true);
     fx.destroy(s);
 }
+
+#[test]
+fn special_mapping_maps_kernel_frames_without_owning_them() {
+    let mut fx = Fx::new();
+    fx.thp.set_mode(ThpMode::Always);
+    // Two kernel frames, e.g. the vDSO's data and code pages.
+    let frames = fx.env.alloc.alloc_pages(GFP_KERNEL, 1).unwrap();
+    let m = &*alloc::boxed::Box::leak(alloc::boxed::Box::new(SpecialMapping { name: "[vdso]", pfn: frames.pfn(), nr_pages: 2 }));
+    let before = fx.env.free();
+    let mut s = fx.space();
+    let start = 0x40_0000;
+    let flags = VmFlags::READ | VmFlags::EXEC | VmFlags::MAYREAD | VmFlags::MAYEXEC;
+    fx.vmas.mmap_region(start, 2 * K, flags, VmaKind::Special(m), 0, MapFixed::NoReplace).unwrap();
+    let Ok(FaultOutcome::MappedPage(pfn)) = fx.fault(&mut s, start + K + 5, false) else { panic!() };
+    assert_eq!(pfn, Pfn(frames.pfn().0 + 1), "the frame at the page offset, no THP");
+    let t = s.translate(va(start + K)).unwrap();
+    assert!(!t.flags.intersects(PteFlags::SOFT_ANON | PteFlags::SOFT_SHMEM | PteFlags::WRITABLE | PteFlags::NX));
+    assert_eq!(fx.fault(&mut s, start + K, true), Err(FaultError::AccessDenied), "read-only");
+    assert_eq!(fx.fault(&mut s, start + K, false), Ok(FaultOutcome::Spurious));
+    // Zapping drops the entry only; the next fault maps the same frame again.
+    fx.dontneed(&mut s, start, 2 * K, GFP_KERNEL);
+    assert!(s.translate(va(start + K)).is_none());
+    assert_eq!(fx.fault(&mut s, start + K, false), Ok(FaultOutcome::MappedPage(pfn)));
+    let Ok(FaultOutcome::MappedPage(first)) = fx.fault(&mut s, start, false) else { panic!() };
+    assert_eq!(first, frames.pfn());
+    fx.destroy(s);
+    assert_eq!(fx.env.free(), before, "the frames stay with their owner");
+    fx.env.alloc.free_pages(frames);
+}

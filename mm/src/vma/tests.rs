@@ -1056,6 +1056,13 @@ fn expand_stack_refuses_low_addresses_and_pgoff_underflow() {
 // ----- /proc/PID/maps --------------------------------------------------------------
 
 #[test]
+fn vma_stays_small() {
+    // The tree holds up to max_map_count VMAs and operations copy windows
+    // of them into vectors: a kernel heap of a few MiB must hold 65530.
+    assert!(core::mem::size_of::<Vma>() <= 48, "{}", core::mem::size_of::<Vma>());
+}
+
+#[test]
 fn write_maps_matches_linux_format() {
     let mut t = VmaTree::new();
     let rx = VmFlags::READ | VmFlags::EXEC | VmFlags::MAY_ALL;
@@ -1089,6 +1096,12 @@ fn write_maps_matches_linux_format() {
         MapFixed::Replace,
     )
     .unwrap();
+    static VVAR: SpecialMapping = SpecialMapping { name: "[vvar]", pfn: crate::addr::Pfn(0x100), nr_pages: 1 };
+    static VDSO: SpecialMapping = SpecialMapping { name: "[vdso]", pfn: crate::addr::Pfn(0x101), nr_pages: 1 };
+    let (vvar, vdso) = (&VVAR, &VDSO);
+    let special = VmFlags::IO | VmFlags::PFNMAP | VmFlags::DONTEXPAND;
+    t.mmap_region(0x7ffe_3d6f_0000, P, VmFlags::READ | special, VmaKind::Special(vvar), 0, MapFixed::Replace).unwrap();
+    t.mmap_region(0x7ffe_3d6f_1000, P, rx | special, VmaKind::Special(vdso), 0, MapFixed::Replace).unwrap();
     let mut s = String::new();
     t.write_maps(&mut s).unwrap();
     let expected = "\
@@ -1097,6 +1110,8 @@ fn write_maps_matches_linux_format() {
 7f0151a79000-7f0151a7b000 rw-s 00003000 00:01 1024                       /dev/zero (deleted)
 7f0151a80000-7f0151a81000 ---p 00000000 00:00 0 
 7ffe3d63e000-7ffe3d65f000 rw-p 00000000 00:00 0                          [stack]
+7ffe3d6f0000-7ffe3d6f1000 r--p 00000000 00:00 0                          [vvar]
+7ffe3d6f1000-7ffe3d6f2000 r-xp 00000000 00:00 0                          [vdso]
 ";
     assert_eq!(s, expected);
     for line in s.lines().filter(|l| l.ends_with(']') || l.ends_with(')')) {

@@ -129,18 +129,21 @@ pub fn vendor() -> [u8; 12] {
 /// the CPU has them. Returns what is now on.
 ///
 /// The bootloader maps nothing user-accessible, so SMEP/SMAP cannot trip
-/// over existing mappings.
+/// over existing mappings. `rdtsc` stays allowed in user mode (CR4.TSD
+/// clear, as on Linux): the vDSO reads the clock with it.
 pub fn enable_protections() -> Protections {
     let f = features();
     // SAFETY: setting EFER.NXE only allows the NX bit in page tables; setting
     // CR0.WP makes the kernel honour read-only pages; SMEP/SMAP only forbid
-    // kernel access to user pages, and no user pages exist yet.
+    // kernel access to user pages, and no user pages exist yet; clearing
+    // CR4.TSD only lets user mode read the TSC.
     unsafe {
         if f.nx {
             Efer::update(|e| e.insert(EferFlags::NO_EXECUTE_ENABLE));
         }
         Cr0::update(|c| c.insert(Cr0Flags::WRITE_PROTECT));
         Cr4::update(|c| {
+            c.remove(Cr4Flags::TIMESTAMP_DISABLE);
             if f.smep {
                 c.insert(Cr4Flags::SUPERVISOR_MODE_EXECUTION_PROTECTION);
             }
