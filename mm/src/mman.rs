@@ -714,10 +714,12 @@ impl<'a, A: PtAlloc, M: PtMem> UserMm<'a, A, M> {
     /// Linux `madvise_walk_vmas`: applies `visit` to each mapped part of
     /// `[start, end)` in order; `ENOMEM` at the end if there were holes.
     fn madvise_walk_vmas(&mut self, start: u64, end: u64, visit: Visit, tlb: &mut MmuGather) -> SysResult {
-        let vmas: Vec<Vma> = self.vmas.vmas_in_range(start, end).copied().collect();
         let mut cursor = start;
         let mut unmapped = false;
-        for v in vmas {
+        // One lookup per VMA instead of a collected list: an advice changes
+        // only VMAs below `cursor`, so the next one is found from there.
+        loop {
+            let Some(v) = self.vmas.vmas_in_range(cursor, end).next().copied() else { break };
             if v.start > cursor {
                 unmapped = true;
             }
@@ -1152,8 +1154,12 @@ fn calc_vm_flag_bits(flags: u64) -> VmFlags {
 /// Adds `[s, e)` to a set of disjoint, non-adjacent ranges.
 fn range_insert(set: &mut BTreeMap<u64, u64>, s: u64, e: u64) {
     let (mut lo, mut hi) = (s, e);
-    let touching: Vec<(u64, u64)> = set.range(..=e).rev().take_while(|&(_, &end)| end >= s).map(|(&a, &b)| (a, b)).collect();
-    for (a, b) in touching {
+    // Ranges touching [lo, hi], merged one at a time (no allocation); an
+    // existing range that already covers [s, e) leaves the set as it is.
+    while let Some((&a, &b)) = set.range(..=hi).next_back().filter(|&(_, &end)| end >= lo) {
+        if a <= s && b >= e {
+            return;
+        }
         set.remove(&a);
         lo = lo.min(a);
         hi = hi.max(b);
@@ -1163,8 +1169,9 @@ fn range_insert(set: &mut BTreeMap<u64, u64>, s: u64, e: u64) {
 
 /// Removes `[s, e)` from a set of disjoint ranges.
 fn range_remove(set: &mut BTreeMap<u64, u64>, s: u64, e: u64) {
-    let overlapping: Vec<(u64, u64)> = set.range(..e).rev().take_while(|&(_, &end)| end > s).map(|(&a, &b)| (a, b)).collect();
-    for (a, b) in overlapping {
+    // Last range starting below e and ending above s, until none is left; the
+    // pieces put back end at s or start at e, so they are not found again.
+    while let Some((&a, &b)) = set.range(..e).next_back().filter(|&(_, &end)| end > s) {
         set.remove(&a);
         if a < s {
             set.insert(a, s);

@@ -22,6 +22,7 @@ pub const KTESTS: &[crate::lib::ktest::KTest] = &[
     crate::ktest!(thp_fault_maps_2mib_and_dontneed_splits_it),
     crate::ktest!(unmapping_everything_returns_page_tables_to_the_allocator),
     crate::ktest!(pt_reclaim_experiment_keeps_page_tables_flat),
+    crate::ktest!(emptied_page_tables_are_reused_from_the_quicklist),
     crate::ktest!(kernel_page_tables_are_mm_owned_and_counted),
     crate::ktest!(kernel_image_is_write_xor_execute),
 ];
@@ -212,6 +213,49 @@ fn unmapping_everything_returns_page_tables_to_the_allocator() -> KResult {
     kassert_eq!(pte_left, 0);
     kassert_eq!(tables_after_unmap, tables_before + 1); // only the root is left
     kassert_eq!(PGTABLE_CTL.nr_pagetable_pages(), tables_before);
+    kassert_eq!(crate::memory::slab::nr_free_pages_settled(), free_before);
+    Ok(())
+}
+
+/// A slot emptied by `MADV_DONTNEED` gives its emptied tables to the
+/// quicklist after the flush; the next faults link them again instead of
+/// allocating, and the hardware walks them to the right pages.
+fn emptied_page_tables_are_reused_from_the_quicklist() -> KResult {
+    const BASE: u64 = 0x40_0000_0000; // 256 GiB: own PUD entry, 1 GiB span
+    let free_before = crate::memory::slab::nr_free_pages_settled();
+    activate_with_vma(BASE, 4 * PMD_SIZE, VmFlags::NOHUGEPAGE)?;
+    let addr = |slot: u64| BASE + slot * PMD_SIZE + 8 * slot;
+    // SAFETY (all accesses): inside the writable VMA of the current address space.
+    unsafe { put_user_u64(addr(0), 0xa0) };
+    let dontneed = |slot: u64| {
+        with_current(|mm| {
+            let mut tlb = MmuGather::new();
+            let r = mm.space.madvise_dontneed(VirtAddr::try_new(BASE + slot * PMD_SIZE).unwrap(), PMD_SIZE, GFP_KERNEL, &mut tlb);
+            (r, tlb)
+        })
+    };
+    let (r, tlb) = dontneed(0).ok_or("no current mm")?;
+    tlb_finish(tlb);
+    let kept = PGTABLE_CTL.quicklist.len();
+    let free_mid = page_alloc().stats().free();
+    // SAFETY: see above.
+    let (zero, ok) = unsafe {
+        let zero = get_user_u64(addr(0)) == 0;
+        put_user_u64(addr(1), 0xb1);
+        (zero, get_user_u64(addr(1)) == 0xb1)
+    };
+    let kept_after = PGTABLE_CTL.quicklist.len();
+    let free_after = page_alloc().stats().free();
+    teardown();
+    kassert!(r.is_ok(), "MADV_DONTNEED failed: {:?}", r);
+    kassert!(kept >= 1, "no emptied table reached the quicklist");
+    kassert!(zero, "the dropped page did not read back as zero");
+    kassert!(ok, "a write through reused tables did not read back");
+    // The refault of slot 0 needs its tables again: they come from the
+    // quicklist, so the allocator gives at most the two data pages and a
+    // table that did not fit in the list.
+    kassert!(kept_after < kept, "quicklist {} -> {}: no table reused", kept, kept_after);
+    kassert!(free_mid - free_after <= 3, "{} pages taken from the allocator", free_mid - free_after);
     kassert_eq!(crate::memory::slab::nr_free_pages_settled(), free_before);
     Ok(())
 }

@@ -191,11 +191,13 @@ unsafe impl GlobalAlloc for KernelHeap {
     }
 }
 
-/// Free pages once the slab caches have given back their empty slabs: the
-/// number tests compare before and after (kernel heap objects allocated and
-/// freed in between may otherwise leave an empty slab cached).
+/// Free pages once the slab caches have given back their empty slabs and the
+/// page-table quicklist its zeroed tables: the number tests compare before
+/// and after (kernel heap objects allocated and freed in between may otherwise
+/// leave an empty slab cached, an emptied page table a quicklist page).
 pub fn nr_free_pages_settled() -> u64 {
     let _ = KMALLOC.shrink();
+    crate::memory::pgtable::PGTABLE_CTL.quicklist.drain(|p| page_alloc().free_pages(p));
     page_alloc().stats().free()
 }
 
