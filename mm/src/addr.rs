@@ -19,11 +19,13 @@ pub struct Pfn(pub u64);
 
 impl Pfn {
     /// The frame that contains physical address `phys`.
+    #[inline]
     pub const fn containing(phys: u64) -> Pfn {
         Pfn(phys >> PAGE_SHIFT)
     }
 
     /// Physical address of the first byte of the frame.
+    #[inline]
     pub const fn phys_addr(self) -> u64 {
         self.0 << PAGE_SHIFT
     }

@@ -202,6 +202,7 @@ impl PageMeta {
 
     // ---- owner-side transitions (the page must be the head of an owned block) ----
 
+    #[inline]
     fn transition(&self, from: &[Kind], to: Kind) -> Result<(), PageStateError> {
         self.flags
             .fetch_update(Relaxed, Relaxed, |f| {
@@ -211,6 +212,7 @@ impl PageMeta {
             .map_err(|_| PageStateError::WrongState)
     }
 
+    #[inline]
     fn add_count(&self, kind: Kind, delta: i32) -> Result<u32, PageStateError> {
         if self.kind() != kind {
             return Err(PageStateError::WrongState);

@@ -90,27 +90,32 @@ pub struct VirtAddr(u64);
 
 impl VirtAddr {
     /// `None` unless `addr` is canonical.
+    #[inline]
     pub const fn try_new(addr: u64) -> Option<VirtAddr> {
         let top = addr >> 47;
         if top == 0 || top == (1 << 17) - 1 { Some(VirtAddr(addr)) } else { None }
     }
 
     /// The address as a number.
+    #[inline]
     pub const fn as_u64(self) -> u64 {
         self.0
     }
 
     /// Whether the address lies in the kernel half.
+    #[inline]
     pub const fn is_kernel_half(self) -> bool {
         self.linear() >= KERNEL_HALF
     }
 
     /// The address without its sign-extension bits: `0 .. 2^48`.
+    #[inline]
     pub(crate) const fn linear(self) -> u64 {
         self.0 & (LINEAR_END - 1)
     }
 
     /// Sign-extends a linear address (`< 2^48`).
+    #[inline]
     pub(crate) const fn from_linear(lin: u64) -> VirtAddr {
         let lin = lin & (LINEAR_END - 1);
         if lin >= KERNEL_HALF { VirtAddr(lin | !(LINEAR_END - 1)) } else { VirtAddr(lin) }
@@ -199,27 +204,33 @@ impl Pte {
     pub const NONE: Pte = Pte(0);
 
     /// An entry pointing at `pfn` with `flags`.
+    #[inline]
     pub const fn new(pfn: Pfn, flags: PteFlags) -> Pte {
         Pte((pfn.0 << PAGE_SHIFT) & PTE_PFN_MASK | flags.bits())
     }
     /// Whether the entry maps something (Linux `pte_present`): the hardware
     /// present bit, or a [`PteFlags::PROTNONE`] leaf.
+    #[inline]
     pub const fn is_present(self) -> bool {
         self.0 & (PteFlags::PRESENT.bits() | PteFlags::PROTNONE.bits()) != 0
     }
     /// Whether the hardware present bit is set (accesses may use the entry).
+    #[inline]
     pub const fn is_hw_present(self) -> bool {
         self.0 & PteFlags::PRESENT.bits() != 0
     }
     /// Whether this is a PS leaf (only meaningful above PTE level).
+    #[inline]
     pub const fn is_huge(self) -> bool {
         self.0 & PteFlags::HUGE.bits() != 0
     }
     /// The frame the entry points at.
+    #[inline]
     pub const fn pfn(self) -> Pfn {
         Pfn((self.0 & PTE_PFN_MASK) >> PAGE_SHIFT)
     }
     /// The flag bits (address bits removed).
+    #[inline]
     pub const fn flags(self) -> PteFlags {
         PteFlags::from_bits_retain(self.0 & !PTE_PFN_MASK)
     }
@@ -246,22 +257,27 @@ pub enum Level {
 
 impl Level {
     /// log2 of the bytes one entry maps.
+    #[inline]
     pub const fn shift(self) -> u32 {
         PAGE_SHIFT + 9 * (self as u32 - 1)
     }
     /// Bytes one entry maps.
+    #[inline]
     pub const fn entry_span(self) -> u64 {
         1 << self.shift()
     }
     /// Bytes the whole table maps.
+    #[inline]
     pub(crate) const fn table_span(self) -> u64 {
         1 << (self.shift() + 9)
     }
     /// Index of linear address `lin` in a table of this level.
+    #[inline]
     pub const fn index(self, lin: u64) -> usize {
         ((lin >> self.shift()) & 511) as usize
     }
     /// The level below, `None` for PTE.
+    #[inline]
     pub const fn child(self) -> Option<Level> {
         match self {
             Level::Pml4 => Some(Level::Pud),
@@ -271,6 +287,7 @@ impl Level {
         }
     }
     /// The level above, `None` for the root.
+    #[inline]
     pub const fn parent(self) -> Option<Level> {
         match self {
             Level::Pte => Some(Level::Pmd),
@@ -280,6 +297,7 @@ impl Level {
         }
     }
     /// Linux's name for a table of this level.
+    #[inline]
     pub const fn name(self) -> &'static str {
         match self {
             Level::Pte => "PTE",
@@ -305,6 +323,7 @@ pub enum PageSize {
 
 impl PageSize {
     /// Bytes.
+    #[inline]
     pub const fn bytes(self) -> u64 {
         match self {
             PageSize::Size4K => PAGE_SIZE,
@@ -313,6 +332,7 @@ impl PageSize {
         }
     }
     /// The level whose entries are leaves of this size.
+    #[inline]
     pub const fn level(self) -> Level {
         match self {
             PageSize::Size4K => Level::Pte,
