@@ -78,7 +78,7 @@ impl RangeWalk {
 
     /// The next present entry, or `None` at the end of the range or once the
     /// table can hold no further present entry.
-    #[inline]
+    #[inline(always)]
     pub fn next<A: PtAlloc, M: PtMem>(&mut self, space: &AddressSpace<'_, A, M>) -> Option<Slot> {
         while self.idx <= self.last && self.left != Some(0) {
             let idx = self.idx;
