@@ -717,9 +717,10 @@ impl<'a, A: PtAlloc, M: PtMem> UserMm<'a, A, M> {
         let mut cursor = start;
         let mut unmapped = false;
         // One lookup per VMA instead of a collected list: an advice changes
-        // only VMAs below `cursor`, so the next one is found from there.
-        loop {
-            let Some(v) = self.vmas.vmas_in_range(cursor, end).next().copied() else { break };
+        // only VMAs below `cursor` (or merges one with the next, which then
+        // starts below `cursor`), so the next one is found from there.
+        while cursor < end {
+            let Some(v) = self.vmas.find_vma(cursor).filter(|v| v.start < end).copied() else { break };
             if v.start > cursor {
                 unmapped = true;
             }

@@ -151,6 +151,9 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         B: core::borrow::BorrowMut<[Pages]> + IntoIterator<Item = Pages>,
     {
         let batch = pages.borrow_mut();
+        if batch.is_empty() {
+            return;
+        }
         let nr_pages: u64 = batch.iter().map(Pages::nr_pages).sum();
         if nr_pages <= self.zones.iter().map(|z| self.pcp_room(z)).min().unwrap_or(0) as u64 {
             // All of it fits on the per-CPU lists: nothing to sort or merge.
