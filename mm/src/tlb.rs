@@ -221,6 +221,10 @@ impl MmuGather {
     /// [`finish`](Self::finish), keeping the zeroed page-table pages in
     /// `quicklist` while it has room (they are flushed by then).
     pub fn finish_into(mut self, flush: &impl TlbFlush, alloc: &impl PtAlloc, quicklist: Option<&Quicklist>) -> FlushPlan {
+        if self.is_empty() {
+            // Most faults change nothing that needs a flush: nothing to do.
+            return FlushPlan::None;
+        }
         let plan = self.plan(flush.single_page_flush_ceiling());
         match plan {
             FlushPlan::None => {}
