@@ -1170,6 +1170,9 @@ fn range_insert(set: &mut BTreeMap<u64, u64>, s: u64, e: u64) {
 
 /// Removes `[s, e)` from a set of disjoint ranges.
 fn range_remove(set: &mut BTreeMap<u64, u64>, s: u64, e: u64) {
+    if set.is_empty() {
+        return; // the common case, and a range search of an empty map is not free
+    }
     // Last range starting below e and ending above s, until none is left; the
     // pieces put back end at s or start at e, so they are not found again.
     while let Some((&a, &b)) = set.range(..e).next_back().filter(|&(_, &end)| end > s) {
