@@ -93,33 +93,35 @@ pub struct MmuGather {
     /// else is, because any `invlpg` empties the paging-structure caches.
     table_va: u64,
     /// Page-table pages, freed after the flush (Linux `tlb_remove_table`).
-    tables: Vec<Pages>,
+    tables: PageBatch<0>,
     /// Page-table pages found all zero when unlinked: after the flush they may
     /// go to a [`Quicklist`] instead of the allocator.
-    zeroed_tables: Vec<Pages>,
+    zeroed_tables: PageBatch<2>,
     /// Data pages whose last mapping went away (Linux `tlb_remove_page`).
-    pages: Vec<Pages>,
+    pages: PageBatch<2>,
     /// Early flush once [`GATHER_BATCH`] pages are queued (None: unbounded).
     batch_flush: Option<BatchFlush>,
 }
 
 impl MmuGather {
     /// An empty gather (Linux `tlb_gather_mmu`).
+    #[inline]
     pub fn new() -> MmuGather {
         MmuGather {
             start: u64::MAX,
             end: 0,
             freed_tables: false,
             table_va: 0,
-            tables: Vec::new(),
-            zeroed_tables: Vec::new(),
-            pages: Vec::new(),
+            tables: PageBatch::new(),
+            zeroed_tables: PageBatch::new(),
+            pages: PageBatch::new(),
             batch_flush: None,
         }
     }
 
     /// An empty gather that calls `flush` whenever [`GATHER_BATCH`] pages are
     /// queued.
+    #[inline]
     pub fn with_batch_flush(flush: BatchFlush) -> MmuGather {
         let mut tlb = MmuGather::new();
         tlb.batch_flush = Some(flush);
@@ -136,6 +138,7 @@ impl MmuGather {
         batch
     }
 
+    #[inline]
     fn check_batch(&mut self) {
         if let Some(flush) = self.batch_flush {
             if self.pages.len() + self.nr_tables() >= GATHER_BATCH {
@@ -145,11 +148,13 @@ impl MmuGather {
     }
 
     /// Whether nothing has been recorded.
+    #[inline]
     pub fn is_empty(&self) -> bool {
-        self.start >= self.end && !self.freed_tables && self.nr_tables() == 0 && self.pages.is_empty()
+        self.start >= self.end && !self.freed_tables && self.nr_tables() == 0 && self.pages.len() == 0
     }
 
     /// The range to flush as `(start, nr_pages)`, if any.
+    #[inline]
     pub fn range(&self) -> Option<(VirtAddr, u64)> {
         if self.start < self.end {
             Some((VirtAddr::from_linear(self.start), (self.end - self.start) >> PAGE_SHIFT))
@@ -166,17 +171,20 @@ impl MmuGather {
     }
 
     /// Page-table pages waiting for the flush.
+    #[inline]
     pub fn nr_tables(&self) -> usize {
         self.tables.len() + self.zeroed_tables.len()
     }
 
     /// Data pages waiting for the flush.
+    #[inline]
     pub fn nr_pages(&self) -> usize {
         self.pages.len()
     }
 
     /// Records that translations of `[start, end)` (linear addresses) are stale
     /// (Linux `tlb_flush_pte_range` / `tlb_flush_pmd_range`).
+    #[inline]
     pub(crate) fn add_range(&mut self, start: u64, end: u64) {
         self.start = self.start.min(start);
         self.end = self.end.max(end);
@@ -188,6 +196,7 @@ impl MmuGather {
     /// `invlpg` also empties the paging-structure caches that could still point
     /// at the table. `zeroed`: every entry of the table is zero, so after the
     /// flush it may be kept for reuse ([`finish_into`](Self::finish_into)).
+    #[inline]
     pub(crate) fn remove_table(&mut self, table: Pages, va: u64, zeroed: bool) {
         if !self.freed_tables {
             self.table_va = va;
@@ -202,6 +211,7 @@ impl MmuGather {
     }
 
     /// Queues a data page to free after the flush (Linux `tlb_remove_page`).
+    #[inline]
     pub(crate) fn remove_page(&mut self, page: Pages) {
         self.pages.push(page);
         self.check_batch();
@@ -231,9 +241,7 @@ impl MmuGather {
             FlushPlan::Range { start, nr_pages } => flush.flush_range(start, nr_pages),
             FlushPlan::All => flush.flush_all(),
         }
-        // In bulk: an unmapped range's pages are mostly contiguous runs, which
-        // enter the buddy merged (`page_alloc_bulk`); the vectors keep their buffers.
-        alloc.free_pages_bulk(&mut self.pages);
+        self.pages.free(alloc);
         if let Some(q) = quicklist {
             while let Some(t) = self.zeroed_tables.pop() {
                 if let Err(t) = q.push(t) {
@@ -242,12 +250,72 @@ impl MmuGather {
                 }
             }
         }
-        self.tables.append(&mut self.zeroed_tables);
-        alloc.free_pages_bulk(&mut self.tables);
+        self.zeroed_tables.free(alloc);
+        self.tables.free(alloc);
         self.start = u64::MAX;
         self.end = 0;
         self.freed_tables = false;
         plan
+    }
+}
+
+/// Pages of one kind waiting for the flush: the first `N` in the gather
+/// itself (Linux keeps a local batch, `tlb->local`, for the same reason), the
+/// rest in a vector, so that the common `MADV_DONTNEED` of a page or unlink
+/// of a slot's tables allocates nothing. `N` stays small: every fault builds
+/// a gather, and a large one costs more to build than it saves.
+#[derive(Debug)]
+struct PageBatch<const N: usize> {
+    local: [Option<Pages>; N],
+    nr_local: usize,
+    more: Vec<Pages>,
+}
+
+impl<const N: usize> Default for PageBatch<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> PageBatch<N> {
+    #[inline]
+    const fn new() -> Self {
+        PageBatch { local: [const { None }; N], nr_local: 0, more: Vec::new() }
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        self.nr_local + self.more.len()
+    }
+
+    #[inline]
+    fn push(&mut self, page: Pages) {
+        if self.nr_local < N {
+            self.local[self.nr_local] = Some(page);
+            self.nr_local += 1;
+        } else {
+            self.more.push(page);
+        }
+    }
+
+    #[inline]
+    fn pop(&mut self) -> Option<Pages> {
+        if let Some(p) = self.more.pop() {
+            return Some(p);
+        }
+        self.nr_local = self.nr_local.checked_sub(1)?;
+        self.local[self.nr_local].take()
+    }
+
+    /// Frees everything, leaving the batch empty (the vector keeps its buffer).
+    fn free(&mut self, alloc: &impl PtAlloc) {
+        for p in self.local[..self.nr_local].iter_mut().filter_map(Option::take) {
+            alloc.free_pages(p);
+        }
+        self.nr_local = 0;
+        // In bulk: an unmapped range's pages are mostly contiguous runs, which
+        // enter the buddy merged (`page_alloc_bulk`).
+        alloc.free_pages_bulk(&mut self.more);
     }
 }
 
