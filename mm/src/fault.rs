@@ -253,10 +253,15 @@ pub fn handle_mm_fault_shmem<A: PtAlloc, M: PtMem, C: ClearPages>(
         }
         return do_special_fault(space, &vma, m, va, prot);
     }
+    if !thp_vma_allowable(&vma, addr, thp.mode(), env) {
+        // One walk, as Linux's `__handle_mm_fault`: the tables on the way down,
+        // then the PTE, present or not (`do_anonymous_page` sees which).
+        return do_anonymous_page(space, va, prot, access, clear, tlb);
+    }
     if let Some(t) = space.translate(va) {
         return fault_on_present(space, va, t.level, t.flags, prot, access, tlb);
     }
-    if thp_vma_allowable(&vma, addr, thp.mode(), env) && pmd_none(space, va) {
+    if pmd_none(space, va) {
         match do_huge_pmd_anonymous_page(space, &vma, va, prot, access, thp, clear) {
             Ok(outcome) => return Ok(outcome),
             Err(HugeFallback::Fallback) => {}
@@ -406,14 +411,21 @@ fn do_anonymous_page<A: PtAlloc, M: PtMem, C: ClearPages>(
     let lin = va.linear();
     let r = match space.table_alloc(lin, Level::Pte, GFP_PGTABLE_USER) {
         Ok(r) => r,
-        // A huge page appeared at the PMD: the access is served by it.
-        Err(TableAllocError::Huge(_)) => return Ok(FaultOutcome::Spurious),
+        // A huge page maps it (mapped before THP was turned off for the range).
+        Err(TableAllocError::Huge(_)) => {
+            return match space.translate(va) {
+                Some(t) => fault_on_present(space, va, t.level, t.flags, prot, access, tlb),
+                None => Ok(FaultOutcome::Spurious),
+            };
+        }
         Err(TableAllocError::NoMemory(_)) => return Err(FaultError::OutOfMemory),
     };
     let idx = Level::Pte.index(lin);
-    if space.entry(r.table, idx).is_present() {
+    let pte = space.entry(r.table, idx);
+    if pte.is_present() {
+        // Mapped already: a protection or accessed/dirty fault on it.
         space.pt_put(r, tlb);
-        return Ok(FaultOutcome::Spurious);
+        return fault_on_present(space, va, Level::Pte, pte.flags(), prot, access, tlb);
     }
     let page = match space.alloc.alloc_pages(GFP_HIGHUSER_MOVABLE, 0) {
         Ok(p) => p,
