@@ -647,7 +647,7 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
 
     /// Splits a block of `2^high` at `pfn` down to `2^low`, putting the upper halves
     /// on the `mt` lists (Linux `expand`).
-    fn expand(&self, z: &Zone<P>, a: &mut FreeArea, pfn: u64, low: usize, mut high: usize, mt: MigrateType) {
+    pub(crate) fn expand(&self, z: &Zone<P>, a: &mut FreeArea, pfn: u64, low: usize, mut high: usize, mt: MigrateType) {
         while high > low {
             high -= 1;
             self.add_to_free_list(z, a, pfn + (1 << high), high, mt);

@@ -296,6 +296,29 @@ fn pcp_batches_and_drains() {
     assert_restored(&a);
 }
 
+/// An order-0 refill takes a free block of the wanted type whole (or its
+/// largest power-of-two part within the batch): 15 pages come as 8 + 4 + 2 + 1
+/// distinct pages, the buddy keeps the rest, and everything adds up.
+#[test]
+fn pcp_refill_carves_blocks_into_distinct_pages() {
+    let a = simple(2048, cfg());
+    let free = a.stats().free();
+    let pages: Vec<_> = (0..15).map(|_| a.alloc_pages(GFP_KERNEL, 0).unwrap()).collect();
+    assert_eq!(a.stats().zones[0].pcp, 0, "one batch of 15 served all 15");
+    let mut pfns: Vec<u64> = pages.iter().map(|p| p.pfn().0).collect();
+    pfns.sort_unstable();
+    pfns.dedup();
+    assert_eq!(pfns.len(), 15, "every page handed out once");
+    assert_eq!(pfns[14] - pfns[0], 14, "carved from one block: contiguous");
+    assert_eq!(a.stats().free(), free - 15);
+    check(&a);
+    for p in pages {
+        a.free_pages(p);
+    }
+    a.drain_pages(0);
+    assert_restored(&a);
+}
+
 #[test]
 fn fallback_claims_or_steals_and_is_counted() {
     // 4 blocks: fill them with movable pages, then free most of one block.

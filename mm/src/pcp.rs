@@ -35,7 +35,7 @@
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use crate::page::{Kind, NONE};
-use crate::page_alloc::{ALLOC_TRYLOCK, Busy, PCP_MAX_ORDER, PageAlloc, Zone};
+use crate::page_alloc::{ALLOC_TRYLOCK, Busy, FreeArea, PCP_MAX_ORDER, PageAlloc, Zone};
 use crate::pageblock::{MIGRATE_PCPTYPES, MigrateType};
 use crate::sync::{LocalGuard, LocalLock, Platform};
 
@@ -212,6 +212,19 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
         let Some(mut a) = self.lock_zone_maybe(z, flags & ALLOC_TRYLOCK != 0) else { return 0 };
         let mut moved = 0;
         while moved < count {
+            if order == 0
+                && let Some((pfn, nr_pages)) = self.rmqueue_carve(z, &mut a, mt, count - moved)
+            {
+                for p in pfn..pfn + nr_pages as u64 {
+                    let m = self.meta(p);
+                    m.set_kind(Kind::Pcp, 0);
+                    m.set_next(pcp.lists[pi]);
+                    pcp.lists[pi] = self.idx(p);
+                }
+                slot.add_count(nr_pages);
+                moved += nr_pages;
+                continue;
+            }
             let Some(pfn) = self.__rmqueue(z, &mut a, order, mt, flags) else { break };
             let m = self.meta(pfn);
             m.set_kind(Kind::Pcp, order);
@@ -221,6 +234,23 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
             moved += 1;
         }
         moved
+    }
+
+    /// For an order-0 refill: the smallest free block of type `mt`, or of it the
+    /// largest power-of-two part that is at most `max` pages (the rest goes back
+    /// to the free lists as `expand` does), as `(first pfn, pages)`. The caller
+    /// puts every page of it on the list at once; Linux's `rmqueue_bulk` takes
+    /// one page per `__rmqueue`, splitting the block a level at a time through
+    /// the free lists. `None` when no block of `mt` is free (the caller falls
+    /// back to `__rmqueue`, which may claim or steal).
+    fn rmqueue_carve(&self, z: &Zone<P>, a: &mut FreeArea, mt: MigrateType, max: u32) -> Option<(u64, u32)> {
+        debug_assert!(max > 0);
+        let cur = (0..crate::page_alloc::NR_PAGE_ORDERS).find(|&o| a.head[o][mt.index()] != NONE)?;
+        let pfn = self.pfn_of(a.head[cur][mt.index()]);
+        self.del_from_free_list(z, a, pfn, cur, mt);
+        let take = cur.min(max.ilog2() as usize);
+        self.expand(z, a, pfn, take, cur, mt);
+        Some((pfn, 1 << take))
     }
 
     /// Puts a freed block on this CPU's list, trimming it above `high` (Linux
