@@ -127,7 +127,7 @@ pub fn out_of_memory(from_user: bool) -> bool {
                 "Out of memory: killed process {} ({}) total-rss:{}kB; free pages {}",
                 pid, name, rss, crate::memory::page_alloc::page_alloc().stats().free()
             );
-            sched::with_task(pid, |t| t.kill_pending = Some(SIGKILL));
+            sched::send_kill(pid, SIGKILL);
             pid
         }
         (None, None) => return false,
@@ -137,7 +137,7 @@ pub fn out_of_memory(from_user: bool) -> bool {
         return true;
     }
     if from_user {
-        sched::with_current(|t| t.kill_pending = None);
+        let _ = sched::take_kill();
         do_exit(ExitStatus::Signaled(SIGKILL));
     }
     false

@@ -21,7 +21,7 @@ use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use mm::gfp::GFP_KERNEL;
 use mm::vmalloc::VmArea;
@@ -272,15 +272,46 @@ pub fn schedule_timeout_uninterruptible(ticks: u64) -> bool {
     true
 }
 
+/// Tasks whose `kill_pending` is set (Linux checks `TIF_SIGPENDING` in the
+/// task's flags on every return to user; here one counter for all tasks):
+/// zero on the common path, so [`return_to_user`] looks the task up only when
+/// some task has a kill pending. Changed only with [`send_kill`] and
+/// [`take_kill`] (a reaped task with one still set keeps it counted: the hint
+/// then costs a lookup, never a missed kill).
+static NR_KILL_PENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// Marks task `pid` to die with `sig` on its next return to user (the OOM
+/// killer's choice). `false` if there is no such task.
+pub fn send_kill(pid: Pid, sig: u8) -> bool {
+    with_task(pid, |t| {
+        if t.kill_pending.replace(sig).is_none() {
+            NR_KILL_PENDING.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+    .is_some()
+}
+
+/// Takes the running task's pending kill, if any.
+pub fn take_kill() -> Option<u8> {
+    if NR_KILL_PENDING.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let sig = with_current(|t| t.kill_pending.take()).flatten();
+    if sig.is_some() {
+        NR_KILL_PENDING.fetch_sub(1, Ordering::Relaxed);
+    }
+    sig
+}
+
 /// Whether the running task has been chosen by the OOM killer.
 pub fn kill_pending() -> bool {
-    with_current(|t| t.kill_pending.is_some()).unwrap_or(false)
+    NR_KILL_PENDING.load(Ordering::Relaxed) != 0 && with_current(|t| t.kill_pending.is_some()).unwrap_or(false)
 }
 
 /// Called on every return to user mode (interrupt or syscall exit): delivers
 /// a pending OOM kill and switches tasks if the time slice is over.
 pub fn return_to_user() {
-    if let Some(sig) = with_current(|t| t.kill_pending.take()).flatten() {
+    if let Some(sig) = take_kill() {
         crate::task::process::do_exit(ExitStatus::Signaled(sig));
     }
     if NEED_RESCHED.swap(false, Ordering::Relaxed) {
