@@ -546,6 +546,11 @@ impl FlagAdvice {
 #[derive(Clone, Debug)]
 pub struct VmaTree {
     vmas: BTreeMap<u64, Vma>,
+    /// Start of the VMA the last [`vma_lookup`](Self::vma_lookup) found (Linux's
+    /// per-thread `vmacache` before the maple tree): faults come in runs on
+    /// one VMA, and a key lookup costs half a range search. Only a hint: it is
+    /// checked against the tree on every use, so no change needs to reset it.
+    lookup_hint: core::cell::Cell<u64>,
     total_vm_pages: u64,
     max_map_count: usize,
     mmap_base: u64,
@@ -564,6 +569,7 @@ impl VmaTree {
     pub fn new() -> Self {
         VmaTree {
             vmas: BTreeMap::new(),
+            lookup_hint: core::cell::Cell::new(u64::MAX),
             total_vm_pages: 0,
             max_map_count: DEFAULT_MAX_MAP_COUNT,
             mmap_base: DEFAULT_MMAP_BASE,
@@ -649,11 +655,14 @@ impl VmaTree {
 
     /// Linux `vma_lookup`: the VMA containing `addr`.
     pub fn vma_lookup(&self, addr: u64) -> Option<&Vma> {
-        self.vmas
-            .range(..=addr)
-            .next_back()
-            .map(|(_, v)| v)
-            .filter(|v| v.contains(addr))
+        if let Some(v) = self.vmas.get(&self.lookup_hint.get())
+            && v.contains(addr)
+        {
+            return Some(v);
+        }
+        let v = self.vmas.range(..=addr).next_back().map(|(_, v)| v).filter(|v| v.contains(addr))?;
+        self.lookup_hint.set(v.start);
+        Some(v)
     }
 
     /// Linux `find_vma_intersection`: the first VMA overlapping `[start, end)`.

@@ -146,6 +146,24 @@ fn merge_rules() {
 // ----- lookups -----------------------------------------------------------------
 
 #[test]
+fn vma_lookup_hint_never_outlives_the_vma() {
+    let mut t = VmaTree::new();
+    anon(&mut t, 0x20000, 4, rw());
+    assert_eq!(t.vma_lookup(0x21000).unwrap().start, 0x20000); // sets the hint
+    // Split: the hinted key now ends at 0x22000; 0x23000 lies in the new VMA.
+    t.mprotect_fixup(0x22000, 2 * P, VmFlags::READ).unwrap();
+    assert_eq!(t.vma_lookup(0x23000).map(|v| (v.start, v.end)), Some((0x22000, 0x24000)));
+    assert_eq!(t.vma_lookup(0x21000).map(|v| (v.start, v.end)), Some((0x20000, 0x22000)));
+    // Unmapped: the hint's key is gone.
+    t.do_munmap(0x20000, 0x2000).unwrap();
+    assert!(t.vma_lookup(0x21000).is_none());
+    // Mapped again with another start covering the old address.
+    anon(&mut t, 0x1f000, 3, ro());
+    assert_eq!(t.vma_lookup(0x21000).map(|v| v.start), Some(0x1f000));
+    check_invariants(&t);
+}
+
+#[test]
 fn lookups_on_empty_and_populated_tree() {
     let mut t = VmaTree::new();
     assert!(t.find_vma(0).is_none());
