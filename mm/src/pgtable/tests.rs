@@ -315,6 +315,31 @@ fn flush_threshold_small_ranges_use_invlpg() {
 }
 
 #[test]
+fn range_walks_stop_at_the_count_but_never_before_the_last_entry() {
+    let env = Env::new(4096);
+    let mut s = user(&env);
+    // Three pages of one PTE table: two inside the range, one after it.
+    for (i, idx) in [5u64, 400, 450].into_iter().enumerate() {
+        s.map(va(0x20_0000 + idx * K), Pfn(100 + i as u64), PageSize::Size4K, RW, GFP_KERNEL).unwrap();
+    }
+    let mut tlb = MmuGather::new();
+    s.unmap(va(0x20_0000), 420 * K, GFP_KERNEL, &mut tlb).unwrap();
+    finish(&env, tlb);
+    assert!(s.translate(va(0x20_0000 + 5 * K)).is_none());
+    assert!(s.translate(va(0x20_0000 + 400 * K)).is_none(), "an entry after the first was skipped");
+    assert_eq!(s.translate(va(0x20_0000 + 450 * K)).map(|t| t.pfn), Some(Pfn(102)));
+    assert_eq!(s.census().unwrap().leaves, [1, 0, 0]);
+    // With a walker reference the count is above the entries: the walk scans on.
+    let r = s.pte_table_get(va(0x20_0000)).unwrap();
+    let mut tlb = MmuGather::new();
+    s.protect(va(0x20_0000), M2, PteFlags::empty(), GFP_KERNEL, &mut tlb).unwrap();
+    assert!(!s.translate(va(0x20_0000 + 450 * K)).unwrap().flags.contains(PteFlags::WRITABLE));
+    s.pt_put(r, &mut tlb);
+    finish(&env, tlb);
+    destroy(&env, s);
+}
+
+#[test]
 fn emptied_tables_come_back_from_the_quicklist_after_the_flush() {
     let env = Env::new(4096);
     let mut s = user(&env);
