@@ -28,6 +28,7 @@ pub mod qemu;
 pub mod rtc;
 pub mod signal;
 pub mod serial;
+pub mod smpboot;
 pub mod time;
 pub mod trap;
 pub mod uaccess;
