@@ -277,6 +277,7 @@ pub fn smp_init(kernel_root: u64, alloc_stack: &mut dyn FnMut() -> Option<u64>) 
     }
     let madt = acpi::madt().map_err(SmpError::NoMadt)?;
     if madt.nr_enabled <= 1 {
+        log::info!("smp: the MADT lists {} CPU; running on CPU 0", madt.nr_enabled);
         return Ok(nr_online());
     }
     if time::tsc_hz() == 0 {
