@@ -175,13 +175,17 @@ fn bring_up_cpus() {
         log::warn!("smp: no kernel page table; running on CPU 0 only");
         return;
     };
-    // AP boot stacks: vmalloc'd like a task's kernel stack (guard pages
-    // around it), never freed (a parked CPU keeps its stack).
+    // AP boot stacks: physically contiguous blocks from the page allocator,
+    // used through the direct map and never freed (a parked CPU keeps its
+    // stack). Not vmalloc'd: no guard page, but a stack parked for the
+    // kernel's life in the vmalloc range would share page-table pages with
+    // later areas (the vmalloc ktests expect an empty neighbourhood); a
+    // parked AP uses well under a page of it.
     let mut alloc_stack = || {
-        let area = vmalloc::vmalloc(smpboot::AP_STACK_SIZE, mm::gfp::GFP_KERNEL).ok()?;
-        let top = area.addr().as_u64() + smpboot::AP_STACK_SIZE as u64;
-        core::mem::forget(area);
-        Some(top)
+        let order = (smpboot::AP_STACK_SIZE / 4096).trailing_zeros() as usize;
+        let pages = page_alloc::page_alloc().alloc_pages(mm::gfp::GFP_KERNEL, order).ok()?;
+        let pfn = pages.leak();
+        Some(memmap::phys_to_virt(pfn.phys_addr()) as u64 + smpboot::AP_STACK_SIZE as u64)
     };
     if let Err(e) = smpboot::smp_init(root.0 << 12, &mut alloc_stack) {
         log::warn!("smp: APs not started ({:?}); running on CPU 0 only", e);
