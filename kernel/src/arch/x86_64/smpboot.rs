@@ -284,6 +284,7 @@ pub fn smp_init(kernel_root: u64, alloc_stack: &mut dyn FnMut() -> Option<u64>) 
         return Err(SmpError::NoTscClock);
     }
     let base = find_trampoline_window().ok_or(SmpError::NoLowMemory)?;
+    log::debug!("smp: trampoline at phys {:#x}, {} pages", base, TRAMPOLINE_PAGES);
     // SAFETY: `base` starts TRAMPOLINE_PAGES usable, page-aligned pages below
     // 1 MiB that the page allocator never hands out and nothing else uses;
     // the direct map covers them.
