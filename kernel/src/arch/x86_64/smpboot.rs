@@ -50,8 +50,9 @@ use crate::arch::x86_64::{acpi, apic, cpu, gdt, idt, memmap, time};
 
 /// CPUs this kernel tracks (the online mask is one `u64`).
 pub const MAX_CPUS: usize = 64;
-/// How long the BSP waits for an AP to check in.
-pub const CHECKIN_TIMEOUT_US: u64 = 100_000;
+/// How long the BSP waits for an AP to check in: 5 s, as Linux's `do_boot_cpu`
+/// (a vCPU thread of a loaded host may start late; only a dead AP costs it).
+pub const CHECKIN_TIMEOUT_US: u64 = 5_000_000;
 /// Size of each AP's boot stack (as a task's kernel stack).
 pub const AP_STACK_SIZE: usize = 64 * 1024;
 
