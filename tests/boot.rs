@@ -192,7 +192,7 @@ fn console_answers_meminfo_and_rejects_unknown_commands() {
 /// Input sent before the kernel has booted (piped into `make run` during the
 /// build) reaches the prompt whole: serial init must not reset the UART's
 /// receive buffer, where QEMU parks the first byte. The machine has two CPUs,
-/// and the kernel says it runs on one. (BIOS only: under UEFI the firmware's
+/// and the kernel brings up both. (BIOS only: under UEFI the firmware's
 /// console reads what is typed while it runs.)
 #[test]
 fn input_typed_before_boot_survives_and_extra_cpus_are_reported() {
@@ -201,7 +201,22 @@ fn input_typed_before_boot_survives_and_extra_cpus_are_reported() {
     assert_eq!(run.outcome, Outcome::Success);
     assert!(run.output.contains("mm> uptime\nup "), "the first command arrived damaged");
     assert!(run.output.contains("Power down."));
-    assert!(run.output.contains("smp: the MADT lists 2 CPUs; this kernel brings up CPU 0 only (no SMP yet)"));
+    assert!(run.output.contains("smp: brought up 2 CPUs (APIC ids 0,1); the APs are parked"));
+}
+
+/// The application processors come up (INIT-SIPI-SIPI through the real-mode
+/// trampoline) and park, under both firmwares; the in-kernel test checks that
+/// every enabled MADT processor is online.
+#[test]
+fn application_processors_are_brought_up_and_parked_bios_and_uefi() {
+    for uefi in [false, true] {
+        let options = Options { uefi, smp: 2, ktest: Some(Some("smpboot".into())), ..Options::default() };
+        let run = boot(options, None);
+        assert_eq!(run.outcome, Outcome::Success, "uefi={}: {}", uefi, run.output);
+        assert!(run.output.contains("smp: brought up 2 CPUs (APIC ids 0,1); the APs are parked"), "uefi={}", uefi);
+        assert!(run.output.contains("online_cpus_match_the_madt ... ok"), "uefi={}", uefi);
+        assert_eq!(summary(&run.output), Some((1, 0)), "uefi={}", uefi);
+    }
 }
 
 #[test]

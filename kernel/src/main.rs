@@ -32,7 +32,7 @@ use log::LevelFilter;
 
 use arch::x86_64::layout::{KERNEL_HALF_START, KERNEL_IMAGE_BASE};
 use arch::x86_64::upcall::{self, Upcalls};
-use arch::x86_64::{apic, cpu, entry_64, fpu, gdt, idt, memmap, pic, pit, qemu, serial, time};
+use arch::x86_64::{apic, cpu, entry_64, fpu, gdt, idt, memmap, pic, pit, qemu, serial, smpboot, time};
 use entry::{fault, sys_mm, syscalls};
 use init::cmdline::{self, SelfTest};
 use init::userland;
@@ -111,8 +111,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     slab::init(mm::slab::SlabConfig { init_on_alloc: cmdline.init_on_alloc, init_on_free: cmdline.init_on_free });
     apic::init(facts.physical_memory_offset);
     entry_64::init();
-    log_cpus();
     fpu::init();
+    bring_up_cpus();
     shrinker::register(&sys_mm::LAZYFREE_SHRINKER);
     shrinker::register(memory::pgtable::QUICKLIST_SHRINKER);
     match apic::start_timer(sched::HZ) {
@@ -170,13 +170,25 @@ fn install_hooks() {
 }
 
 /// Says how many CPUs the firmware lists, and that only the boot CPU runs.
-fn log_cpus() {
-    match arch::x86_64::acpi::madt() {
-        Ok(madt) if madt.nr_cpus > 1 => {
-            log::warn!("smp: the MADT lists {} CPUs; this kernel brings up CPU 0 only (no SMP yet)", madt.nr_cpus)
-        }
-        Ok(madt) => log::info!("smp: the MADT lists {} CPU; running on CPU 0", madt.nr_cpus),
-        Err(e) => log::warn!("smp: no MADT ({:?}); running on CPU 0 only", e),
+fn bring_up_cpus() {
+    let Some(root) = memory::init_64::kernel_root() else {
+        log::warn!("smp: no kernel page table; running on CPU 0 only");
+        return;
+    };
+    // AP boot stacks: physically contiguous blocks from the page allocator,
+    // used through the direct map and never freed (a parked CPU keeps its
+    // stack). Not vmalloc'd: no guard page, but a stack parked for the
+    // kernel's life in the vmalloc range would share page-table pages with
+    // later areas (the vmalloc ktests expect an empty neighbourhood); a
+    // parked AP uses well under a page of it.
+    let mut alloc_stack = || {
+        let order = (smpboot::AP_STACK_SIZE / 4096).trailing_zeros() as usize;
+        let pages = page_alloc::page_alloc().alloc_pages(mm::gfp::GFP_KERNEL, order).ok()?;
+        let pfn = pages.leak();
+        Some(memmap::phys_to_virt(pfn.phys_addr()) as u64 + smpboot::AP_STACK_SIZE as u64)
+    };
+    if let Err(e) = smpboot::smp_init(root.0 << 12, &mut alloc_stack) {
+        log::warn!("smp: APs not started ({:?}); running on CPU 0 only", e);
     }
 }
 

@@ -32,6 +32,7 @@ pub const SUITES: &[&[KTest]] = &[
     crate::arch::x86_64::profile::KTESTS,
     crate::arch::x86_64::acpi::KTESTS,
     crate::arch::x86_64::apic::KTESTS,
+    crate::arch::x86_64::smpboot::KTESTS,
     crate::arch::x86_64::rtc::KTESTS,
     crate::init::userland::KTESTS,
     crate::init::cmdline::KTESTS,

@@ -25,6 +25,9 @@ const MADT_IO_APIC: u8 = 1;
 const MADT_LOCAL_X2APIC: u8 = 9;
 /// Local (x2)APIC entry flags: enabled, or online capable (may be enabled later).
 const MADT_CPU_USABLE: u32 = 0b11;
+const MADT_CPU_ENABLED: u32 = 0b01;
+/// At most this many CPUs' APIC ids are kept (more are counted, not recorded).
+pub const MAX_MADT_CPUS: usize = 64;
 const MADT_INTERRUPT_OVERRIDE: u8 = 2;
 /// At most this many I/O APICs and overrides are kept.
 const MAX_IOAPICS: usize = 4;
@@ -69,6 +72,13 @@ pub struct Madt {
     pub overrides: [Option<InterruptOverride>; MAX_OVERRIDES],
     /// Usable CPUs: local APIC and x2APIC entries enabled or online capable.
     pub nr_cpus: u32,
+    /// APIC ids of the enabled processors (flag bit 0), in MADT order; the
+    /// first `nr_enabled` (capped at [`MAX_MADT_CPUS`]) slots are `Some`.
+    /// Online-capable but disabled entries are not started (Linux does the same
+    /// until hot-add).
+    pub enabled_apic_ids: [Option<u32>; MAX_MADT_CPUS],
+    /// Enabled processors (all of them, even beyond [`MAX_MADT_CPUS`]).
+    pub nr_enabled: u32,
 }
 
 impl Madt {
@@ -174,6 +184,8 @@ fn parse_madt(t: &[u8]) -> Result<Madt, AcpiError> {
         ioapics: [None; MAX_IOAPICS],
         overrides: [None; MAX_OVERRIDES],
         nr_cpus: 0,
+        enabled_apic_ids: [None; MAX_MADT_CPUS],
+        nr_enabled: 0,
     };
     let mut at = MADT_ENTRIES_OFFSET;
     let (mut nr_io, mut nr_ovr) = (0, 0);
@@ -192,9 +204,23 @@ fn parse_madt(t: &[u8]) -> Result<Madt, AcpiError> {
                 }
             }
             MADT_LOCAL_APIC | MADT_LOCAL_X2APIC => {
-                let flags = if kind == MADT_LOCAL_APIC { le_u32(e, 4) } else { le_u32(e, 8) };
+                // Type 0: processor uid (1), APIC id (1), flags (4).
+                // Type 9: reserved (2), x2APIC id (4), flags (4), uid (4).
+                let (id, flags) = if kind == MADT_LOCAL_APIC {
+                    (e.get(3).map(|&id| id as u32), le_u32(e, 4))
+                } else {
+                    (le_u32(e, 4), le_u32(e, 8))
+                };
                 if flags.is_some_and(|f| f & MADT_CPU_USABLE != 0) {
                     madt.nr_cpus += 1;
+                }
+                if let (Some(id), Some(f)) = (id, flags) {
+                    if f & MADT_CPU_ENABLED != 0 {
+                        if let Some(slot) = madt.enabled_apic_ids.get_mut(madt.nr_enabled as usize) {
+                            *slot = Some(id);
+                        }
+                        madt.nr_enabled += 1;
+                    }
                 }
             }
             // Bus 0 is ISA, the only bus ACPI defines.
@@ -254,6 +280,9 @@ fn madt_parser_refuses_bad_entries() -> crate::lib::ktest::KResult {
     crate::kassert_eq!(m.overrides[0], Some(InterruptOverride { source: 0, gsi: 2, flags: 5 }));
     crate::kassert_eq!(m.overrides[1], None);
     crate::kassert_eq!(m.nr_cpus, 2);
+    // Only the enabled local APIC (id 0) is enabled; the x2APIC one is online capable.
+    crate::kassert_eq!(m.nr_enabled, 1);
+    crate::kassert_eq!(&m.enabled_apic_ids[..2], &[Some(0), None]);
     crate::kassert_eq!(m.ioapic_for_gsi(2), None);
     crate::kassert_eq!(m.ioapic_for_gsi(26).map(|(_, pin)| pin), Some(2));
     let mut truncated = t.clone();

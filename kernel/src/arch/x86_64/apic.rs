@@ -46,6 +46,9 @@ const SVR_ENABLE: u32 = 1 << 8;
 const ICR_DELIVERY_NMI: u32 = 0b100 << 8;
 const ICR_LEVEL_ASSERT: u32 = 1 << 14;
 const ICR_SEND_PENDING: u32 = 1 << 12;
+const ICR_DELIVERY_INIT: u32 = 0b101 << 8;
+const ICR_DELIVERY_STARTUP: u32 = 0b110 << 8;
+const ICR_TRIGGER_LEVEL: u32 = 1 << 15;
 
 /// The register page in the direct map (null until [`init`]).
 static BASE: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
@@ -75,6 +78,43 @@ pub fn init(direct_map_offset: u64) {
     BASE.store((direct_map_offset + phys) as *mut u8, Ordering::Relaxed);
     reg(Reg::Spurious).write(SVR_ENABLE | SPURIOUS_VECTOR);
     log::info!("local APIC: id {} at phys {:#x}", id(), phys);
+}
+
+/// Software-enables the local APIC of the calling CPU (an application
+/// processor: [`init`] found the register page on the boot CPU, and every
+/// CPU's APIC sits at the same physical address). Returns false if the
+/// firmware left this CPU's APIC disabled or [`init`] found none.
+pub fn enable_this_cpu() -> bool {
+    // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU.
+    let msr = unsafe { Msr::new(IA32_APIC_BASE_MSR).read() };
+    if msr & APIC_BASE_ENABLE == 0 || !is_enabled() {
+        return false;
+    }
+    reg(Reg::Spurious).write(SVR_ENABLE | SPURIOUS_VECTOR);
+    true
+}
+
+/// Writes the ICR (destination first: writing the low half sends) and waits
+/// until the APIC has sent the IPI.
+fn send_ipi(apic_id: u32, low: u32) {
+    reg(Reg::IcrHigh).write(apic_id << 24);
+    reg(Reg::IcrLow).write(low);
+    while reg(Reg::IcrLow).read() & ICR_SEND_PENDING != 0 {
+        core::hint::spin_loop();
+    }
+}
+
+/// INIT IPI to `apic_id` (assert, then the level de-assert older APICs
+/// want; Linux `wakeup_secondary_cpu_via_init`). xAPIC ids only (< 255).
+pub fn send_init(apic_id: u32) {
+    send_ipi(apic_id, ICR_DELIVERY_INIT | ICR_TRIGGER_LEVEL | ICR_LEVEL_ASSERT);
+    send_ipi(apic_id, ICR_DELIVERY_INIT | ICR_TRIGGER_LEVEL);
+}
+
+/// Start-up IPI to `apic_id`: the CPU starts in real mode at
+/// `vector << 12` (a page below 1 MiB).
+pub fn send_startup(apic_id: u32, vector: u8) {
+    send_ipi(apic_id, ICR_DELIVERY_STARTUP | vector as u32);
 }
 
 pub fn is_enabled() -> bool {

@@ -91,6 +91,59 @@ pub fn init() {
     }
 }
 
+/// An application processor's GDT, built by the boot CPU before it starts
+/// the AP (so the AP itself needs no allocator) and loaded by the AP with
+/// [`load_ap`].
+pub struct ApGdt {
+    gdt: &'static GlobalDescriptorTable,
+    kernel_code: SegmentSelector,
+    kernel_data: SegmentSelector,
+    tss: SegmentSelector,
+}
+
+/// Builds a GDT for an application processor: the boot CPU's layout (so the
+/// selectors of [`selectors`] and the IDT's code selector hold on every CPU)
+/// with that CPU's own TSS and IST stacks (a TSS descriptor is marked busy
+/// when loaded, so CPUs cannot share one). Table, TSS and stacks come from the
+/// heap and are never freed: a CPU, once up, stays up. `rsp0` stays 0 until
+/// that CPU runs user tasks (it does not yet).
+pub fn new_ap_gdt() -> ApGdt {
+    use alloc::boxed::Box;
+    use alloc::vec;
+    let mut tss = TaskStateSegment::new();
+    for ist in [DOUBLE_FAULT_IST, NMI_IST] {
+        let stack: &'static mut [u8] = Box::leak(vec![0u8; IST_STACK_SIZE].into_boxed_slice());
+        // The CPU aligns an IST stack pointer down to 16 bytes anyway.
+        let top = (VirtAddr::from_ptr(stack.as_ptr()) + IST_STACK_SIZE as u64).align_down(16u64);
+        tss.interrupt_stack_table[(ist - 1) as usize] = top;
+    }
+    let tss: &'static TaskStateSegment = Box::leak(Box::new(tss));
+    let mut gdt = GlobalDescriptorTable::new();
+    let kernel_code = gdt.append(Descriptor::kernel_code_segment());
+    let kernel_data = gdt.append(Descriptor::kernel_data_segment());
+    gdt.append(Descriptor::user_data_segment());
+    gdt.append(Descriptor::user_code_segment());
+    let tss_sel = gdt.append(Descriptor::tss_segment(tss));
+    let gdt: &'static GlobalDescriptorTable = Box::leak(Box::new(gdt));
+    ApGdt { gdt, kernel_code, kernel_data, tss: tss_sel }
+}
+
+/// Loads an AP's GDT and TSS on the calling CPU and reloads the segment
+/// registers. Each [`ApGdt`] must be loaded by one CPU only (its TSS becomes busy).
+pub fn load_ap(g: &ApGdt) {
+    g.gdt.load();
+    // SAFETY: the selectors index the GDT loaded just above, which is leaked
+    // (lives forever); its TSS descriptor belongs to this CPU alone, so it is
+    // not busy.
+    unsafe {
+        CS::set_reg(g.kernel_code);
+        SS::set_reg(g.kernel_data);
+        DS::set_reg(g.kernel_data);
+        ES::set_reg(g.kernel_data);
+        load_tss(g.tss);
+    }
+}
+
 /// Sets the stack the CPU switches to on an interrupt or exception from
 /// user mode (TSS `rsp0`): the top of the current task's kernel stack.
 pub fn set_kernel_stack(top: u64) {

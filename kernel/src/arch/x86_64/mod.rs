@@ -1,6 +1,6 @@
 //! Everything that touches x86_64 hardware directly: descriptor tables, trap
 //! and `syscall` entry, the legacy PIC and PIT, the local and I/O APIC, ACPI
-//! tables, CPU feature control, the serial line, the TSC clock and the vDSO code that reads it in user mode, user-memory
+//! tables, starting and parking the other CPUs, CPU feature control, the serial line, the TSC clock and the vDSO code that reads it in user mode, user-memory
 //! access, the boot memory map and the address-space layout, QEMU's
 //! debug-exit and fw_cfg devices. The rest of the kernel calls these through
 //! small safe APIs; this layer calls up only through the [`upcall`] hooks
@@ -28,6 +28,7 @@ pub mod qemu;
 pub mod rtc;
 pub mod signal;
 pub mod serial;
+pub mod smpboot;
 pub mod time;
 pub mod trap;
 pub mod uaccess;
