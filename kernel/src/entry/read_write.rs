@@ -298,9 +298,16 @@ fn readv_at(bytes: &FileBytes, pos: i64, segs: &[(u64, u64)], total: u64) -> Res
         return Ok(0);
     }
     verify_area(pos, total)?;
+    for_each_segment(segs, |base, len, done| copy_file_to_user(bytes.as_slice(), pos + done as i64, base, len))
+}
+
+/// Transfers segment after segment with `io(base, len, done so far)` (Linux's
+/// `do_loop_readv_writev`): stops at a short segment; an error is returned
+/// only when nothing was transferred, otherwise the count so far.
+fn for_each_segment(segs: &[(u64, u64)], mut io: impl FnMut(u64, u64, u64) -> SysResult) -> SysResult {
     let mut done = 0u64;
     for &(base, len) in segs {
-        match copy_file_to_user(bytes.as_slice(), pos + done as i64, base, len) {
+        match io(base, len, done) {
             Ok(n) => {
                 done += n;
                 if n < len {
@@ -338,22 +345,7 @@ fn do_writev(fd: u64, uvec: u64, nr_segs: u32, pos: Option<i64>) -> SysResult {
         return Ok(0);
     }
     match target {
-        WriteTarget::Console => {
-            let mut done = 0u64;
-            for (base, len) in segs {
-                match write_console(base, len) {
-                    Ok(n) => {
-                        done += n;
-                        if n < len {
-                            break;
-                        }
-                    }
-                    Err(e) if done == 0 => return Err(e),
-                    Err(_) => break,
-                }
-            }
-            Ok(done)
-        }
+        WriteTarget::Console => for_each_segment(&segs, |base, len, _| write_console(base, len)),
         WriteTarget::DropCaches { pos: file_pos } => {
             let n = write_drop_caches(&segs, total, pos.unwrap_or(file_pos))?;
             if pos.is_none() {
