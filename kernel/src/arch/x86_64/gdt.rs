@@ -70,18 +70,30 @@ pub fn init() {
     // through `set_kernel_stack` (a single aligned store the CPU reads on a
     // privilege change), never through a Rust reference.
     let tss: &'static TaskStateSegment = unsafe { &*addr_of!(TSS) };
-    let (gdt, sel) = GDT.call_once(|| {
-        let mut gdt = GlobalDescriptorTable::new();
-        let kernel_code = gdt.append(Descriptor::kernel_code_segment());
-        let kernel_data = gdt.append(Descriptor::kernel_data_segment());
-        let user_data = gdt.append(Descriptor::user_data_segment());
-        let user_code = gdt.append(Descriptor::user_code_segment());
-        let tss = gdt.append(Descriptor::tss_segment(tss));
-        (gdt, Selectors { kernel_code, kernel_data, user_data, user_code, tss })
-    });
+    let (gdt, sel) = GDT.call_once(|| build(tss));
+    load(gdt, sel);
+}
+
+/// The kernel's GDT layout around `tss`: kernel code and data, then user
+/// data and code (the order `syscall`/`sysret` need), then the TSS.
+fn build(tss: &'static TaskStateSegment) -> (GlobalDescriptorTable, Selectors) {
+    let mut gdt = GlobalDescriptorTable::new();
+    let kernel_code = gdt.append(Descriptor::kernel_code_segment());
+    let kernel_data = gdt.append(Descriptor::kernel_data_segment());
+    let user_data = gdt.append(Descriptor::user_data_segment());
+    let user_code = gdt.append(Descriptor::user_code_segment());
+    let tss = gdt.append(Descriptor::tss_segment(tss));
+    (gdt, Selectors { kernel_code, kernel_data, user_data, user_code, tss })
+}
+
+/// Loads `gdt` on the calling CPU, reloads the segment registers and the task
+/// register. `gdt` lives forever and its TSS belongs to this CPU alone (a
+/// loaded TSS is marked busy).
+fn load(gdt: &'static GlobalDescriptorTable, sel: &Selectors) {
     gdt.load();
-    // SAFETY: the selectors index the GDT loaded just above, which lives in a
-    // static for the rest of the kernel's life.
+    // SAFETY: the selectors index the GDT loaded just above, which lives for
+    // the rest of the kernel's life; its TSS descriptor is not busy (per the
+    // contract above).
     unsafe {
         CS::set_reg(sel.kernel_code);
         SS::set_reg(sel.kernel_data);
@@ -96,9 +108,7 @@ pub fn init() {
 /// [`load_ap`].
 pub struct ApGdt {
     gdt: &'static GlobalDescriptorTable,
-    kernel_code: SegmentSelector,
-    kernel_data: SegmentSelector,
-    tss: SegmentSelector,
+    sel: Selectors,
 }
 
 /// Builds a GDT for an application processor: the boot CPU's layout (so the
@@ -117,31 +127,14 @@ pub fn new_ap_gdt() -> ApGdt {
         let top = (VirtAddr::from_ptr(stack.as_ptr()) + IST_STACK_SIZE as u64).align_down(16u64);
         tss.interrupt_stack_table[(ist - 1) as usize] = top;
     }
-    let tss: &'static TaskStateSegment = Box::leak(Box::new(tss));
-    let mut gdt = GlobalDescriptorTable::new();
-    let kernel_code = gdt.append(Descriptor::kernel_code_segment());
-    let kernel_data = gdt.append(Descriptor::kernel_data_segment());
-    gdt.append(Descriptor::user_data_segment());
-    gdt.append(Descriptor::user_code_segment());
-    let tss_sel = gdt.append(Descriptor::tss_segment(tss));
-    let gdt: &'static GlobalDescriptorTable = Box::leak(Box::new(gdt));
-    ApGdt { gdt, kernel_code, kernel_data, tss: tss_sel }
+    let (gdt, sel) = build(Box::leak(Box::new(tss)));
+    ApGdt { gdt: Box::leak(Box::new(gdt)), sel }
 }
 
 /// Loads an AP's GDT and TSS on the calling CPU and reloads the segment
 /// registers. Each [`ApGdt`] must be loaded by one CPU only (its TSS becomes busy).
 pub fn load_ap(g: &ApGdt) {
-    g.gdt.load();
-    // SAFETY: the selectors index the GDT loaded just above, which is leaked
-    // (lives forever); its TSS descriptor belongs to this CPU alone, so it is
-    // not busy.
-    unsafe {
-        CS::set_reg(g.kernel_code);
-        SS::set_reg(g.kernel_data);
-        DS::set_reg(g.kernel_data);
-        ES::set_reg(g.kernel_data);
-        load_tss(g.tss);
-    }
+    load(g.gdt, &g.sel);
 }
 
 /// Sets the stack the CPU switches to on an interrupt or exception from
