@@ -723,16 +723,18 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     // ------------------------------------------------------------ __rmqueue
 
     pub(crate) fn __rmqueue_smallest(&self, z: &Zone<P>, a: &mut FreeArea, order: usize, mt: MigrateType) -> Option<u64> {
-        for cur in order..NR_PAGE_ORDERS {
-            let head = a.head[cur][mt.index()];
-            if head != NONE {
-                let pfn = self.pfn_of(head);
-                self.del_from_free_list(z, a, pfn, cur, mt);
-                self.expand(z, a, pfn, order, cur, mt);
-                return Some(pfn);
-            }
-        }
-        None
+        let (pfn, cur) = self.take_smallest(z, a, order, mt)?;
+        self.expand(z, a, pfn, order, cur, mt);
+        Some(pfn)
+    }
+
+    /// Takes the smallest free block of type `mt` and at least `order` off its
+    /// list; returns it and its order (the caller splits it with `expand`).
+    pub(crate) fn take_smallest(&self, z: &Zone<P>, a: &mut FreeArea, order: usize, mt: MigrateType) -> Option<(u64, usize)> {
+        let cur = (order..NR_PAGE_ORDERS).find(|&o| a.head[o][mt.index()] != NONE)?;
+        let pfn = self.pfn_of(a.head[cur][mt.index()]);
+        self.del_from_free_list(z, a, pfn, cur, mt);
+        Some((pfn, cur))
     }
 
     /// Whether a fallback of a free block of `order` may claim its page block

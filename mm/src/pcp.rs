@@ -245,9 +245,7 @@ impl<'a, P: Platform> PageAlloc<'a, P> {
     /// back to `__rmqueue`, which may claim or steal).
     fn rmqueue_carve(&self, z: &Zone<P>, a: &mut FreeArea, mt: MigrateType, max: u32) -> Option<(u64, u32)> {
         debug_assert!(max > 0);
-        let cur = (0..crate::page_alloc::NR_PAGE_ORDERS).find(|&o| a.head[o][mt.index()] != NONE)?;
-        let pfn = self.pfn_of(a.head[cur][mt.index()]);
-        self.del_from_free_list(z, a, pfn, cur, mt);
+        let (pfn, cur) = self.take_smallest(z, a, 0, mt)?;
         let take = cur.min(max.ilog2() as usize);
         self.expand(z, a, pfn, take, cur, mt);
         Some((pfn, 1 << take))
